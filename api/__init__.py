@@ -1,0 +1,1 @@
+"""Stateless HTTP front: validates requests, enqueues jobs in Redis, waits for results. Never imports torch."""

@@ -1,0 +1,77 @@
+"""The one table from error kinds to HTTP, and the OpenAI-shaped error body.
+
+Routes and helpers only raise ``ServiceError``; the handlers here are the only place a status code is chosen.
+Internal exception text never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import ErrorKind, ServiceError
+
+log = logging.getLogger(__name__)
+
+#: kind -> (HTTP status, OpenAI error ``type``)
+ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorKind.INPUT_TOO_LONG: (400, "invalid_request_error"),
+    ErrorKind.AUTHENTICATION: (401, "authentication_error"),
+    ErrorKind.MODEL_NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorKind.INTERNAL: (500, "server_error"),
+    ErrorKind.MODEL_UNAVAILABLE: (503, "server_error"),
+    ErrorKind.SERVICE_UNAVAILABLE: (503, "server_error"),
+    ErrorKind.TIMEOUT: (504, "server_error"),
+}
+
+#: seconds a client should wait before retrying, for statuses worth retrying
+RETRY_AFTER_S: dict[int, int] = {429: 1, 503: 1}
+
+
+def error_response(
+    kind: ErrorKind, message: str, param: str | None = None, *, status: int | None = None
+) -> Response:
+    table_status, error_type = ERROR_TABLE[kind]
+    status = status or table_status
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": kind.value}}
+    headers = {"retry-after": str(RETRY_AFTER_S[status])} if status in RETRY_AFTER_S else None
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.kind, exc.message, exc.param)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+    return error_response(ErrorKind.INVALID_REQUEST, str(first.get("msg", "invalid request")), param)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = ErrorKind.NOT_FOUND if exc.status_code == 404 else ErrorKind.INVALID_REQUEST
+    return error_response(kind, str(exc.detail), status=exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(ErrorKind.INTERNAL, "the server failed to process this request")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,48 @@
+"""The API application factory: ``uvicorn api.main:create_app --factory``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from api.body_limit import BodySizeLimit
+from api.dispatch import Dispatcher
+from api.errors import install_error_handlers
+from api.results import BLOCK_S, ResultListener
+from api.routes import embeddings, health
+from shared import keys
+from shared.queue import connect
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = connect(settings)
+        listener_redis = connect(settings, blocking_timeout_s=BLOCK_S)
+        listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
+        listener.start()
+        app.state.redis = redis
+        app.state.dispatcher = Dispatcher(redis, listener, worker_ttl_s=settings.worker_ttl_s)
+        try:
+            yield
+        finally:
+            await listener.stop()
+            await listener_redis.aclose()
+            await redis.aclose()
+
+    app = FastAPI(title="Embeddings server", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(embeddings.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

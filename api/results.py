@@ -1,0 +1,77 @@
+"""Results from the workers back to the request that waits for them, with no polling delay.
+
+Each API process owns one reply list in Redis. One task blocks on it (BLMPOP, many results per round trip)
+and hands each result to the future of the request that waits for it. A result nobody waits for any more
+(the client gave up) is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.errors import ProtocolError
+from shared.protocol import EmbedResult, decode_result
+
+log = logging.getLogger(__name__)
+
+#: seconds one BLMPOP blocks; bounds how long shutdown waits for the listener
+BLOCK_S = 1.0
+#: results taken per round trip at most
+POP_COUNT = 512
+
+
+class ResultListener:
+    def __init__(self, redis: Redis, reply_key: str) -> None:
+        self._redis = redis
+        self.reply_key = reply_key
+        self._waiting: dict[str, asyncio.Future[EmbedResult]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def expect(self, request_id: str) -> asyncio.Future[EmbedResult]:
+        future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="result-listener")
+        self._task.add_done_callback(self._on_exit)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            log.error("result listener stopped (%r); restarting", task.exception())
+            self.start()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                popped = await self._redis.blmpop(BLOCK_S, 1, self.reply_key, direction="RIGHT", count=POP_COUNT)
+            except (RedisError, OSError) as exc:
+                log.warning("reading results failed (%r); retrying", exc)
+                await asyncio.sleep(0.2)
+                continue
+            if popped:
+                self._deliver(popped[1])
+
+    def _deliver(self, messages: list[bytes]) -> None:
+        for message in messages:
+            try:
+                result = decode_result(message)
+            except ProtocolError as exc:
+                log.error("dropped an undecodable result: %s", exc.message)
+                continue
+            future = self._waiting.pop(result.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(result)

@@ -1,0 +1,52 @@
+"""Liveness, readiness and the model list."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from redis.exceptions import RedisError
+
+from api.errors import error_response
+from shared.errors import ErrorKind
+from shared.settings import Settings
+from shared.workers import live_workers
+
+router = APIRouter()
+
+
+def _json(body: object) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """The process is alive."""
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Redis answers and at least one worker is alive; else 503."""
+    settings: Settings = request.app.state.settings
+    try:
+        workers = await live_workers(request.app.state.redis, settings.worker_ttl_s)
+    except (RedisError, OSError):
+        return error_response(ErrorKind.SERVICE_UNAVAILABLE, "Redis is unreachable")
+    if not workers:
+        return error_response(ErrorKind.SERVICE_UNAVAILABLE, "no embedding worker is running")
+    return _json({"status": "ready", "workers": len(workers)})
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    """The configured models, and any other model a live worker has loaded."""
+    settings: Settings = request.app.state.settings
+    names = dict.fromkeys(settings.embed_models)
+    try:
+        for worker in await live_workers(request.app.state.redis, settings.worker_ttl_s):
+            names.update(dict.fromkeys(worker.models))
+    except (RedisError, OSError):
+        pass  # the configured list is still true
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server"} for name in names]
+    return _json({"object": "list", "data": data})

@@ -1,0 +1,100 @@
+"""The OpenAI embeddings request, validated with the deployment's limits.
+
+Limits come in through the validation context (``{"settings": Settings}``), so one model serves any deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from shared.errors import ErrorKind, ServiceError
+from shared.protocol import InputKind
+from shared.settings import Settings
+
+#: what ``input`` accepts, as the OpenAPI schema shows it
+InputSchema = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any = Field(description="A string, a list of strings, a list of token ids, or a list of token-id lists.")
+    model: str = Field(min_length=1, max_length=256)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=65_536, strict=True)
+    user: str | None = None
+    truncate: bool | None = Field(
+        None, description="Cut inputs longer than the model reads (default: the deployment's setting) or refuse them."
+    )
+
+    @field_validator("input", mode="plain", json_schema_input_type=InputSchema)
+    @classmethod
+    def _check_input(cls, value: Any, info: ValidationInfo) -> tuple[InputKind, list[Any]]:
+        settings: Settings = (info.context or {})["settings"]
+        return normalize_input(value, settings)
+
+
+def normalize_input(value: Any, settings: Settings) -> tuple[InputKind, list[Any]]:
+    """``("text", [str, ...])`` or ``("tokens", [[int, ...], ...])``, or a PydanticCustomError that says why not."""
+    if isinstance(value, str):
+        return "text", [_check_text(value, settings)]
+    if not isinstance(value, list):
+        raise _invalid("input must be a string, a list of strings, or a list of token ids")
+    if not value:
+        raise _invalid("input must not be empty")
+    if len(value) > settings.max_inputs_per_request:
+        raise _invalid(f"input has {len(value)} items; at most {settings.max_inputs_per_request} are allowed")
+    first = value[0]
+    if isinstance(first, str):
+        if not all(isinstance(item, str) for item in value):
+            raise _invalid("input must not mix strings with other types")
+        return "text", [_check_text(item, settings) for item in value]
+    if type(first) is int:
+        return "tokens", [_check_tokens(value, settings)]
+    if isinstance(first, list):
+        if not all(isinstance(item, list) for item in value):
+            raise _invalid("input must not mix token-id lists with other types")
+        return "tokens", [_check_tokens(item, settings) for item in value]
+    raise _invalid("input must be a string, a list of strings, or a list of token ids")
+
+
+def _check_text(text: str, settings: Settings) -> str:
+    if not text:
+        raise _invalid("input must not contain empty strings")
+    if len(text) > settings.max_input_chars:
+        raise _invalid(f"an input has {len(text)} characters; at most {settings.max_input_chars} are allowed")
+    return text
+
+
+def _check_tokens(tokens: list[Any], settings: Settings) -> list[int]:
+    if not tokens:
+        raise _invalid("input must not contain empty token lists")
+    if len(tokens) > settings.max_input_chars:
+        raise _invalid(f"an input has {len(tokens)} tokens; at most {settings.max_input_chars} are allowed")
+    if not all(_is_token_id(token) for token in tokens):
+        raise _invalid("token ids must be non-negative integers")
+    return tokens
+
+
+def _is_token_id(value: Any) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass; true/false are not token ids
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_input", message)
+
+
+def parse_embedding_request(payload: Any, settings: Settings) -> EmbeddingRequest:
+    """Validate a decoded JSON body; any problem becomes a 400 naming the offending field."""
+    if not isinstance(payload, dict):
+        raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
+    try:
+        return EmbeddingRequest.model_validate(payload, context={"settings": settings})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = first["msg"] if first["type"] == "invalid_input" else f"{param}: {first['msg']}"
+        raise ServiceError(ErrorKind.INVALID_REQUEST, message, param) from None

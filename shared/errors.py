@@ -1,0 +1,47 @@
+"""Error kinds shared by the API and the workers.
+
+Every layer only raises; the API alone turns a kind into an HTTP status (``api.errors.ERROR_TABLE``).
+A worker sends the kind and a message it wrote itself across the wire, never exception text.
+
+Hierarchy::
+
+    ServiceError            any failure a client may be told about; carries an ErrorKind
+     └── ProtocolError      a queue message that cannot be decoded (bad bytes, unknown version)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.StrEnum):
+    """What went wrong, as a client sees it. The value is the OpenAI error ``code``."""
+
+    INVALID_REQUEST = "invalid_request"
+    INPUT_TOO_LONG = "context_length_exceeded"
+    AUTHENTICATION = "invalid_api_key"
+    MODEL_NOT_FOUND = "model_not_found"
+    NOT_FOUND = "not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limit_exceeded"
+    INTERNAL = "internal_error"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    TIMEOUT = "timeout"
+
+
+class ServiceError(Exception):
+    """A failure with a message that is safe to show to the client."""
+
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+
+
+class ProtocolError(ServiceError):
+    """A message on the queue could not be decoded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.INTERNAL, message)

@@ -1,0 +1,46 @@
+"""How embedding jobs ride on arq: the job function's name, the msgpack job serializer, Redis connections.
+
+Both sides build their Redis clients here, so timeouts, passwords and TLS (``rediss://``) behave the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from arq.connections import ArqRedis
+
+from shared import keys
+from shared.settings import Settings
+
+#: name of the arq function that embeds one ``EmbedJob``
+EMBED_FUNCTION = "embed"
+
+
+def serialize_arq_job(job: dict[str, Any]) -> bytes:
+    """arq job serializer: msgpack, so no worker ever unpickles data from Redis."""
+    return msgpack.packb(job, use_bin_type=True)
+
+
+def deserialize_arq_job(data: bytes) -> dict[str, Any]:
+    job: dict[str, Any] = msgpack.unpackb(data, raw=False)
+    return job
+
+
+def connect(settings: Settings, *, blocking_timeout_s: float = 0.0) -> ArqRedis:
+    """A Redis client with bounded timeouts.
+
+    ``blocking_timeout_s`` is the longest blocking command (BLMPOP, pub/sub read) the client will issue;
+    its socket timeout is stretched past it.
+    """
+    redis = ArqRedis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_op_timeout_s + blocking_timeout_s,
+        health_check_interval=30,
+    )
+    # from_url hands keyword arguments to the connection pool, so arq's own attributes are set here
+    redis.job_serializer = serialize_arq_job
+    redis.job_deserializer = deserialize_arq_job
+    redis.default_queue_name = keys.SYNC_QUEUE
+    return redis

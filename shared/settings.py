@@ -1,0 +1,70 @@
+"""Deployment settings, read from the environment (and ``.env``), validated, built by ``get_settings()``.
+
+The API and the workers read the same variables; each uses the part it needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_connect_timeout_s: float = Field(2.0, gt=0)
+    redis_op_timeout_s: float = Field(5.0, gt=0)
+
+    # Models
+    #: models workers load and warm up at start; also what ``/v1/models`` lists before any request
+    embed_models: Annotated[list[str], NoDecode] = [DEFAULT_MODEL]
+    max_loaded_models: int = Field(4, ge=1)
+    #: seconds a model that failed to load keeps failing fast before a new attempt
+    model_failure_ttl_s: float = Field(30.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: half precision on CUDA
+    fp16: bool = False
+    hugging_face_hub_token: SecretStr | None = None
+
+    # Request limits (API)
+    max_inputs_per_request: int = Field(2048, ge=1)
+    max_input_chars: int = Field(50_000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: seconds a synchronous request may wait for its vectors before a 504
+    request_timeout_s: float = Field(60.0, gt=0)
+    #: cut inputs longer than the model's maximum sequence length (else: 400 context_length_exceeded)
+    truncate_inputs: bool = True
+
+    # Batching (worker)
+    max_batch_size: int = Field(32, ge=1)
+    #: padded tokens (longest input x batch size) a batch may hold
+    max_batch_tokens: int = Field(16_384, ge=1)
+    #: queue jobs a worker holds at once; the rest wait in Redis for any worker
+    worker_max_jobs: int = Field(256, ge=1)
+    #: seconds between a worker's heartbeats; it counts as gone after three missed ones
+    worker_heartbeat_s: float = Field(2.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("embed_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def worker_ttl_s(self) -> float:
+        return 3 * self.worker_heartbeat_s
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

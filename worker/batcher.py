@@ -1,0 +1,194 @@
+"""Continuous micro-batching of sequences from many concurrent requests for one model.
+
+While the model encodes a batch, new sequences queue up; the moment it is free, the next batch takes what
+is waiting, bounded by ``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens. Nothing sleeps:
+a lone request at low load is encoded at once, and under load batches grow by themselves.
+
+A batch's failure reaches every request with a sequence in it. Requests whose caller has gone (their
+future cancelled) are skipped when the next batch is formed. The loop restarts itself if it ever dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+import numpy as np
+
+from shared.errors import ErrorKind, ServiceError
+
+log = logging.getLogger(__name__)
+
+EncodeFn = Callable[[Sequence[list[int]]], np.ndarray]
+
+#: how far past the oldest waiting sequence a batch may look for sequences of similar length
+_LOOKAHEAD_BATCHES = 4
+
+
+@dataclasses.dataclass(slots=True)
+class BatchStats:
+    """The largest batch (by sequences) that served a request, and the model time it waited on."""
+
+    batch_size: int = 0
+    batch_requests: int = 0
+    inference_ms: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoded:
+    vectors: np.ndarray
+    stats: BatchStats
+
+
+class _Request:
+    __slots__ = ("future", "vectors", "remaining", "stats")
+
+    def __init__(self, size: int) -> None:
+        self.future: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
+        self.vectors: np.ndarray | None = None
+        self.remaining = size
+        self.stats = BatchStats()
+
+    def deliver(self, index: int, vector: np.ndarray) -> None:
+        if self.future.done():
+            return
+        if self.vectors is None:
+            self.vectors = np.empty((self.remaining, vector.shape[0]), dtype=np.float32)
+        self.vectors[index] = vector
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result(Encoded(self.vectors, self.stats))
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclasses.dataclass(slots=True)
+class _Sequence:
+    tokens: list[int]
+    request: _Request
+    index: int
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        encode: EncodeFn,
+        *,
+        executor: Executor,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        name: str = "model",
+    ) -> None:
+        self._encode = encode
+        self._executor = executor
+        self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._name = name
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._work = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.busy = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    async def submit(self, sequences: Sequence[list[int]]) -> Encoded:
+        """Vectors for ``sequences`` (model inputs, special tokens included), in order."""
+        if self._closed:
+            raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
+        if not sequences:
+            raise ValueError("no sequences to encode")
+        self._ensure_loop()
+        request = _Request(len(sequences))
+        self._waiting.extend(_Sequence(tokens, request, i) for i, tokens in enumerate(sequences))
+        self._work.set()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            request.future.cancel()  # its sequences not yet batched are dropped
+            raise
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        gone = ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
+        for sequence in self._waiting:
+            sequence.request.fail(gone)
+        self._waiting.clear()
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher:{self._name}")
+            self._loop_task.add_done_callback(self._on_loop_exit)
+
+    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed:
+            return
+        log.error("batch loop for %s stopped: %r; restarting", self._name, task.exception())
+        if self._waiting:
+            self._ensure_loop()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            requests = {id(s.request): s.request for s in batch}.values()
+            self.busy = True
+            started = time.perf_counter()
+            try:
+                vectors = await loop.run_in_executor(self._executor, self._encode, [s.tokens for s in batch])
+            except Exception as exc:  # the encode's failure is every waiter's failure
+                log.exception("encoding a batch of %d for %s failed", len(batch), self._name)
+                error = ServiceError(ErrorKind.INTERNAL, "the model failed to encode this batch")
+                error.__cause__ = exc
+                for request in requests:
+                    request.fail(error)
+                continue
+            finally:
+                self.busy = False
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            for request in requests:
+                stats = request.stats
+                stats.inference_ms += elapsed_ms
+                if len(batch) > stats.batch_size:
+                    stats.batch_size, stats.batch_requests = len(batch), len(requests)
+            for sequence, vector in zip(batch, vectors, strict=True):
+                sequence.request.deliver(sequence.index, vector)
+
+    def _take_batch(self) -> list[_Sequence]:
+        """The oldest waiting sequence, plus the waiting ones nearest it in length that fit the bounds."""
+        waiting = self._waiting
+        while waiting and waiting[0].request.future.done():
+            waiting.popleft()
+        if not waiting:
+            return []
+        head = waiting.popleft()
+        lookahead = min(len(waiting), _LOOKAHEAD_BATCHES * self._max_batch_size)
+        window = [s for s in (waiting.popleft() for _ in range(lookahead)) if not s.request.future.done()]
+        batch = [head]
+        width = len(head.tokens)
+        for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):
+            if len(batch) >= self._max_batch_size:
+                break
+            new_width = max(width, len(sequence.tokens))
+            if new_width * (len(batch) + 1) <= self._max_batch_tokens:
+                batch.append(sequence)
+                width = new_width
+        taken = {id(s) for s in batch}
+        waiting.extendleft(reversed([s for s in window if id(s) not in taken]))
+        return batch

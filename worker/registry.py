@@ -1,0 +1,131 @@
+"""Models loaded on demand, each with its own micro-batcher; a bounded LRU set; failed loads fail fast for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from shared.errors import ErrorKind, ServiceError
+from worker.batcher import MicroBatcher
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    device: str
+    dimension: int
+    special_token_count: int
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]: ...
+
+    def check_token_ids(self, sequences: Sequence[Sequence[int]]) -> None: ...
+
+    def encode(self, batch: Sequence[list[int]]) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(slots=True)
+class LoadedModel:
+    name: str
+    encoder: Encoder
+    batcher: MicroBatcher
+    executor: ThreadPoolExecutor
+
+    async def unload(self) -> None:
+        await self.batcher.close()
+        self.executor.shutdown(wait=False)
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        load: Callable[[str], Encoder],
+        *,
+        max_loaded: int,
+        failure_ttl_s: float,
+        max_batch_size: int,
+        max_batch_tokens: int,
+    ) -> None:
+        self._load = load
+        self._max_loaded = max_loaded
+        self._failure_ttl_s = failure_ttl_s
+        self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._loaded: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
+        self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
+        self._failures: dict[str, tuple[float, ServiceError]] = {}
+
+    def loaded_names(self) -> list[str]:
+        return list(self._loaded)
+
+    async def get(self, name: str) -> LoadedModel:
+        model = self._loaded.get(name)
+        if model is not None:
+            self._loaded.move_to_end(name)
+            return model
+        failure = self._failures.get(name)
+        if failure is not None and failure[0] > time.monotonic():
+            raise failure[1]
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[name] = loading
+            asyncio.get_running_loop().create_task(self._load_into(name, loading))
+        return await asyncio.shield(loading)
+
+    async def close(self) -> None:
+        for model in self._loaded.values():
+            await model.unload()
+        self._loaded.clear()
+
+    async def _load_into(self, name: str, loading: asyncio.Future[LoadedModel]) -> None:
+        started = time.perf_counter()
+        try:
+            encoder = await asyncio.to_thread(self._load, name)
+        except ServiceError as exc:
+            self._failures[name] = (time.monotonic() + self._failure_ttl_s, exc)
+            loading.set_exception(exc)
+        except Exception as exc:
+            log.exception("loading model %r failed", name)
+            error = ServiceError(ErrorKind.MODEL_UNAVAILABLE, f"model {name!r} could not be loaded", "model")
+            self._failures[name] = (time.monotonic() + self._failure_ttl_s, error)
+            loading.set_exception(error)
+        else:
+            self._failures.pop(name, None)
+            await self._make_room()
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{name}")
+            batcher = MicroBatcher(
+                encoder.encode,
+                executor=executor,
+                max_batch_size=self._max_batch_size,
+                max_batch_tokens=self._max_batch_tokens,
+                name=name,
+            )
+            model = LoadedModel(name, encoder, batcher, executor)
+            self._loaded[name] = model
+            log.info("model %r loaded on %s in %.1fs", name, encoder.device, time.perf_counter() - started)
+            loading.set_result(model)
+        finally:
+            del self._loading[name]
+            # nobody may be waiting any more; retrieving the exception keeps asyncio from logging it
+            if loading.done() and not loading.cancelled():
+                loading.exception()
+
+    async def _make_room(self) -> None:
+        """Unload the least recently used idle models until one more fits."""
+        for name, model in list(self._loaded.items()):
+            if len(self._loaded) < self._max_loaded:
+                return
+            if model.batcher.pending == 0 and not model.batcher.busy:
+                del self._loaded[name]
+                await model.unload()
+                log.info("model %r unloaded to make room", name)

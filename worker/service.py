@@ -1,0 +1,115 @@
+"""What a worker does with one embedding job: decode, tokenize, batch, encode, publish the result."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import msgpack
+import numpy as np
+from redis.asyncio import Redis
+
+from shared.errors import ErrorKind, ProtocolError, ServiceError
+from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
+from shared.workers import now_ms
+from worker.registry import Encoder, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+#: seconds an unread reply list lives (its API process may have died)
+REPLY_TTL_S = 60
+
+
+class EmbeddingService:
+    def __init__(self, registry: ModelRegistry, redis: Redis, worker_id: str) -> None:
+        self.registry = registry
+        self._redis = redis
+        self.worker_id = worker_id
+        self.largest_batch = (0, 0)
+
+    async def handle(self, message: bytes) -> None:
+        """Run one job and publish its result; never raises, so arq does not retry work that was answered."""
+        try:
+            job = decode_job(message)
+        except ProtocolError as exc:
+            await self._reject_undecodable(message, exc)
+            return
+        if now_ms() > job.deadline_ms:
+            log.info("job %s expired before it started; skipped", job.request_id)
+            return
+        started_ms = now_ms()
+        try:
+            result = await asyncio.wait_for(self._embed(job), (job.deadline_ms - started_ms) / 1000)
+        except ServiceError as exc:
+            result = self._error(job, exc.kind, exc.message, exc.param)
+        except TimeoutError:
+            result = self._error(job, ErrorKind.TIMEOUT, "the request's deadline passed before it was encoded")
+        except Exception:
+            log.exception("job %s failed", job.request_id)
+            result = self._error(job, ErrorKind.INTERNAL, "the worker failed to process this request")
+        result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms))
+        await self._publish(job.reply_to, result)
+
+    async def _embed(self, job: EmbedJob) -> EmbedResult:
+        model = await self.registry.get(job.model)
+        encoder = model.encoder
+        if job.dimensions is not None and not 0 < job.dimensions <= encoder.dimension:
+            raise ServiceError(
+                ErrorKind.INVALID_REQUEST,
+                f"dimensions must be between 1 and {encoder.dimension} for this model",
+                "dimensions",
+            )
+        sequences = await asyncio.to_thread(_model_inputs, encoder, job)
+        encoded = await model.batcher.submit(sequences)
+        vectors = encoded.vectors
+        if job.dimensions is not None and job.dimensions < vectors.shape[1]:
+            vectors = vectors[:, : job.dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        stats = encoded.stats
+        if stats.batch_size > self.largest_batch[0]:
+            self.largest_batch = (stats.batch_size, stats.batch_requests)
+        return EmbedResult(
+            request_id=job.request_id,
+            vectors=np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+            count=vectors.shape[0],
+            dim=vectors.shape[1],
+            prompt_tokens=sum(len(s) for s in sequences) - len(sequences) * encoder.special_token_count,
+            worker_id=self.worker_id,
+            inference_ms=stats.inference_ms,
+            batch_size=stats.batch_size,
+            batch_requests=stats.batch_requests,
+        )
+
+    def _error(self, job: EmbedJob, kind: ErrorKind, message: str, param: str | None = None) -> EmbedResult:
+        return EmbedResult(job.request_id, error=EmbedError(kind, message, param), worker_id=self.worker_id)
+
+    async def _publish(self, reply_to: str, result: EmbedResult) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(reply_to, encode_result(result))
+            pipe.expire(reply_to, REPLY_TTL_S)
+            await pipe.execute()
+
+    async def _reject_undecodable(self, message: bytes, exc: ProtocolError) -> None:
+        """Answer a job we cannot read, if it at least says where to answer; never crash on it."""
+        log.error("undecodable job: %s", exc.message)
+        try:
+            fields = msgpack.unpackb(message, raw=False)
+            request_id, reply_to = str(fields["request_id"]), str(fields["reply_to"])
+        except Exception:
+            return
+        result = EmbedResult(request_id, error=EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job"))
+        await self._publish(reply_to, result)
+
+
+def _model_inputs(encoder: Encoder, job: EmbedJob) -> list[list[int]]:
+    """Token ids with special tokens, cut or refused per ``job.truncate``. Runs in a thread: tokenizing is CPU work."""
+    if job.input_kind == "text":
+        token_ids: Sequence[list[int]] = encoder.tokenize(job.inputs)
+    else:
+        encoder.check_token_ids(job.inputs)
+        token_ids = job.inputs
+    return [encoder.prepare(list(ids), truncate=job.truncate, param="input") for ids in token_ids]
+
+
