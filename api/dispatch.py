@@ -41,7 +41,9 @@ class Dispatcher:
                 )
                 await self._redis.publish(keys.WAKE_CHANNEL, b"")
             except (RedisError, OSError) as exc:
-                raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly") from exc
+                raise ServiceError(
+                    ErrorKind.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly"
+                ) from exc
             try:
                 return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:

@@ -37,9 +37,7 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
 RETRY_AFTER_S: dict[int, int] = {429: 1, 503: 1}
 
 
-def error_response(
-    kind: ErrorKind, message: str, param: str | None = None, *, status: int | None = None
-) -> Response:
+def error_response(kind: ErrorKind, message: str, param: str | None = None, *, status: int | None = None) -> Response:
     table_status, error_type = ERROR_TABLE[kind]
     status = status or table_status
     body = {"error": {"message": message, "type": error_type, "param": param, "code": kind.value}}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from arq.connections import ArqRedis
 from fastapi import FastAPI
 
 from api.body_limit import BodySizeLimit
@@ -21,13 +22,14 @@ from shared.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, redis_factory: Callable[..., ArqRedis] = connect) -> FastAPI:
+    """``redis_factory(settings, blocking_timeout_s=...)`` builds the Redis clients (tests pass fakeredis)."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = connect(settings)
-        listener_redis = connect(settings, blocking_timeout_s=BLOCK_S)
+        redis = redis_factory(settings)
+        listener_redis = redis_factory(settings, blocking_timeout_s=BLOCK_S)
         listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
         listener.start()
         app.state.redis = redis

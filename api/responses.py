@@ -17,7 +17,11 @@ def embeddings_body(result: EmbedResult, model: str, encoding_format: Literal["f
         row_bytes = result.dim * 4
         raw = result.vectors
         data = [
-            {"object": "embedding", "index": i, "embedding": base64.b64encode(raw[i * row_bytes : (i + 1) * row_bytes]).decode()}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(raw[i * row_bytes : (i + 1) * row_bytes]).decode(),
+            }
             for i in range(result.count)
         ]
     else:

@@ -57,7 +57,9 @@ class ResultListener:
     async def _run(self) -> None:
         while True:
             try:
-                popped = await self._redis.blmpop(BLOCK_S, 1, self.reply_key, direction="RIGHT", count=POP_COUNT)
+                popped = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "BLMPOP", BLOCK_S, 1, self.reply_key, "RIGHT", "COUNT", POP_COUNT
+                )
             except (RedisError, OSError) as exc:
                 log.warning("reading results failed (%r); retrying", exc)
                 await asyncio.sleep(0.2)

@@ -57,7 +57,8 @@ class EmbedResult:
 
 
 def _pack(message: dict[str, Any]) -> bytes:
-    return msgpack.packb({"v": PROTOCOL_VERSION, **message}, use_bin_type=True)
+    packed: bytes = msgpack.packb({"v": PROTOCOL_VERSION, **message}, use_bin_type=True)
+    return packed
 
 
 def _unpack(data: bytes, what: str) -> dict[str, Any]:
@@ -94,8 +95,11 @@ def decode_job(data: bytes) -> EmbedJob:
 def encode_result(result: EmbedResult) -> bytes:
     fields = dataclasses.asdict(result)
     if result.error is not None:
-        fields["error"] = {"kind": result.error.kind.value, "message": result.error.message,
-                           "param": result.error.param}
+        fields["error"] = {
+            "kind": result.error.kind.value,
+            "message": result.error.message,
+            "param": result.error.param,
+        }
     return _pack(fields)
 
 

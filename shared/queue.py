@@ -19,7 +19,8 @@ EMBED_FUNCTION = "embed"
 
 def serialize_arq_job(job: dict[str, Any]) -> bytes:
     """arq job serializer: msgpack, so no worker ever unpickles data from Redis."""
-    return msgpack.packb(job, use_bin_type=True)
+    packed: bytes = msgpack.packb(job, use_bin_type=True)
+    return packed
 
 
 def deserialize_arq_job(data: bytes) -> dict[str, Any]:
@@ -33,13 +34,18 @@ def connect(settings: Settings, *, blocking_timeout_s: float = 0.0) -> ArqRedis:
     ``blocking_timeout_s`` is the longest blocking command (BLMPOP, pub/sub read) the client will issue;
     its socket timeout is stretched past it.
     """
-    redis = ArqRedis.from_url(
+    redis: ArqRedis = ArqRedis.from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_op_timeout_s + blocking_timeout_s,
         health_check_interval=30,
     )
-    # from_url hands keyword arguments to the connection pool, so arq's own attributes are set here
+    # from_url hands keyword arguments to the connection pool, so arq's own attributes are set apart
+    return as_job_queue(redis)
+
+
+def as_job_queue(redis: ArqRedis) -> ArqRedis:
+    """Give an arq client our serializer and default queue."""
     redis.job_serializer = serialize_arq_job
     redis.job_deserializer = deserialize_arq_job
     redis.default_queue_name = keys.SYNC_QUEUE

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from arq import func
 from arq.worker import Worker, get_kwargs
@@ -105,7 +105,7 @@ async def _listen_for_wake_ups(redis: Redis, wake: asyncio.Event) -> None:
 class WorkerSettings:
     """arq settings; the values that depend on the deployment come from ``shared.settings`` at start-up."""
 
-    functions = [func(embed, name=EMBED_FUNCTION, keep_result=0)]  # type: ignore[arg-type]
+    functions: ClassVar = [func(embed, name=EMBED_FUNCTION, keep_result=0)]
     queue_name = keys.SYNC_QUEUE
     job_serializer = staticmethod(serialize_arq_job)
     job_deserializer = staticmethod(deserialize_arq_job)
@@ -136,7 +136,7 @@ class EmbeddingWorker(Worker):
 def build_worker(settings: Settings) -> EmbeddingWorker:
     wake = asyncio.Event()
     return EmbeddingWorker(
-        **get_kwargs(WorkerSettings),
+        **get_kwargs(cast(Any, WorkerSettings)),
         wake=wake,
         redis_pool=connect(settings),
         max_jobs=settings.worker_max_jobs,

@@ -46,7 +46,7 @@ class Encoded:
 
 
 class _Request:
-    __slots__ = ("future", "vectors", "remaining", "stats")
+    __slots__ = ("future", "remaining", "stats", "vectors")
 
     def __init__(self, size: int) -> None:
         self.future: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()

@@ -24,7 +24,9 @@ class SentenceTransformerEncoder:
     def __init__(self, model: SentenceTransformer) -> None:
         tokenizer = model.tokenizer
         if tokenizer is None or model.max_seq_length is None:
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, "this model has no tokenizer; only transformer models are served")
+            raise ServiceError(
+                ErrorKind.MODEL_NOT_FOUND, "this model has no tokenizer; only transformer models are served"
+            )
         self._model = model
         self._tokenizer = tokenizer
         self.device = str(model.device)
@@ -37,9 +39,9 @@ class SentenceTransformerEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens and without truncation."""
-        ids: list[list[int]] = self._tokenizer(
-            list(texts), add_special_tokens=False, truncation=False, verbose=False
-        )["input_ids"]
+        ids: list[list[int]] = self._tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
+            "input_ids"
+        ]
         return ids
 
     def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]:

@@ -94,7 +94,7 @@ class ModelRegistry:
         except ServiceError as exc:
             self._failures[name] = (time.monotonic() + self._failure_ttl_s, exc)
             loading.set_exception(exc)
-        except Exception as exc:
+        except Exception:
             log.exception("loading model %r failed", name)
             error = ServiceError(ErrorKind.MODEL_UNAVAILABLE, f"model {name!r} could not be loaded", "model")
             self._failures[name] = (time.monotonic() + self._failure_ttl_s, error)

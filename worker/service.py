@@ -111,5 +111,3 @@ def _model_inputs(encoder: Encoder, job: EmbedJob) -> list[list[int]]:
         encoder.check_token_ids(job.inputs)
         token_ids = job.inputs
     return [encoder.prepare(list(ids), truncate=job.truncate, param="input") for ids in token_ids]
-
-

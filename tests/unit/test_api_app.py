@@ -1,0 +1,167 @@
+"""The API in-process over fakeredis, with a fake worker: routing, errors, limits, response encoding."""
+
+import base64
+
+import fakeredis
+import httpx
+import numpy as np
+import pytest
+
+from api.main import create_app
+from shared.settings import Settings
+from shared.workers import WorkerInfo, record_heartbeat
+from tests.fakes import fake_redis_factory, fake_vector, run_fake_worker, running
+
+
+@pytest.fixture
+def server():
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def settings():
+    return Settings(_env_file=None, max_body_bytes=4096, request_timeout_s=2, embed_models=["fake-model"])
+
+
+@pytest.fixture
+async def app(server, settings):
+    app = create_app(settings, redis_factory=fake_redis_factory(server))
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        yield client
+
+
+@pytest.fixture
+async def worker(server):
+    redis = fake_redis_factory(server)(None)
+    async with running(run_fake_worker(redis)):
+        yield
+    await redis.aclose()
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+async def test_embeddings_float(client, worker):
+    response = await client.post("/v1/embeddings", json={"input": ["ab", "cde"], "model": "fake-model"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == "fake-model"
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert [d["object"] for d in body["data"]] == ["embedding", "embedding"]
+    assert [d["embedding"] for d in body["data"]] == [fake_vector("ab"), fake_vector("cde")]
+    assert response.headers["x-request-id"]
+
+
+async def test_embeddings_base64_is_float32_little_endian(client, worker):
+    response = await client.post(
+        "/v1/embeddings", json={"input": "hello", "model": "fake-model", "encoding_format": "base64"}
+    )
+    encoded = response.json()["data"][0]["embedding"]
+    assert np.frombuffer(base64.b64decode(encoded), dtype="<f4").tolist() == fake_vector("hello")
+
+
+async def test_worker_error_maps_through_the_table(client, worker):
+    response = await client.post("/v1/embeddings", json={"input": "x", "model": "missing"})
+    assert_openai_error(response, 404, "model_not_found", "model")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "", "model": "fake-model"}, "input"),
+        ({"input": [], "model": "fake-model"}, "input"),
+        ({"input": [1, "a"], "model": "fake-model"}, "input"),
+        ({"input": "x"}, "model"),
+        ({"input": "x", "model": "fake-model", "encoding_format": "hex"}, "encoding_format"),
+    ],
+)
+async def test_bad_input_is_400_without_touching_the_queue(client, server, body, param):
+    response = await client.post("/v1/embeddings", json=body)
+    assert_openai_error(response, 400, "invalid_request", param)
+    redis = fake_redis_factory(server)(None)
+    assert await redis.zcard("emb:queue:sync") == 0
+
+
+async def test_invalid_json_is_400(client):
+    response = await client.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"})
+    assert_openai_error(response, 400, "invalid_request")
+
+
+async def test_body_over_the_limit_is_413(client):
+    response = await client.post("/v1/embeddings", json={"input": "x" * 5000, "model": "fake-model"})
+    assert_openai_error(response, 413, "payload_too_large")
+
+
+async def test_streamed_body_over_the_limit_is_413(client):
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    response = await client.post("/v1/embeddings", content=chunks())
+    assert_openai_error(response, 413, "payload_too_large")
+
+
+async def test_no_worker_is_503_with_retry_after(client):
+    response = await client.post("/v1/embeddings", json={"input": "x", "model": "fake-model"})
+    assert_openai_error(response, 503, "service_unavailable")
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_unknown_route_is_openai_shaped_404(client):
+    assert_openai_error(await client.get("/v1/nothing"), 404, "not_found")
+
+
+async def test_wrong_method_is_openai_shaped(client):
+    assert_openai_error(await client.get("/v1/embeddings"), 405, "invalid_request")
+
+
+async def test_health_and_readiness(client, worker):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["workers"] == 1
+
+
+async def test_not_ready_without_workers(client):
+    assert_openai_error(await client.get("/readyz"), 503, "service_unavailable")
+
+
+async def test_models_lists_configured_and_loaded_models(client, worker):
+    body = (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["fake-model"]
+    assert all(m["object"] == "model" for m in body["data"])
+
+
+async def test_openapi_documents_the_request_body(client):
+    schema = (await client.get("/openapi.json")).json()
+    body = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"input", "model", "encoding_format", "dimensions"} <= set(body["properties"])
+
+
+async def test_no_result_in_time_is_504(server):
+    settings = Settings(_env_file=None, request_timeout_s=0.3)
+    app = create_app(settings, redis_factory=fake_redis_factory(server))
+    redis = fake_redis_factory(server)(None)
+
+    await record_heartbeat(redis, WorkerInfo("silent", "cpu", [], 0), ttl_s=60)  # alive, never answers
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        response = await client.post("/v1/embeddings", json={"input": "x", "model": "m"})
+    assert_openai_error(response, 504, "timeout")

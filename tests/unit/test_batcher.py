@@ -1,0 +1,169 @@
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from shared.errors import ErrorKind, ServiceError
+from worker.batcher import MicroBatcher
+
+
+class FakeModel:
+    """Encodes a sequence as [first token, length]; can be held busy to let requests pile up."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.fail_next = False
+
+    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+        self.batches.append([list(s) for s in batch])
+        self.started.set()
+        self.gate.wait(5)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("secret internal detail")
+        return np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
+
+
+def make_batcher(model: FakeModel, executor, *, size: int = 8, tokens: int = 1000) -> MicroBatcher:
+    return MicroBatcher(model.encode, executor=executor, max_batch_size=size, max_batch_tokens=tokens)
+
+
+async def hold_model_busy(model: FakeModel, batcher: MicroBatcher) -> asyncio.Task:
+    """Start a request that occupies the model until ``model.gate`` is set."""
+    model.gate.clear()
+    model.started.clear()
+    blocker = asyncio.create_task(batcher.submit([[999]]))
+    await asyncio.to_thread(model.started.wait, 5)
+    return blocker
+
+
+async def test_lone_request_is_encoded_at_once_in_order(model, executor):
+    batcher = make_batcher(model, executor)
+    encoded = await asyncio.wait_for(batcher.submit([[1, 2, 3], [4], [5, 6]]), 5)
+    assert encoded.vectors.tolist() == [[1, 3], [4, 1], [5, 2]]
+    assert encoded.stats.batch_size == 3 and encoded.stats.batch_requests == 1
+    await batcher.close()
+
+
+async def test_requests_arriving_while_busy_share_the_next_batch(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    waiters = [asyncio.create_task(batcher.submit([[i, i]])) for i in range(5)]
+    await asyncio.sleep(0.05)
+    assert len(model.batches) == 1  # nothing runs while the model is busy
+    model.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    await blocker
+    assert len(model.batches) == 2 and len(model.batches[1]) == 5
+    for i, encoded in enumerate(results):
+        assert encoded.vectors.tolist() == [[i, 2]]
+        assert encoded.stats.batch_requests == 5
+    await batcher.close()
+
+
+async def test_batch_size_bounds_each_batch(model, executor):
+    batcher = make_batcher(model, executor, size=3)
+    blocker = await hold_model_busy(model, batcher)
+    waiter = asyncio.create_task(batcher.submit([[i] for i in range(7)]))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    encoded = await asyncio.wait_for(waiter, 5)
+    await blocker
+    assert [len(b) for b in model.batches[1:]] == [3, 3, 1]
+    assert encoded.vectors[:, 0].tolist() == list(range(7))
+    await batcher.close()
+
+
+async def test_token_budget_bounds_padded_tokens(model, executor):
+    batcher = make_batcher(model, executor, size=100, tokens=40)
+    blocker = await hold_model_busy(model, batcher)
+    waiter = asyncio.create_task(batcher.submit([[1] * 10 for _ in range(10)]))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.wait_for(waiter, 5)
+    await blocker
+    assert [len(b) for b in model.batches[1:]] == [4, 4, 2]
+    assert all(max(map(len, b)) * len(b) <= 40 for b in model.batches[1:])
+    await batcher.close()
+
+
+async def test_batch_groups_sequences_of_similar_length(model, executor):
+    batcher = make_batcher(model, executor, size=2, tokens=10_000)
+    blocker = await hold_model_busy(model, batcher)
+    lengths = [50, 3, 48, 2]
+    waiter = asyncio.create_task(batcher.submit([[n] * n for n in lengths]))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    encoded = await asyncio.wait_for(waiter, 5)
+    await blocker
+    assert [sorted(map(len, b)) for b in model.batches[1:]] == [[48, 50], [2, 3]]
+    assert encoded.vectors[:, 1].tolist() == lengths  # still in request order
+    await batcher.close()
+
+
+async def test_failed_encode_reaches_every_waiter_and_the_loop_goes_on(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    waiters = [asyncio.create_task(batcher.submit([[i]])) for i in range(3)]
+    await asyncio.sleep(0.01)
+    model.fail_next = True
+    model.gate.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(blocker, *waiters, return_exceptions=True), 5)
+    failures = [o for o in outcomes if isinstance(o, ServiceError)]
+    assert failures, "the failed batch must reach its waiters"
+    for failure in failures:
+        assert failure.kind is ErrorKind.INTERNAL
+        assert "secret" not in failure.message
+    encoded = await asyncio.wait_for(batcher.submit([[7]]), 5)
+    assert encoded.vectors.tolist() == [[7, 1]]
+    await batcher.close()
+
+
+async def test_cancelled_waiter_is_dropped_before_encoding(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    gone = asyncio.create_task(batcher.submit([[111], [112]]))
+    kept = asyncio.create_task(batcher.submit([[222]]))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0)
+    model.gate.set()
+    encoded = await asyncio.wait_for(kept, 5)
+    await blocker
+    assert encoded.vectors.tolist() == [[222, 1]]
+    encoded_tokens = {s[0] for batch in model.batches for s in batch}
+    assert not encoded_tokens & {111, 112}
+    await batcher.close()
+
+
+async def test_close_fails_waiting_requests(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    waiter = asyncio.create_task(batcher.submit([[1]]))
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close())
+    model.gate.set()
+    await closing
+    with pytest.raises(ServiceError) as info:
+        await asyncio.wait_for(waiter, 5)
+    assert info.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+    blocker.cancel()
+    with pytest.raises(ServiceError):
+        await batcher.submit([[1]])

@@ -1,0 +1,17 @@
+from shared import keys
+
+
+def test_every_key_lives_under_the_project_prefix():
+    built = [keys.SYNC_QUEUE, keys.WAKE_CHANNEL, keys.WORKERS, keys.reply_list("a"), keys.worker_info("w")]
+    assert all(key.startswith(keys.PREFIX) for key in built)
+    assert len(set(built)) == len(built)
+
+
+def test_per_instance_keys_differ_by_instance():
+    assert keys.reply_list("a") != keys.reply_list("b")
+    assert keys.worker_info("a") != keys.worker_info("b")
+    assert keys.reply_list("a") != keys.worker_info("a")
+
+
+def test_keys_do_not_collide_with_arq():
+    assert not keys.PREFIX.startswith("arq:")

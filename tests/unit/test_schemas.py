@@ -1,0 +1,79 @@
+import pytest
+
+from api.schemas import parse_embedding_request
+from shared.errors import ErrorKind, ServiceError
+from shared.settings import Settings
+
+SETTINGS = Settings(_env_file=None, max_inputs_per_request=3, max_input_chars=10)
+
+
+def parse(**body):
+    return parse_embedding_request({"model": "m", **body}, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("hi", ("text", ["hi"])),
+        (["a", "b"], ("text", ["a", "b"])),
+        ([1, 2, 3], ("tokens", [[1, 2, 3]])),
+        ([[1], [2, 3]], ("tokens", [[1], [2, 3]])),
+    ],
+)
+def test_accepted_input_shapes(value, expected):
+    assert parse(input=value).input == expected
+
+
+def test_defaults():
+    request = parse(input="x")
+    assert request.encoding_format == "float"
+    assert request.dimensions is None and request.truncate is None
+
+
+def test_unknown_fields_are_ignored():
+    assert parse(input="x", something_new=1).input == ("text", ["x"])
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"input": ""}, "input", "empty"),
+        ({"input": []}, "input", "empty"),
+        ({"input": [""]}, "input", "empty"),
+        ({"input": [[]]}, "input", "empty"),
+        ({"input": ["a", 1]}, "input", "mix"),
+        ({"input": [[1], 2]}, "input", "mix"),
+        ({"input": [1, "a"]}, "input", "non-negative"),
+        ({"input": [-1]}, "input", "non-negative"),
+        ({"input": [True]}, "input", "string"),
+        ({"input": [1.5]}, "input", "string"),
+        ({"input": {"a": 1}}, "input", "string"),
+        ({"input": None}, "input", "string"),
+        ({"input": ["a", "b", "c", "d"]}, "input", "at most 3"),
+        ({"input": "x" * 11}, "input", "at most 10"),
+        ({"input": "x", "encoding_format": "hex"}, "encoding_format", "float"),
+        ({"input": "x", "dimensions": 0}, "dimensions", "greater"),
+        ({"input": "x", "dimensions": "8"}, "dimensions", "integer"),
+        ({"input": "x", "dimensions": True}, "dimensions", "integer"),
+        ({"input": "x", "model": ""}, "model", "at least 1"),
+        ({}, "input", "required"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field(body, param, fragment):
+    with pytest.raises(ServiceError) as info:
+        parse(**body)
+    assert info.value.kind is ErrorKind.INVALID_REQUEST
+    assert info.value.param == param
+    assert fragment in info.value.message
+
+
+def test_missing_model():
+    with pytest.raises(ServiceError) as info:
+        parse_embedding_request({"input": "x"}, SETTINGS)
+    assert info.value.param == "model"
+
+
+def test_body_must_be_an_object():
+    with pytest.raises(ServiceError) as info:
+        parse_embedding_request(["x"], SETTINGS)
+    assert info.value.kind is ErrorKind.INVALID_REQUEST

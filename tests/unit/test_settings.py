@@ -1,0 +1,27 @@
+import pytest
+from pydantic import ValidationError
+
+from shared.settings import DEFAULT_MODEL, Settings
+
+
+def test_defaults_serve_minilm():
+    assert Settings(_env_file=None).embed_models == [DEFAULT_MODEL]
+
+
+def test_models_are_read_comma_separated(monkeypatch):
+    monkeypatch.setenv("EMBED_MODELS", " a/b , c ,")
+    assert Settings(_env_file=None).embed_models == ["a/b", "c"]
+
+
+def test_invalid_values_are_refused(monkeypatch):
+    monkeypatch.setenv("MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)
+
+
+def test_hub_token_is_secret(monkeypatch):
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_secret")
+    settings = Settings(_env_file=None)
+    assert settings.hugging_face_hub_token is not None
+    assert "hf_secret" not in repr(settings)
+    assert settings.hugging_face_hub_token.get_secret_value() == "hf_secret"
