@@ -94,11 +94,13 @@ async def test_batch_size_bounds_each_batch(model, executor):
 async def test_token_budget_bounds_padded_tokens(model, executor):
     batcher = make_batcher(model, executor, size=100, tokens=40)
     blocker = await hold_model_busy(model, batcher)
-    waiter = asyncio.create_task(batcher.submit([[1] * 10 for _ in range(10)]))
+    sequences = [[1] * 10] * 10
+    waiter = asyncio.create_task(batcher.submit(sequences))
     await asyncio.sleep(0.01)
     model.gate.set()
-    await asyncio.wait_for(waiter, 5)
+    encoded = await asyncio.wait_for(waiter, 5)
     await blocker
+    assert encoded.vectors.shape == (10, 2)
     assert [len(b) for b in model.batches[1:]] == [4, 4, 2]
     assert all(max(map(len, b)) * len(b) <= 40 for b in model.batches[1:])
     await batcher.close()

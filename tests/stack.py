@@ -1,0 +1,128 @@
+"""Start and stop the real processes: redis-server, workers and the API, all on 127.0.0.1.
+
+Used by the integration tests and the benchmarks. Every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_redis(port: int, log_dir: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
+        stdout=open(log_dir / f"redis-{port}.log", "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, 10)
+    return process
+
+
+def python_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    env.update(extra)
+    return env
+
+
+def start_worker(redis_url: str, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker"],
+        cwd=ROOT,
+        env=python_env(redis_url, **env),
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_api(redis_url: str, port: int, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=python_env(redis_url, **env),
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(base_url + "/readyz", timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url} did not become ready")
+
+
+@contextlib.contextmanager
+def running_stack(log_dir: Path, *, workers: int = 1, **env: str) -> Iterator[str]:
+    """Redis, ``workers`` workers and the API; yields the API's base URL."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    redis_port, api_port = free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(start_redis(redis_port, log_dir))
+        for i in range(workers):
+            processes.append(start_worker(redis_url, log_dir / f"worker-{i}.log", **env))
+        processes.append(start_api(redis_url, api_port, log_dir / "api.log", **env))
+        base_url = f"http://127.0.0.1:{api_port}"
+        wait_ready(base_url, processes)
+        yield base_url
+    finally:
+        for process in reversed(processes):
+            stop(process)

@@ -1,0 +1,123 @@
+"""The worker's job handling over fakeredis, with a stub model."""
+
+import fakeredis
+import msgpack
+import numpy as np
+import pytest
+
+from shared.errors import ErrorKind, ServiceError
+from shared.protocol import EmbedJob, decode_result, encode_job
+from shared.workers import now_ms
+from tests.fakes import fake_redis_factory
+from tests.unit.test_registry import Loader, StubEncoder, make_registry
+from worker.service import EmbeddingService
+
+
+class WideEncoder(StubEncoder):
+    """Vectors [3, 4, 12, ...]: truncating to 2 dims and re-normalizing gives [0.6, 0.8]."""
+
+    dimension = 3
+    special_token_count = 1
+
+    def prepare(self, ids, *, truncate, param):
+        return [0, *ids]
+
+    def check_token_ids(self, sequences):
+        if any(t >= 100 for s in sequences for t in s):
+            raise ServiceError(ErrorKind.INVALID_REQUEST, "token id out of range", "input")
+
+    def encode(self, batch):
+        return np.tile(np.array([3, 4, 12], dtype=np.float32) / 13, (len(batch), 1))
+
+
+class WideLoader(Loader):
+    def __call__(self, name):
+        super().__call__(name)
+        return WideEncoder()
+
+
+@pytest.fixture
+async def redis():
+    client = fake_redis_factory(fakeredis.FakeServer())(None)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def service(redis):
+    registry = make_registry(WideLoader(failing={"missing"}))
+    yield EmbeddingService(registry, redis, "w1")
+    await registry.close()
+
+
+def job(**overrides) -> EmbedJob:
+    fields = dict(
+        request_id="r1",
+        model="m",
+        input_kind="text",
+        inputs=["abc", "de"],
+        dimensions=None,
+        truncate=True,
+        reply_to="emb:reply:test",
+        enqueued_ms=now_ms(),
+        deadline_ms=now_ms() + 10_000,
+    )
+    return EmbedJob(**{**fields, **overrides})
+
+
+async def reply(redis):
+    messages = await redis.lrange("emb:reply:test", 0, -1)
+    assert len(messages) == 1
+    return decode_result(messages[0])
+
+
+async def test_job_result_is_published_to_its_reply_list(service, redis):
+    await service.handle(encode_job(job()))
+    result = await reply(redis)
+    assert result.error is None and result.request_id == "r1"
+    assert (result.count, result.dim, result.worker_id) == (2, 3, "w1")
+    assert result.prompt_tokens == 2  # one token per text; the special token is not counted
+    assert await redis.ttl("emb:reply:test") > 0
+
+
+async def test_dimensions_truncate_and_renormalize(service, redis):
+    await service.handle(encode_job(job(dimensions=2)))
+    result = await reply(redis)
+    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(result.count, result.dim)
+    assert np.allclose(vectors, [[0.6, 0.8], [0.6, 0.8]])
+
+
+async def test_dimensions_above_the_model_are_refused(service, redis):
+    await service.handle(encode_job(job(dimensions=4)))
+    result = await reply(redis)
+    assert result.error is not None
+    assert (result.error.kind, result.error.param) == (ErrorKind.INVALID_REQUEST, "dimensions")
+
+
+async def test_token_ids_out_of_range_are_refused(service, redis):
+    await service.handle(encode_job(job(input_kind="tokens", inputs=[[1, 2], [100]])))
+    assert (await reply(redis)).error.kind is ErrorKind.INVALID_REQUEST
+
+
+async def test_unknown_model_is_reported(service, redis):
+    await service.handle(encode_job(job(model="missing")))
+    assert (await reply(redis)).error.kind is ErrorKind.MODEL_NOT_FOUND
+
+
+async def test_expired_job_is_skipped(service, redis):
+    await service.handle(encode_job(job(deadline_ms=now_ms() - 1)))
+    assert await redis.llen("emb:reply:test") == 0
+    assert service.registry.loaded_names() == []  # not even the model was touched
+
+
+async def test_undecodable_job_with_a_reply_address_gets_an_error(service, redis):
+    message = msgpack.packb({"v": 999, "request_id": "r1", "reply_to": "emb:reply:test"})
+    await service.handle(message)
+    result = await reply(redis)
+    assert result.error.kind is ErrorKind.INTERNAL
+
+
+async def test_garbage_job_does_not_crash_the_worker(service, redis):
+    await service.handle(b"\xc1\xc1")
+    await service.handle(encode_job(job()))
+    assert (await reply(redis)).error is None
