@@ -7,7 +7,21 @@ import httpx
 
 from tests.integration.conftest import MODEL, cosines, vectors_of
 
-WORDS = "alpha beta gamma delta queue batch vector redis worker model token budget latency".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "queue",
+    "batch",
+    "vector",
+    "redis",
+    "worker",
+    "model",
+    "token",
+    "budget",
+    "latency",
+]
 
 
 def request_texts(rng: random.Random, request: int) -> list[str]:

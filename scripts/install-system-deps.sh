@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian/Ubuntu packages the project needs: redis-server, and venv support for Python. Installs only what is missing.
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+"$PYTHON" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"

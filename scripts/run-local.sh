@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole stack on this machine: Redis, one worker, the API on http://127.0.0.1:8000. Ctrl-C stops it all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+REDIS_PORT=${REDIS_PORT:-6379}
+API_PORT=${API_PORT:-8000}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}/0}
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+    echo "using the Redis already at $REDIS_URL"
+else
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no &
+    pids+=($!)
+fi
+"$PY" -m worker &
+pids+=($!)
+"$PY" -m uvicorn api.main:create_app --factory --host 127.0.0.1 --port "$API_PORT" &
+pids+=($!)
+echo "API on http://127.0.0.1:${API_PORT} (docs at /docs); Ctrl-C stops everything"
+wait -n  # if any one of them exits, stop the others

@@ -1,0 +1,68 @@
+"""What can be checked here of the Docker side: the compose file and Dockerfiles name the right things."""
+
+import re
+
+import yaml
+
+from shared.settings import Settings
+from tests.stack import ROOT
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def dockerfile(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def test_compose_services():
+    services = compose()["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    assert services["api"]["ports"] == ["${API_PORT:-8000}:8000"]
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+        assert services[name]["env_file"][0]["path"] == ".env"
+
+
+def test_worker_reserves_a_gpu_and_scales():
+    deploy = compose()["services"]["worker"]["deploy"]
+    assert deploy["replicas"] == "${WORKER_REPLICAS:-1}"
+    device = deploy["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_api_image_has_no_torch():
+    text = dockerfile("Dockerfile.api")
+    assert not re.search(r"pip install[^\n]*torch", text)
+    assert "'torch' not in sys.modules" in text  # the build itself checks the import
+    assert '".[api]"' in text
+
+
+def test_worker_image_is_cuda_with_torch():
+    text = dockerfile("Dockerfile.worker")
+    assert re.search(r"^FROM nvidia/cuda:\S+-runtime", text, re.M)
+    assert "torch==" in text and '".[worker]"' in text
+
+
+def cmd(text: str) -> list[str]:
+    match = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert match
+    return yaml.safe_load(match.group(1))
+
+
+def test_images_run_the_same_entry_points_as_the_local_stack():
+    assert cmd(dockerfile("Dockerfile.worker")) == ["python", "-m", "worker"]
+    api = cmd(dockerfile("Dockerfile.api"))
+    assert api[:3] == ["uvicorn", "api.main:create_app", "--factory"]
+    run_script = (ROOT / "scripts" / "run-local.sh").read_text()
+    assert "-m worker" in run_script and "api.main:create_app --factory" in run_script
+
+
+def test_env_example_names_only_real_settings():
+    names = set(Settings.model_fields)
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.match(r"#?\s*([A-Z_]+)=", line)
+        if match and match.group(1) not in {"WORKER_REPLICAS", "API_PORT"}:
+            assert match.group(1).lower() in names, match.group(1)
