@@ -11,8 +11,11 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}/0}
 pids=()
 cleanup() {
     trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    # API and worker first, Redis last, so they shut down cleanly
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
 }
 trap cleanup EXIT INT TERM
 
