@@ -51,6 +51,22 @@ class Settings(BaseSettings):
     #: seconds between a worker's heartbeats; it counts as gone after three missed ones
     worker_heartbeat_s: float = Field(2.0, gt=0)
 
+    # Fault tolerance
+    #: seconds a job stays claimed by a worker that stopped renewing it (crashed); then another worker re-runs it
+    job_lease_s: float = Field(10.0, gt=0)
+    #: runs of one job before its client gets an error (a job that keeps killing workers)
+    max_job_attempts: int = Field(3, ge=1)
+    #: texts queued or being encoded, deployment-wide, beyond which new requests get 429
+    max_queued_texts: int = Field(20_000, ge=1)
+    #: seconds a worker asked to stop (SIGTERM) may spend finishing the jobs it holds
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    # Fault injection, for tests only (worker): slow every batch, fail or kill on a token id, fail big batches
+    fault_encode_delay_s: float = Field(0.0, ge=0)
+    fault_poison_token: int | None = None
+    fault_crash_token: int | None = None
+    fault_oom_above: int | None = Field(None, ge=1)
+
     log_level: str = "INFO"
 
     @field_validator("embed_models", mode="before")

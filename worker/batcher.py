@@ -4,8 +4,10 @@ While the model encodes a batch, new sequences queue up; the moment it is free, 
 is waiting, bounded by ``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens. Nothing sleeps:
 a lone request at low load is encoded at once, and under load batches grow by themselves.
 
-A batch's failure reaches every request with a sequence in it. Requests whose caller has gone (their
-future cancelled) are skipped when the next batch is formed. The loop restarts itself if it ever dies.
+A batch that fails is retried in halves down to single sequences, so a poisonous input (or a batch too big
+for the GPU's memory) fails only the request it belongs to; a failure that persists reaches every request in
+the batch. Requests whose caller has gone (their future cancelled) are skipped when the next batch is formed.
+The loop restarts itself if it ever dies.
 """
 
 from __future__ import annotations
@@ -151,11 +153,10 @@ class MicroBatcher:
             self.busy = True
             started = time.perf_counter()
             try:
-                vectors = await loop.run_in_executor(self._executor, self._encode, [s.tokens for s in batch])
-            except Exception as exc:  # the encode's failure is every waiter's failure
-                log.exception("encoding a batch of %d for %s failed", len(batch), self._name)
-                error = ServiceError(ErrorKind.INTERNAL, "the model failed to encode this batch")
-                error.__cause__ = exc
+                outcomes = await loop.run_in_executor(self._executor, self._encode_isolating, [s.tokens for s in batch])
+            except Exception:  # not the model: the executor itself failed
+                log.exception("running a batch of %d for %s failed", len(batch), self._name)
+                error = ServiceError(ErrorKind.INTERNAL, "the worker failed to encode this batch")
                 for request in requests:
                     request.fail(error)
                 continue
@@ -167,8 +168,28 @@ class MicroBatcher:
                 stats.inference_ms += elapsed_ms
                 if len(batch) > stats.batch_size:
                     stats.batch_size, stats.batch_requests = len(batch), len(requests)
-            for sequence, vector in zip(batch, vectors, strict=True):
-                sequence.request.deliver(sequence.index, vector)
+            for sequence, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    sequence.request.fail(
+                        ServiceError(ErrorKind.INTERNAL, f"the model failed to encode input {sequence.index}")
+                    )
+                else:
+                    sequence.request.deliver(sequence.index, outcome)
+
+    def _encode_isolating(self, batch: Sequence[list[int]]) -> Sequence[np.ndarray | Exception]:
+        """Encode ``batch``; if that fails, encode its halves, down to single sequences.
+
+        So a poisonous input fails alone, and an out-of-memory batch is retried smaller. Runs in the executor.
+        """
+        try:
+            return list(self._encode(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                log.warning("%s failed to encode a sequence of %d tokens: %r", self._name, len(batch[0]), exc)
+                return [exc]
+            log.warning("%s failed a batch of %d (%r); retrying it in halves", self._name, len(batch), exc)
+            middle = len(batch) // 2
+            return [*self._encode_isolating(batch[:middle]), *self._encode_isolating(batch[middle:])]
 
     def _take_batch(self) -> list[_Sequence]:
         """The oldest waiting sequence, plus the waiting ones nearest it in length that fit the bounds."""

@@ -80,9 +80,14 @@ class SentenceTransformerEncoder:
             "input_ids": torch.from_numpy(input_ids).to(self._model.device),
             "attention_mask": torch.from_numpy(attention_mask).to(self._model.device),
         }
-        with torch.inference_mode():
-            embeddings = self._model(features)["sentence_embedding"]
-            embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
+        try:
+            with torch.inference_mode():
+                embeddings = self._model(features)["sentence_embedding"]
+                embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # so the smaller retries the batcher makes can fit
+            raise
         return embeddings.cpu().numpy()
 
 

@@ -16,6 +16,8 @@ from sentence_transformers import SentenceTransformer
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from worker.encoder import SentenceTransformerEncoder, pick_device
+from worker.faults import with_faults
+from worker.registry import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_encoder(name: str, settings: Settings) -> SentenceTransformerEncoder:
+def load_encoder(name: str, settings: Settings) -> Encoder:
     """Load ``name``; any failure becomes a ServiceError whose message names the model, not the cause."""
     device = pick_device(settings.device)
     token = settings.hugging_face_hub_token.get_secret_value() if settings.hugging_face_hub_token else None
@@ -55,7 +57,7 @@ def load_encoder(name: str, settings: Settings) -> SentenceTransformerEncoder:
     model.eval()
     if settings.fp16 and device == "cuda":
         model.half()
-    return SentenceTransformerEncoder(model)
+    return with_faults(SentenceTransformerEncoder(model), settings)
 
 
 def classify_load_failure(exc: BaseException) -> ErrorKind:

@@ -18,15 +18,18 @@ class FakeModel:
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
-        self.fail_next = False
+        self.broken = False
+        self.poison = -1
+        self.max_fitting_batch = 1_000_000
 
     def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
         self.batches.append([list(s) for s in batch])
         self.started.set()
         self.gate.wait(5)
-        if self.fail_next:
-            self.fail_next = False
+        if self.broken or any(self.poison in s for s in batch):
             raise RuntimeError("secret internal detail")
+        if len(batch) > self.max_fitting_batch:
+            raise MemoryError("out of memory")
         return np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
 
 
@@ -120,21 +123,48 @@ async def test_batch_groups_sequences_of_similar_length(model, executor):
     await batcher.close()
 
 
-async def test_failed_encode_reaches_every_waiter_and_the_loop_goes_on(model, executor):
+async def test_persistent_failure_reaches_every_waiter_and_the_loop_goes_on(model, executor):
     batcher = make_batcher(model, executor)
     blocker = await hold_model_busy(model, batcher)
     waiters = [asyncio.create_task(batcher.submit([[i]])) for i in range(3)]
     await asyncio.sleep(0.01)
-    model.fail_next = True
+    model.broken = True
     model.gate.set()
-    outcomes = await asyncio.wait_for(asyncio.gather(blocker, *waiters, return_exceptions=True), 5)
-    failures = [o for o in outcomes if isinstance(o, ServiceError)]
-    assert failures, "the failed batch must reach its waiters"
-    for failure in failures:
+    outcomes = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+    await asyncio.gather(blocker, return_exceptions=True)
+    assert all(isinstance(o, ServiceError) for o in outcomes)
+    for failure in outcomes:
         assert failure.kind is ErrorKind.INTERNAL
         assert "secret" not in failure.message
+    model.broken = False
     encoded = await asyncio.wait_for(batcher.submit([[7]]), 5)
     assert encoded.vectors.tolist() == [[7, 1]]
+    await batcher.close()
+
+
+async def test_poisonous_input_fails_only_its_request(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    model.poison = 666
+    good = [asyncio.create_task(batcher.submit([[i], [i + 10]])) for i in range(3)]
+    bad = asyncio.create_task(batcher.submit([[1], [666]]))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await blocker
+    for i, waiter in enumerate(good):
+        assert (await asyncio.wait_for(waiter, 5)).vectors[:, 0].tolist() == [i, i + 10]
+    with pytest.raises(ServiceError) as info:
+        await asyncio.wait_for(bad, 5)
+    assert info.value.kind is ErrorKind.INTERNAL and "input 1" in info.value.message
+    assert len(model.batches[1]) == 8  # they did share a batch before it was split
+
+
+async def test_batch_too_big_for_memory_is_retried_smaller(model, executor):
+    batcher = make_batcher(model, executor)
+    model.max_fitting_batch = 2
+    encoded = await asyncio.wait_for(batcher.submit([[i] for i in range(8)]), 5)
+    assert encoded.vectors[:, 0].tolist() == list(range(8))
+    assert [len(b) for b in model.batches] == [8, 4, 2, 2, 4, 2, 2]
     await batcher.close()
 
 

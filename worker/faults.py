@@ -1,0 +1,57 @@
+"""Faults on demand, for tests over real processes: a slow model, a poisonous input, a crash, an out-of-memory.
+
+Enabled only by the ``FAULT_*`` settings; with none set, ``with_faults`` returns the encoder untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.settings import Settings
+from worker.registry import Encoder
+
+log = logging.getLogger(__name__)
+
+
+class FaultInjectingEncoder:
+    def __init__(self, inner: Encoder, settings: Settings) -> None:
+        self._inner = inner
+        self._delay_s = settings.fault_encode_delay_s
+        self._poison = settings.fault_poison_token
+        self._crash = settings.fault_crash_token
+        self._oom_above = settings.fault_oom_above
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+        time.sleep(self._delay_s)
+        if self._crash is not None and any(self._crash in ids for ids in batch):
+            log.error("injected crash")
+            os._exit(137)
+        if self._poison is not None and any(self._poison in ids for ids in batch):
+            raise RuntimeError("injected poisonous input")
+        if self._oom_above is not None and len(batch) > self._oom_above:
+            raise torch.OutOfMemoryError("injected out of memory")
+        return self._inner.encode(batch)
+
+
+def with_faults(encoder: Encoder, settings: Settings) -> Encoder:
+    faults = (
+        settings.fault_encode_delay_s,
+        settings.fault_poison_token,
+        settings.fault_crash_token,
+        settings.fault_oom_above,
+    )
+    if not any(faults):
+        return encoder
+    log.warning("fault injection is on: %s", faults)
+    injecting: Encoder = FaultInjectingEncoder(encoder, settings)
+    return injecting
