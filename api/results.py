@@ -2,18 +2,20 @@
 
 Each API process owns one reply list in Redis. One task blocks on it (BLMPOP, many results per round trip)
 and hands each result to the future of the request that waits for it. A result nobody waits for any more
-(the client gave up) is dropped.
+(the client gave up) is dropped. When Redis comes back from a restart (a new run id), the jobs it held are gone:
+their requests get a retryable 503 at once instead of waiting for their deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.errors import ProtocolError
+from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.protocol import EmbedResult, decode_result
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class ResultListener:
         self.reply_key = reply_key
         self._waiting: dict[str, asyncio.Future[EmbedResult]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._run_id: str | None = None
 
     def expect(self, request_id: str) -> asyncio.Future[EmbedResult]:
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
@@ -55,6 +58,8 @@ class ResultListener:
             self.start()
 
     async def _run(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._check_server()
         while True:
             try:
                 popped = await self._redis.execute_command(  # type: ignore[no-untyped-call]
@@ -63,9 +68,22 @@ class ResultListener:
             except (RedisError, OSError) as exc:
                 log.warning("reading results failed (%r); retrying", exc)
                 await asyncio.sleep(0.2)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._check_server()
                 continue
             if popped:
                 self._deliver(popped[1])
+
+    async def _check_server(self) -> None:
+        info = await self._redis.info("server")
+        run_id = str(info.get("run_id"))
+        if self._run_id is not None and run_id != self._run_id:
+            lost = [future for future in self._waiting.values() if not future.done()]
+            log.warning("Redis restarted; %d waiting requests lost their jobs", len(lost))
+            error = ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the job queue restarted and lost this request; retry")
+            for future in lost:
+                future.set_exception(error)
+        self._run_id = run_id
 
     def _deliver(self, messages: list[bytes]) -> None:
         for message in messages:

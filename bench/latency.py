@@ -60,8 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as logs, running_stack(Path(logs)) as base_url:
-        api_ms, model_ms = through_the_api(base_url, args.requests)
+    with tempfile.TemporaryDirectory() as logs, running_stack(Path(logs)) as stack:
+        api_ms, model_ms = through_the_api(stack.base_url, args.requests)
     direct_ms = in_process(args.requests)
     rows = [
         ("queue path (HTTP→Redis→worker→Redis→HTTP)", api_ms),

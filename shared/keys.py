@@ -15,6 +15,9 @@ WAKE_CHANNEL = PREFIX + "wake"
 #: Sorted set: worker id -> time (ms) of its last heartbeat.
 WORKERS = PREFIX + "workers"
 
+#: Counter of texts queued or being encoded, deployment-wide (``shared.backlog``).
+QUEUED_TEXTS = PREFIX + "queued-texts"
+
 _REPLY_PREFIX = PREFIX + "reply:"
 _WORKER_INFO_PREFIX = PREFIX + "worker:"
 

@@ -18,6 +18,7 @@ class WorkerInfo:
     #: models loaded right now
     models: list[str]
     started_ms: int
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def now_ms() -> int:

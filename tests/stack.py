@@ -90,21 +90,56 @@ def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_
     raise TimeoutError(f"{base_url} did not become ready")
 
 
+class Stack:
+    """Redis, workers and the API as separate processes, with the controls failure tests need."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = log_dir
+        self.env = env
+        self.redis_port = free_port()
+        self.api_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start_redis(self) -> None:
+        self.redis = start_redis(self.redis_port, self.log_dir)
+
+    def stop_redis(self) -> None:
+        if self.redis is not None:
+            stop(self.redis)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        worker = start_worker(self.redis_url, self.log_dir / f"worker-{len(self.workers)}.log", **self.env)
+        self.workers.append(worker)
+        return worker
+
+    def start_api(self) -> None:
+        self.api = start_api(self.redis_url, self.api_port, self.log_dir / "api.log", **self.env)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        alive = [p for p in (self.redis, self.api) if p is not None]
+        wait_ready(self.base_url, alive, timeout_s)
+
+    def stop_all(self) -> None:
+        for process in [self.api, *self.workers, self.redis]:
+            if process is not None:
+                stop(process)
+
+
 @contextlib.contextmanager
-def running_stack(log_dir: Path, *, workers: int = 1, **env: str) -> Iterator[str]:
-    """Redis, ``workers`` workers and the API; yields the API's base URL."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    redis_port, api_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    processes: list[subprocess.Popen[bytes]] = []
+def running_stack(log_dir: Path, *, workers: int = 1, **env: str) -> Iterator[Stack]:
+    """Redis, ``workers`` workers and the API, ready to serve; everything stopped on exit."""
+    stack = Stack(log_dir, env)
     try:
-        processes.append(start_redis(redis_port, log_dir))
-        for i in range(workers):
-            processes.append(start_worker(redis_url, log_dir / f"worker-{i}.log", **env))
-        processes.append(start_api(redis_url, api_port, log_dir / "api.log", **env))
-        base_url = f"http://127.0.0.1:{api_port}"
-        wait_ready(base_url, processes)
-        yield base_url
+        stack.start_redis()
+        for _ in range(workers):
+            stack.start_worker()
+        stack.start_api()
+        stack.wait_ready()
+        yield stack
     finally:
-        for process in reversed(processes):
-            stop(process)
+        stack.stop_all()

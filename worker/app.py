@@ -15,11 +15,13 @@ import uuid
 from typing import Any, ClassVar, cast
 
 from arq import func
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, get_kwargs
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.backlog import Backlog
 from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
 from shared.settings import Settings, get_settings
 from shared.workers import WorkerInfo, now_ms, record_heartbeat, remove_worker
@@ -36,7 +38,7 @@ IDLE_POLL_S = 1.0
 
 async def embed(ctx: dict[str, Any], message: bytes) -> None:
     service: EmbeddingService = ctx["service"]
-    await service.handle(message)
+    await service.handle(message, attempt=ctx.get("job_try", 1))
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -49,7 +51,10 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )
-    service = EmbeddingService(registry, ctx["redis"], worker_id)
+    backlog = Backlog(ctx["redis"], settings.max_queued_texts)
+    service = EmbeddingService(
+        registry, ctx["redis"], worker_id, backlog=backlog, max_attempts=settings.max_job_attempts
+    )
     ctx["service"] = service
     for name in settings.embed_models:
         with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
@@ -57,7 +62,11 @@ async def startup(ctx: dict[str, Any]) -> None:
             await model.batcher.submit([model.encoder.prepare([], truncate=True, param="input")])  # warm-up
     info = functools.partial(WorkerInfo, worker_id, pick_device(settings.device), started_ms=now_ms())
     ctx["background"] = [
-        asyncio.create_task(_heartbeat(ctx["redis"], settings, lambda: info(models=registry.loaded_names()))),
+        asyncio.create_task(
+            _heartbeat(
+                ctx["redis"], settings, lambda: info(models=registry.loaded_names(), counters=dict(service.counters))
+            )
+        ),
     ]
     wake = ctx.get("wake")
     if isinstance(wake, asyncio.Event):
@@ -116,21 +125,62 @@ class WorkerSettings:
 
 
 class EmbeddingWorker(Worker):
-    """An arq worker that sleeps until woken (a new job, or a finished one freeing capacity), not a fixed delay."""
+    """arq's worker, with what a queue of short, deadline-bound jobs needs on top.
 
-    def __init__(self, *, wake: asyncio.Event, **kwargs: Any) -> None:
+    - It sleeps until woken (a job was enqueued, or capacity freed up), not for a fixed poll delay.
+    - It claims jobs for a short lease and renews it while it runs them: when a worker dies, its jobs are run
+      again elsewhere after ``job_lease_s``, not after arq's whole job timeout.
+    - It survives Redis going away and coming back (empty), without a restart.
+    """
+
+    def __init__(self, *, wake: asyncio.Event, lease_s: float, **kwargs: Any) -> None:
         super().__init__(**{**kwargs, "poll_delay": 0})
         self._wake = wake
+        self._lease_s = lease_s
+        self.in_progress_timeout_s = lease_s
+        self._lease_task: asyncio.Task[None] | None = None
 
     async def _poll_iteration(self) -> None:
+        if self._lease_task is None:
+            self._lease_task = asyncio.create_task(self._renew_leases())
         self._wake.clear()  # before reading the queue: a job enqueued meanwhile sets it again
-        await super()._poll_iteration()
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("reading the queue failed (%r); retrying", exc)
+            await asyncio.sleep(0.5)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq's queue also lists running jobs; checking our own again would cost a transaction each
+        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+
     def _release_sem_dec_counter_on_complete(self) -> None:
+        was_full = self.job_counter >= self.max_jobs
         super()._release_sem_dec_counter_on_complete()
-        self._wake.set()
+        if was_full:
+            self._wake.set()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(in_progress_key_prefix + job_id, int(self._lease_s * 1000))
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("renewing job leases failed (%r)", exc)
+
+    async def close(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        await super().close()
 
 
 def build_worker(settings: Settings) -> EmbeddingWorker:
@@ -138,8 +188,13 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
     return EmbeddingWorker(
         **get_kwargs(cast(Any, WorkerSettings)),
         wake=wake,
+        lease_s=settings.job_lease_s,
         redis_pool=connect(settings),
         max_jobs=settings.worker_max_jobs,
-        job_timeout=settings.request_timeout_s + 60,
+        # a job never runs past its request's deadline; arq's limit is only a backstop
+        job_timeout=settings.request_timeout_s + 10,
+        # arq stops calling the function after max_tries; one more lets it tell the client it gave up
+        max_tries=settings.max_job_attempts + 1,
+        job_completion_wait=int(settings.shutdown_grace_s),
         ctx={"wake": wake},
     )

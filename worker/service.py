@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis
 
+from shared.backlog import Backlog
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.workers import now_ms
@@ -23,14 +24,23 @@ REPLY_TTL_S = 60
 
 
 class EmbeddingService:
-    def __init__(self, registry: ModelRegistry, redis: Redis, worker_id: str) -> None:
+    def __init__(
+        self, registry: ModelRegistry, redis: Redis, worker_id: str, *, backlog: Backlog, max_attempts: int
+    ) -> None:
         self.registry = registry
         self._redis = redis
+        self._backlog = backlog
+        self._max_attempts = max_attempts
         self.worker_id = worker_id
         self.largest_batch = (0, 0)
+        #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
+        self.counters = {"answered": 0, "expired": 0, "abandoned": 0}
 
-    async def handle(self, message: bytes) -> None:
-        """Run one job and publish its result; never raises, so arq does not retry work that was answered."""
+    async def handle(self, message: bytes, attempt: int = 1) -> None:
+        """Run one job and publish its result; never raises, so arq does not retry work that was answered.
+
+        ``attempt`` counts runs of this job: more than one means a worker died while holding it.
+        """
         try:
             job = decode_job(message)
         except ProtocolError as exc:
@@ -38,6 +48,14 @@ class EmbeddingService:
             return
         if now_ms() > job.deadline_ms:
             log.info("job %s expired before it started; skipped", job.request_id)
+            self.counters["expired"] += 1
+            await self._backlog.release(len(job.inputs))
+            return
+        if attempt > self._max_attempts:
+            log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
+            self.counters["abandoned"] += 1
+            reason = f"processing this request failed {attempt - 1} times; it was abandoned"
+            await self._publish(job, self._error(job, ErrorKind.INTERNAL, reason))
             return
         started_ms = now_ms()
         try:
@@ -50,7 +68,8 @@ class EmbeddingService:
             log.exception("job %s failed", job.request_id)
             result = self._error(job, ErrorKind.INTERNAL, "the worker failed to process this request")
         result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms))
-        await self._publish(job.reply_to, result)
+        await self._publish(job, result)
+        self.counters["answered"] += 1
 
     async def _embed(self, job: EmbedJob) -> EmbedResult:
         model = await self.registry.get(job.model)
@@ -85,10 +104,16 @@ class EmbeddingService:
     def _error(self, job: EmbedJob, kind: ErrorKind, message: str, param: str | None = None) -> EmbedResult:
         return EmbedResult(job.request_id, error=EmbedError(kind, message, param), worker_id=self.worker_id)
 
-    async def _publish(self, reply_to: str, result: EmbedResult) -> None:
+    async def _publish(self, job: EmbedJob, result: EmbedResult) -> None:
+        """Send the result and release the job's texts from the backlog, in one round trip."""
+        await self._reply(job.reply_to, result, release_texts=len(job.inputs))
+
+    async def _reply(self, reply_to: str, result: EmbedResult, *, release_texts: int = 0) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.lpush(reply_to, encode_result(result))
             pipe.expire(reply_to, REPLY_TTL_S)
+            if release_texts:
+                await self._backlog.release_in(pipe, release_texts)
             await pipe.execute()
 
     async def _reject_undecodable(self, message: bytes, exc: ProtocolError) -> None:
@@ -100,7 +125,7 @@ class EmbeddingService:
         except Exception:
             return
         result = EmbedResult(request_id, error=EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job"))
-        await self._publish(reply_to, result)
+        await self._reply(reply_to, result)
 
 
 def _model_inputs(encoder: Encoder, job: EmbedJob) -> list[list[int]]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -13,7 +17,7 @@ from api.dispatch import Dispatcher
 from api.responses import embeddings_body
 from api.schemas import EmbeddingRequest, parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
-from shared.protocol import EmbedJob
+from shared.protocol import EmbedJob, EmbedResult
 from shared.settings import Settings
 from shared.workers import now_ms
 
@@ -51,7 +55,7 @@ async def create_embeddings(request: Request) -> Response:
         enqueued_ms=enqueued_ms,
         deadline_ms=enqueued_ms + int(settings.request_timeout_s * 1000),
     )
-    result = await dispatcher.run(job, settings.request_timeout_s)
+    result = await _unless_disconnected(request, dispatcher.run(job, settings.request_timeout_s))
     if result.error is not None:
         raise ServiceError(result.error.kind, result.error.message, result.error.param)
     body = embeddings_body(result, embedding_request.model, embedding_request.encoding_format)
@@ -64,3 +68,23 @@ async def create_embeddings(request: Request) -> Response:
         "x-batch-requests": str(result.batch_requests),
     }
     return Response(body, media_type="application/json", headers=headers)
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, EmbedResult]) -> EmbedResult:
+    """``work``'s result, or a cancelled ``work`` (its queued job withdrawn) if the client goes away first."""
+    work_task = asyncio.ensure_future(work)
+    disconnect_task = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        return await work_task
+    raise ServiceError(ErrorKind.INVALID_REQUEST, "the client closed the connection")
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -30,8 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def base_url(tmp_path_factory: pytest.TempPathFactory):
-    with running_stack(tmp_path_factory.mktemp("stack")) as url:
-        yield url
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack.base_url
 
 
 @pytest.fixture

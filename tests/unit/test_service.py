@@ -5,6 +5,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from shared.backlog import Backlog
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedJob, decode_result, encode_job
 from shared.workers import now_ms
@@ -46,7 +47,7 @@ async def redis():
 @pytest.fixture
 async def service(redis):
     registry = make_registry(WideLoader(failing={"missing"}))
-    yield EmbeddingService(registry, redis, "w1")
+    yield EmbeddingService(registry, redis, "w1", backlog=Backlog(redis, 100), max_attempts=2)
     await registry.close()
 
 
@@ -104,10 +105,28 @@ async def test_unknown_model_is_reported(service, redis):
     assert (await reply(redis)).error.kind is ErrorKind.MODEL_NOT_FOUND
 
 
-async def test_expired_job_is_skipped(service, redis):
+async def test_expired_job_is_skipped_and_leaves_the_backlog(service, redis):
+    await Backlog(redis, 100).admit(2)
     await service.handle(encode_job(job(deadline_ms=now_ms() - 1)))
     assert await redis.llen("emb:reply:test") == 0
     assert service.registry.loaded_names() == []  # not even the model was touched
+    assert service.counters["expired"] == 1
+    assert int(await redis.get("emb:queued-texts")) == 0
+
+
+async def test_answered_job_leaves_the_backlog(service, redis):
+    await Backlog(redis, 100).admit(5)
+    await service.handle(encode_job(job()))
+    assert int(await redis.get("emb:queued-texts")) == 3
+    assert service.counters["answered"] == 1
+
+
+async def test_job_attempted_too_often_is_abandoned_with_an_error(service, redis):
+    await service.handle(encode_job(job()), attempt=3)
+    result = await reply(redis)
+    assert result.error.kind is ErrorKind.INTERNAL and "2 times" in result.error.message
+    assert service.registry.loaded_names() == []
+    assert service.counters["abandoned"] == 1
 
 
 async def test_undecodable_job_with_a_reply_address_gets_an_error(service, redis):
