@@ -12,11 +12,12 @@ from redis.exceptions import RedisError
 
 from api.results import ResultListener
 from shared import keys
+from shared.arq_batch import ArqBatch, NewJob
 from shared.backlog import Backlog
+from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedJob, EmbedResult, encode_job
-from shared.queue import EMBED_FUNCTION
-from shared.workers import live_workers
+from shared.workers import live_workers, now_ms
 
 #: seconds a "some worker is alive" answer is reused
 _LIVENESS_CACHE_S = 1.0
@@ -25,10 +26,15 @@ _JOB_KEY_EXTRA_S = 3600
 
 
 class Dispatcher:
-    def __init__(self, redis: ArqRedis, listener: ResultListener, backlog: Backlog, *, worker_ttl_s: float) -> None:
+    def __init__(
+        self, redis: ArqRedis, listener: ResultListener, *, worker_ttl_s: float, max_queued_texts: int
+    ) -> None:
         self._redis = redis
         self._listener = listener
-        self._backlog = backlog
+        self._arq = ArqBatch(redis)
+        self._backlog = Backlog(redis)
+        self._max_queued_texts = max_queued_texts
+        self._enqueuer: Coalescer[NewJob, bool] = Coalescer(self._enqueue_many)
         self._worker_ttl_s = worker_ttl_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
@@ -57,16 +63,24 @@ class Dispatcher:
             self._listener.forget(job.request_id)
 
     async def _enqueue(self, job: EmbedJob, timeout_s: float) -> None:
+        new_job = NewJob(
+            job_id=job.request_id,
+            message=encode_job(job),
+            enqueued_ms=job.enqueued_ms,
+            expires_ms=int((timeout_s + _JOB_KEY_EXTRA_S) * 1000),
+            texts=len(job.inputs),
+        )
         try:
             await self._require_workers()
-            if not await self._backlog.admit(len(job.inputs)):
-                raise ServiceError(ErrorKind.RATE_LIMITED, "too much work is queued right now; retry shortly")
-            await self._redis.enqueue_job(
-                EMBED_FUNCTION, encode_job(job), _job_id=job.request_id, _expires=timeout_s + _JOB_KEY_EXTRA_S
-            )
-            await self._redis.publish(keys.WAKE_CHANNEL, b"")
+            admitted = await self._enqueuer.submit(new_job)
         except (RedisError, OSError) as exc:
             raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly") from exc
+        if not admitted:
+            raise ServiceError(ErrorKind.RATE_LIMITED, "too much work is queued right now; retry shortly")
+
+    async def _enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
+        """All the jobs submitted since the last flush, with one script call."""
+        return await self._arq.enqueue(jobs, self._max_queued_texts, now_ms())
 
     async def _withdraw(self, job: EmbedJob) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -16,7 +16,6 @@ from api.errors import install_error_handlers
 from api.results import BLOCK_S, ResultListener
 from api.routes import embeddings, health
 from shared import keys
-from shared.backlog import Backlog
 from shared.queue import connect
 from shared.settings import Settings, get_settings
 
@@ -34,8 +33,9 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
         listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
         listener.start()
         app.state.redis = redis
-        backlog = Backlog(redis, settings.max_queued_texts)
-        app.state.dispatcher = Dispatcher(redis, listener, backlog, worker_ttl_s=settings.worker_ttl_s)
+        app.state.dispatcher = Dispatcher(
+            redis, listener, worker_ttl_s=settings.worker_ttl_s, max_queued_texts=settings.max_queued_texts
+        )
         try:
             yield
         finally:

@@ -29,7 +29,21 @@ RETRYABLE = {429, 503, 504}
 
 def text_pool(size: int = 64) -> list[str]:
     rng = random.Random(3)
-    words = "queue worker batch vector redis latency token model crash restart recover steady load".split()
+    words = [
+        "queue",
+        "worker",
+        "batch",
+        "vector",
+        "redis",
+        "latency",
+        "token",
+        "model",
+        "crash",
+        "restart",
+        "recover",
+        "steady",
+        "load",
+    ]
     return [f"text {i}: " + " ".join(rng.choices(words, k=rng.randint(3, 25))) for i in range(size)]
 
 

@@ -2,6 +2,7 @@
 
 Past ``max_queued_texts`` new requests get 429 at once, so accepted work keeps its latency. A request larger than
 the whole bound is still admitted when nothing else is queued, so no valid request is refused forever.
+Admission happens inside the enqueue script (``shared.arq_batch``), atomically with the enqueue itself.
 """
 
 from __future__ import annotations
@@ -10,15 +11,6 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
-
-_ADMIT = """
-local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
-local texts = tonumber(ARGV[1])
-if queued > 0 and queued + texts > tonumber(ARGV[2]) then
-    return -1
-end
-return redis.call('INCRBY', KEYS[1], texts)
-"""
 
 _RELEASE = """
 local left = redis.call('DECRBY', KEYS[1], ARGV[1])
@@ -30,14 +22,8 @@ return left
 
 
 class Backlog:
-    def __init__(self, redis: Redis, limit: int) -> None:
-        self._admit = redis.register_script(_ADMIT)
+    def __init__(self, redis: Redis) -> None:
         self._release = redis.register_script(_RELEASE)
-        self._limit = limit
-
-    async def admit(self, texts: int) -> bool:
-        """Count ``texts`` in, unless that would pass the bound."""
-        return int(await self._admit(keys=[keys.QUEUED_TEXTS], args=[texts, self._limit])) >= 0
 
     async def release(self, texts: int) -> None:
         await self._release(keys=[keys.QUEUED_TEXTS], args=[texts])

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     #: seconds a worker asked to stop (SIGTERM) may spend finishing the jobs it holds
     shutdown_grace_s: float = Field(30.0, ge=0)
 
+    # Benchmarks (worker): "stub" returns constant vectors at once, to measure the pipeline alone; "simulated"
+    # also sleeps per batch like a GPU would, to measure scaling across workers
+    encoder: Literal["model", "stub", "simulated"] = "model"
+    simulated_batch_ms: float = Field(2.0, ge=0)
+    simulated_ms_per_1k_tokens: float = Field(10.0, ge=0)
+
     # Fault injection, for tests only (worker): slow every batch, fail or kill on a token id, fail big batches
     fault_encode_delay_s: float = Field(0.0, ge=0)
     fault_poison_token: int | None = None

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.backlog import Backlog
+from shared.arq_batch import ArqBatch
 from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
 from shared.settings import Settings, get_settings
 from shared.workers import WorkerInfo, now_ms, record_heartbeat, remove_worker
@@ -37,8 +37,9 @@ IDLE_POLL_S = 1.0
 
 
 async def embed(ctx: dict[str, Any], message: bytes) -> None:
+    """The job function, for a stock arq worker; ``EmbeddingWorker`` calls the service directly."""
     service: EmbeddingService = ctx["service"]
-    await service.handle(message, attempt=ctx.get("job_try", 1))
+    await service.handle(ctx["job_id"], message, attempt=ctx.get("job_try", 1))
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -51,10 +52,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )
-    backlog = Backlog(ctx["redis"], settings.max_queued_texts)
-    service = EmbeddingService(
-        registry, ctx["redis"], worker_id, backlog=backlog, max_attempts=settings.max_job_attempts
-    )
+    service = EmbeddingService(registry, ctx["redis"], worker_id, max_attempts=settings.max_job_attempts)
     ctx["service"] = service
     for name in settings.embed_models:
         with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
@@ -125,9 +123,10 @@ class WorkerSettings:
 
 
 class EmbeddingWorker(Worker):
-    """arq's worker, with what a queue of short, deadline-bound jobs needs on top.
+    """arq's worker (settings, start-up, signals, graceful shutdown), with a loop made for many short jobs.
 
     - It sleeps until woken (a job was enqueued, or capacity freed up), not for a fixed poll delay.
+    - It claims all the jobs it can take with one script (``shared.arq_batch``), not a transaction each.
     - It claims jobs for a short lease and renews it while it runs them: when a worker dies, its jobs are run
       again elsewhere after ``job_lease_s``, not after arq's whole job timeout.
     - It survives Redis going away and coming back (empty), without a restart.
@@ -139,13 +138,16 @@ class EmbeddingWorker(Worker):
         self._lease_s = lease_s
         self.in_progress_timeout_s = lease_s
         self._lease_task: asyncio.Task[None] | None = None
+        self._arq: ArqBatch | None = None
 
     async def _poll_iteration(self) -> None:
-        if self._lease_task is None:
+        if self._arq is None:
+            self._arq = ArqBatch(self.pool, self.queue_name)
             self._lease_task = asyncio.create_task(self._renew_leases())
         self._wake.clear()  # before reading the queue: a job enqueued meanwhile sets it again
         try:
-            await super()._poll_iteration()
+            await self._claim_jobs(self._arq)
+            await self.heart_beat()
         except (RedisError, OSError) as exc:
             log.warning("reading the queue failed (%r); retrying", exc)
             await asyncio.sleep(0.5)
@@ -153,25 +155,32 @@ class EmbeddingWorker(Worker):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # arq's queue also lists running jobs; checking our own again would cost a transaction each
-        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+    async def _claim_jobs(self, arq: ArqBatch) -> None:
+        room = self.max_jobs - len(self.tasks)
+        if not self.allow_pick_jobs or room <= 0:
+            return
+        service: EmbeddingService = self.ctx["service"]
+        for job in await arq.claim(room, int(self._lease_s * 1000), now_ms()):
+            task = asyncio.create_task(service.handle(job.job_id, job.message, job.attempt))
+            self.tasks[job.job_id] = task
+            task.add_done_callback(functools.partial(self._job_done, job.job_id))
 
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        was_full = self.job_counter >= self.max_jobs
-        super()._release_sem_dec_counter_on_complete()
+    def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        was_full = len(self.tasks) >= self.max_jobs
+        self.tasks.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s failed outside the service: %r", job_id, task.exception())
         if was_full:
             self._wake.set()
 
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self._lease_s / 3)
-            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
-            if not running:
+            if not self.tasks:
                 continue
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in running:
+                    for job_id in list(self.tasks):
                         pipe.pexpire(in_progress_key_prefix + job_id, int(self._lease_s * 1000))
                     await pipe.execute()
             except (RedisError, OSError) as exc:
@@ -193,7 +202,7 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         max_jobs=settings.worker_max_jobs,
         # a job never runs past its request's deadline; arq's limit is only a backstop
         job_timeout=settings.request_timeout_s + 10,
-        # arq stops calling the function after max_tries; one more lets it tell the client it gave up
+        # for a stock arq runner: one more try than the service's limit lets the service tell the client it gave up
         max_tries=settings.max_job_attempts + 1,
         job_completion_wait=int(settings.shutdown_grace_s),
         ctx={"wake": wake},

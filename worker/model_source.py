@@ -18,6 +18,7 @@ from shared.settings import Settings
 from worker.encoder import SentenceTransformerEncoder, pick_device
 from worker.faults import with_faults
 from worker.registry import Encoder
+from worker.stand_ins import SimulatedGpuEncoder, StubEncoder
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def resolve(name: str) -> str:
 
 def load_encoder(name: str, settings: Settings) -> Encoder:
     """Load ``name``; any failure becomes a ServiceError whose message names the model, not the cause."""
+    if settings.encoder == "stub":
+        return StubEncoder()
+    if settings.encoder == "simulated":
+        return SimulatedGpuEncoder(settings.simulated_batch_ms, settings.simulated_ms_per_1k_tokens)
     device = pick_device(settings.device)
     token = settings.hugging_face_hub_token.get_secret_value() if settings.hugging_face_hub_token else None
     try:

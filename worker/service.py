@@ -1,8 +1,13 @@
-"""What a worker does with one embedding job: decode, tokenize, batch, encode, publish the result."""
+"""What a worker does with one embedding job: decode, tokenize, batch, encode, publish the result.
+
+Results of jobs that finish together (a batch) are published together: one Redis round trip for all of them,
+which also drops the jobs from arq's keys and releases their texts from the backlog.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -11,7 +16,9 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis
 
+from shared.arq_batch import ArqBatch, FinishedJob
 from shared.backlog import Backlog
+from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.workers import now_ms
@@ -23,43 +30,47 @@ log = logging.getLogger(__name__)
 REPLY_TTL_S = 60
 
 
+#: jobs with fewer characters than this are tokenized on the event loop; a thread hop costs more than that
+_INLINE_TOKENIZE_CHARS = 4096
+
+
 class EmbeddingService:
-    def __init__(
-        self, registry: ModelRegistry, redis: Redis, worker_id: str, *, backlog: Backlog, max_attempts: int
-    ) -> None:
+    def __init__(self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int) -> None:
         self.registry = registry
-        self._redis = redis
-        self._backlog = backlog
+        self._arq = ArqBatch(redis)
+        self._backlog = Backlog(redis)
+        self._finisher: Coalescer[FinishedJob, None] = Coalescer(self._finish)
         self._max_attempts = max_attempts
         self.worker_id = worker_id
         self.largest_batch = (0, 0)
         #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
         self.counters = {"answered": 0, "expired": 0, "abandoned": 0}
 
-    async def handle(self, message: bytes, attempt: int = 1) -> None:
-        """Run one job and publish its result; never raises, so arq does not retry work that was answered.
+    async def handle(self, job_id: str, message: bytes, attempt: int = 1) -> None:
+        """Run one arq job and publish its result; never raises, so work that was answered is not retried.
 
         ``attempt`` counts runs of this job: more than one means a worker died while holding it.
         """
         try:
             job = decode_job(message)
         except ProtocolError as exc:
-            await self._reject_undecodable(message, exc)
+            await self._reject_undecodable(job_id, message, exc)
             return
         if now_ms() > job.deadline_ms:
             log.info("job %s expired before it started; skipped", job.request_id)
             self.counters["expired"] += 1
-            await self._backlog.release(len(job.inputs))
+            await self._finisher.submit(FinishedJob(job_id, None, None, len(job.inputs)))
             return
         if attempt > self._max_attempts:
             log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
             self.counters["abandoned"] += 1
             reason = f"processing this request failed {attempt - 1} times; it was abandoned"
-            await self._publish(job, self._error(job, ErrorKind.INTERNAL, reason))
+            await self._publish(job_id, job, self._error(job, ErrorKind.INTERNAL, reason))
             return
         started_ms = now_ms()
         try:
-            result = await asyncio.wait_for(self._embed(job), (job.deadline_ms - started_ms) / 1000)
+            async with asyncio.timeout((job.deadline_ms - started_ms) / 1000):
+                result = await self._embed(job)
         except ServiceError as exc:
             result = self._error(job, exc.kind, exc.message, exc.param)
         except TimeoutError:
@@ -68,7 +79,7 @@ class EmbeddingService:
             log.exception("job %s failed", job.request_id)
             result = self._error(job, ErrorKind.INTERNAL, "the worker failed to process this request")
         result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms))
-        await self._publish(job, result)
+        await self._publish(job_id, job, result)
         self.counters["answered"] += 1
 
     async def _embed(self, job: EmbedJob) -> EmbedResult:
@@ -80,7 +91,10 @@ class EmbeddingService:
                 f"dimensions must be between 1 and {encoder.dimension} for this model",
                 "dimensions",
             )
-        sequences = await asyncio.to_thread(_model_inputs, encoder, job)
+        if sum(map(len, job.inputs)) < _INLINE_TOKENIZE_CHARS:
+            sequences = _model_inputs(encoder, job)
+        else:
+            sequences = await asyncio.to_thread(_model_inputs, encoder, job)
         encoded = await model.batcher.submit(sequences)
         vectors = encoded.vectors
         if job.dimensions is not None and job.dimensions < vectors.shape[1]:
@@ -104,28 +118,23 @@ class EmbeddingService:
     def _error(self, job: EmbedJob, kind: ErrorKind, message: str, param: str | None = None) -> EmbedResult:
         return EmbedResult(job.request_id, error=EmbedError(kind, message, param), worker_id=self.worker_id)
 
-    async def _publish(self, job: EmbedJob, result: EmbedResult) -> None:
-        """Send the result and release the job's texts from the backlog, in one round trip."""
-        await self._reply(job.reply_to, result, release_texts=len(job.inputs))
+    async def _publish(self, job_id: str, job: EmbedJob, result: EmbedResult) -> None:
+        await self._finisher.submit(FinishedJob(job_id, job.reply_to, encode_result(result), len(job.inputs)))
 
-    async def _reply(self, reply_to: str, result: EmbedResult, *, release_texts: int = 0) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(reply_to, encode_result(result))
-            pipe.expire(reply_to, REPLY_TTL_S)
-            if release_texts:
-                await self._backlog.release_in(pipe, release_texts)
-            await pipe.execute()
+    async def _finish(self, jobs: list[FinishedJob]) -> list[None]:
+        await self._arq.finish(jobs, self._backlog, REPLY_TTL_S)
+        return [None] * len(jobs)
 
-    async def _reject_undecodable(self, message: bytes, exc: ProtocolError) -> None:
+    async def _reject_undecodable(self, job_id: str, message: bytes, exc: ProtocolError) -> None:
         """Answer a job we cannot read, if it at least says where to answer; never crash on it."""
-        log.error("undecodable job: %s", exc.message)
-        try:
+        log.error("undecodable job %s: %s", job_id, exc.message)
+        reply_to = reply = None
+        with contextlib.suppress(Exception):
             fields = msgpack.unpackb(message, raw=False)
-            request_id, reply_to = str(fields["request_id"]), str(fields["reply_to"])
-        except Exception:
-            return
-        result = EmbedResult(request_id, error=EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job"))
-        await self._reply(reply_to, result)
+            error = EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job")
+            reply = encode_result(EmbedResult(str(fields["request_id"]), error=error))
+            reply_to = str(fields["reply_to"])
+        await self._finisher.submit(FinishedJob(job_id, reply_to, reply, 0))
 
 
 def _model_inputs(encoder: Encoder, job: EmbedJob) -> list[list[int]]:

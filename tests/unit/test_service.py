@@ -5,7 +5,6 @@ import msgpack
 import numpy as np
 import pytest
 
-from shared.backlog import Backlog
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedJob, decode_result, encode_job
 from shared.workers import now_ms
@@ -47,7 +46,7 @@ async def redis():
 @pytest.fixture
 async def service(redis):
     registry = make_registry(WideLoader(failing={"missing"}))
-    yield EmbeddingService(registry, redis, "w1", backlog=Backlog(redis, 100), max_attempts=2)
+    yield EmbeddingService(registry, redis, "w1", max_attempts=2)
     await registry.close()
 
 
@@ -73,7 +72,7 @@ async def reply(redis):
 
 
 async def test_job_result_is_published_to_its_reply_list(service, redis):
-    await service.handle(encode_job(job()))
+    await service.handle("job-1", encode_job(job()))
     result = await reply(redis)
     assert result.error is None and result.request_id == "r1"
     assert (result.count, result.dim, result.worker_id) == (2, 3, "w1")
@@ -82,32 +81,32 @@ async def test_job_result_is_published_to_its_reply_list(service, redis):
 
 
 async def test_dimensions_truncate_and_renormalize(service, redis):
-    await service.handle(encode_job(job(dimensions=2)))
+    await service.handle("job-1", encode_job(job(dimensions=2)))
     result = await reply(redis)
     vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(result.count, result.dim)
     assert np.allclose(vectors, [[0.6, 0.8], [0.6, 0.8]])
 
 
 async def test_dimensions_above_the_model_are_refused(service, redis):
-    await service.handle(encode_job(job(dimensions=4)))
+    await service.handle("job-1", encode_job(job(dimensions=4)))
     result = await reply(redis)
     assert result.error is not None
     assert (result.error.kind, result.error.param) == (ErrorKind.INVALID_REQUEST, "dimensions")
 
 
 async def test_token_ids_out_of_range_are_refused(service, redis):
-    await service.handle(encode_job(job(input_kind="tokens", inputs=[[1, 2], [100]])))
+    await service.handle("job-1", encode_job(job(input_kind="tokens", inputs=[[1, 2], [100]])))
     assert (await reply(redis)).error.kind is ErrorKind.INVALID_REQUEST
 
 
 async def test_unknown_model_is_reported(service, redis):
-    await service.handle(encode_job(job(model="missing")))
+    await service.handle("job-1", encode_job(job(model="missing")))
     assert (await reply(redis)).error.kind is ErrorKind.MODEL_NOT_FOUND
 
 
 async def test_expired_job_is_skipped_and_leaves_the_backlog(service, redis):
-    await Backlog(redis, 100).admit(2)
-    await service.handle(encode_job(job(deadline_ms=now_ms() - 1)))
+    await redis.set("emb:queued-texts", 2)
+    await service.handle("job-1", encode_job(job(deadline_ms=now_ms() - 1)))
     assert await redis.llen("emb:reply:test") == 0
     assert service.registry.loaded_names() == []  # not even the model was touched
     assert service.counters["expired"] == 1
@@ -115,14 +114,14 @@ async def test_expired_job_is_skipped_and_leaves_the_backlog(service, redis):
 
 
 async def test_answered_job_leaves_the_backlog(service, redis):
-    await Backlog(redis, 100).admit(5)
-    await service.handle(encode_job(job()))
+    await redis.set("emb:queued-texts", 5)
+    await service.handle("job-1", encode_job(job()))
     assert int(await redis.get("emb:queued-texts")) == 3
     assert service.counters["answered"] == 1
 
 
 async def test_job_attempted_too_often_is_abandoned_with_an_error(service, redis):
-    await service.handle(encode_job(job()), attempt=3)
+    await service.handle("job-1", encode_job(job()), attempt=3)
     result = await reply(redis)
     assert result.error.kind is ErrorKind.INTERNAL and "2 times" in result.error.message
     assert service.registry.loaded_names() == []
@@ -131,12 +130,21 @@ async def test_job_attempted_too_often_is_abandoned_with_an_error(service, redis
 
 async def test_undecodable_job_with_a_reply_address_gets_an_error(service, redis):
     message = msgpack.packb({"v": 999, "request_id": "r1", "reply_to": "emb:reply:test"})
-    await service.handle(message)
+    await service.handle("job-1", message)
     result = await reply(redis)
     assert result.error.kind is ErrorKind.INTERNAL
 
 
 async def test_garbage_job_does_not_crash_the_worker(service, redis):
-    await service.handle(b"\xc1\xc1")
-    await service.handle(encode_job(job()))
+    await service.handle("job-1", b"\xc1\xc1")
+    await service.handle("job-1", encode_job(job()))
     assert (await reply(redis)).error is None
+
+
+async def test_finishing_removes_the_job_from_arqs_keys(service, redis):
+    await redis.set("arq:job:job-1", b"x")
+    await redis.set("arq:in-progress:job-1", b"1")
+    await redis.zadd("emb:queue:sync", {"job-1": 1})
+    await service.handle("job-1", encode_job(job()))
+    assert await redis.exists("arq:job:job-1", "arq:in-progress:job-1") == 0
+    assert await redis.zcard("emb:queue:sync") == 0

@@ -1,0 +1,163 @@
+"""arq's enqueue, claim and finish, batched: one round trip for many jobs, over arq's own keys and job format.
+
+arq spends about seven round trips on each job (a WATCH/MULTI transaction to enqueue it, another to claim it,
+one to start it, one to finish it). Embedding jobs are small and many, so the API enqueues every job that
+arrived in the same event-loop tick with one script, and a worker claims (and later finishes) all the jobs it
+can take with one script. Jobs stay arq jobs: same keys, same msgpack job format, so a stock arq worker
+(``arq worker.app.WorkerSettings``) runs them too, only slower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import deserialize_job_raw, serialize_job
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.backlog import Backlog
+from shared.queue import EMBED_FUNCTION, deserialize_arq_job, serialize_arq_job
+
+#: how long arq keeps a job's retry counter, as arq itself does
+_RETRY_KEY_TTL_S = 88_400
+#: queue entries one claim looks at; running jobs (claimed by any worker) stay in arq's queue until finished
+_CLAIM_SCAN_LIMIT = 10_000
+
+# KEYS: queue, backlog counter, then one job key per job.
+# ARGV: backlog limit, wake channel, now (ms), then per job: id, payload, expiry (ms), texts.
+# Returns one flag per job: 1 enqueued, 0 refused because the backlog is full.
+_ENQUEUE = """
+local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
+local limit = tonumber(ARGV[1])
+local added = 0
+local flags = {}
+for i = 0, (#ARGV - 3) / 4 - 1 do
+    local base = 4 + 4 * i
+    local texts = tonumber(ARGV[base + 3])
+    if queued + added > 0 and queued + added + texts > limit then
+        flags[i + 1] = 0
+    else
+        redis.call('PSETEX', KEYS[3 + i], ARGV[base + 2], ARGV[base + 1])
+        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[base])
+        added = added + texts
+        flags[i + 1] = 1
+    end
+end
+if added > 0 then
+    redis.call('INCRBY', KEYS[2], added)
+    redis.call('PUBLISH', ARGV[2], '')
+end
+return flags
+"""
+
+# KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, entries to scan, and arq's key prefixes
+# (in-progress, job, retry). Returns id, job, try for each claimed job, flattened.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+local claimed = {}
+local wanted = tonumber(ARGV[3])
+for _, id in ipairs(ids) do
+    if #claimed >= 3 * wanted then
+        break
+    end
+    local in_progress = ARGV[5] .. id
+    if redis.call('EXISTS', in_progress) == 0 then
+        local job = redis.call('GET', ARGV[6] .. id)
+        if job then
+            redis.call('PSETEX', in_progress, ARGV[2], '1')
+            local try = redis.call('INCR', ARGV[7] .. id)
+            redis.call('EXPIRE', ARGV[7] .. id, ARGV[8])
+            table.insert(claimed, id)
+            table.insert(claimed, job)
+            table.insert(claimed, try)
+        else
+            redis.call('ZREM', KEYS[1], id)
+        end
+    end
+end
+return claimed
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    job_id: str
+    message: bytes
+    enqueued_ms: int
+    expires_ms: int
+    texts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    job_id: str
+    message: bytes
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FinishedJob:
+    job_id: str
+    reply_to: str | None
+    reply: bytes | None
+    texts: int
+
+
+class ArqBatch:
+    def __init__(self, redis: Redis, queue: str = keys.SYNC_QUEUE) -> None:
+        self._redis = redis
+        self._queue = queue
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+
+    async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> list[bool]:
+        """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows; whether each one was."""
+        args: list[str | bytes | int] = [backlog_limit, keys.WAKE_CHANNEL, now_ms]
+        for job in jobs:
+            payload = serialize_job(
+                EMBED_FUNCTION, (job.message,), {}, None, job.enqueued_ms, serializer=serialize_arq_job
+            )
+            args += [job.job_id, payload, job.expires_ms, job.texts]
+        job_keys = [job_key_prefix + job.job_id for job in jobs]
+        flags = await self._enqueue(keys=[self._queue, keys.QUEUED_TEXTS, *job_keys], args=args)
+        return [bool(flag) for flag in flags]
+
+    async def claim(self, most: int, lease_ms: int, now_ms: int) -> list[ClaimedJob]:
+        """Claim up to ``most`` due jobs no worker holds, each for ``lease_ms``."""
+        flat = await self._claim(
+            keys=[self._queue],
+            args=[
+                now_ms,
+                lease_ms,
+                most,
+                _CLAIM_SCAN_LIMIT,
+                in_progress_key_prefix,
+                job_key_prefix,
+                retry_key_prefix,
+                _RETRY_KEY_TTL_S,
+            ],
+        )
+        claimed = []
+        for i in range(0, len(flat), 3):
+            job_id = flat[i].decode()
+            _, args, _, _, _ = deserialize_job_raw(flat[i + 1], deserializer=deserialize_arq_job)
+            claimed.append(ClaimedJob(job_id, args[0] if args else b"", int(flat[i + 2])))
+        return claimed
+
+    async def finish(self, jobs: Sequence[FinishedJob], backlog: Backlog, reply_ttl_s: int) -> None:
+        """Deliver the replies, drop the jobs from arq's keys and release their texts, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                if job.reply_to is not None and job.reply is not None:
+                    pipe.lpush(job.reply_to, job.reply)
+                    pipe.expire(job.reply_to, reply_ttl_s)
+                pipe.delete(
+                    job_key_prefix + job.job_id, in_progress_key_prefix + job.job_id, retry_key_prefix + job.job_id
+                )
+            pipe.zrem(self._queue, *[job.job_id for job in jobs])
+            released = sum(job.texts for job in jobs)
+            if released:
+                await backlog.release_in(pipe, released)
+            await pipe.execute()

@@ -1,0 +1,77 @@
+import fakeredis
+import pytest
+from arq.jobs import Job
+
+from shared.arq_batch import ArqBatch, FinishedJob, NewJob
+from shared.backlog import Backlog
+from shared.queue import deserialize_arq_job
+from tests.fakes import fake_redis_factory
+
+
+@pytest.fixture
+async def redis():
+    client = fake_redis_factory(fakeredis.FakeServer())(None)
+    yield client
+    await client.aclose()
+
+
+def new_job(i: int, texts: int = 1) -> NewJob:
+    return NewJob(job_id=f"j{i}", message=f"m{i}".encode(), enqueued_ms=1000 + i, expires_ms=60_000, texts=texts)
+
+
+async def test_enqueued_jobs_are_arq_jobs(redis):
+    assert await ArqBatch(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5) == [True, True]
+    info = await Job("j1", redis, _queue_name="emb:queue:sync", _deserializer=deserialize_arq_job).info()
+    assert info is not None
+    assert (info.function, list(info.args), info.enqueue_time.timestamp()) == ("embed", [b"m1"], 1.001)
+    assert await redis.zrange("emb:queue:sync", 0, -1) == [b"j1", b"j2"]
+    assert int(await redis.get("emb:queued-texts")) == 2
+
+
+async def test_enqueue_refuses_past_the_backlog_bound(redis):
+    arq = ArqBatch(redis)
+    assert await arq.enqueue([new_job(1, 6), new_job(2, 3), new_job(3, 2)], backlog_limit=10, now_ms=5) == [
+        True,
+        True,
+        False,
+    ]
+    assert await redis.exists("arq:job:j3") == 0
+    assert int(await redis.get("emb:queued-texts")) == 9
+
+
+async def test_a_request_larger_than_the_bound_passes_when_nothing_is_queued(redis):
+    assert await ArqBatch(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5) == [True]
+
+
+async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
+    arq = ArqBatch(redis)
+    await arq.enqueue([new_job(i) for i in range(5)], backlog_limit=100, now_ms=5)
+    first = await arq.claim(3, lease_ms=10_000, now_ms=10)
+    assert [(c.job_id, c.message, c.attempt) for c in first] == [("j0", b"m0", 1), ("j1", b"m1", 1), ("j2", b"m2", 1)]
+    second = await arq.claim(10, lease_ms=10_000, now_ms=10)
+    assert [c.job_id for c in second] == ["j3", "j4"]
+    assert await arq.claim(10, lease_ms=10_000, now_ms=10) == []
+    await redis.delete("arq:in-progress:j0")  # its lease lapsed: the worker holding it died
+    [again] = await arq.claim(10, lease_ms=10_000, now_ms=10)
+    assert (again.job_id, again.attempt) == ("j0", 2)
+
+
+async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
+    arq = ArqBatch(redis)
+    await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=50)
+    assert await arq.claim(10, lease_ms=1000, now_ms=10) == []
+    await redis.delete("arq:job:j1")
+    assert await arq.claim(10, lease_ms=1000, now_ms=100) == []
+    assert await redis.zcard("emb:queue:sync") == 0
+
+
+async def test_finish_delivers_replies_and_cleans_up(redis):
+    arq = ArqBatch(redis)
+    await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
+    await arq.claim(10, lease_ms=10_000, now_ms=10)
+    finished = [FinishedJob("j1", "emb:reply:a", b"r1", 2), FinishedJob("j2", None, None, 3)]
+    await arq.finish(finished, Backlog(redis), reply_ttl_s=60)
+    assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
+    assert await redis.zcard("emb:queue:sync") == 0
+    assert await redis.exists("arq:job:j1", "arq:in-progress:j1", "arq:retry:j1", "arq:job:j2") == 0
+    assert int(await redis.get("emb:queued-texts")) == 0
