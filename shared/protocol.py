@@ -56,6 +56,10 @@ class EmbedResult:
     batch_requests: int = 0
 
 
+_JOB_FIELDS = tuple(field.name for field in dataclasses.fields(EmbedJob))
+_RESULT_FIELDS = tuple(field.name for field in dataclasses.fields(EmbedResult))
+
+
 def _pack(message: dict[str, Any]) -> bytes:
     packed: bytes = msgpack.packb({"v": PROTOCOL_VERSION, **message}, use_bin_type=True)
     return packed
@@ -82,7 +86,8 @@ def _build(cls: type[Any], fields: dict[str, Any], what: str) -> Any:
 
 
 def encode_job(job: EmbedJob) -> bytes:
-    return _pack(dataclasses.asdict(job))
+    # built by hand: dataclasses.asdict deep-copies every input, and this runs once a request
+    return _pack({field: getattr(job, field) for field in _JOB_FIELDS})
 
 
 def decode_job(data: bytes) -> EmbedJob:
@@ -93,7 +98,7 @@ def decode_job(data: bytes) -> EmbedJob:
 
 
 def encode_result(result: EmbedResult) -> bytes:
-    fields = dataclasses.asdict(result)
+    fields = {field: getattr(result, field) for field in _RESULT_FIELDS}
     if result.error is not None:
         fields["error"] = {
             "kind": result.error.kind.value,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import secrets
 import time
-import uuid
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable
 
 import orjson
 from fastapi import APIRouter, Request
@@ -42,7 +40,7 @@ async def create_embeddings(request: Request) -> Response:
         raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body is not valid JSON") from None
     embedding_request = parse_embedding_request(payload, settings)
     input_kind, inputs = embedding_request.input
-    request_id = uuid.uuid4().hex
+    request_id = secrets.token_hex(16)
     enqueued_ms = now_ms()
     job = EmbedJob(
         request_id=request_id,
@@ -70,19 +68,20 @@ async def create_embeddings(request: Request) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, EmbedResult]) -> EmbedResult:
-    """``work``'s result, or a cancelled ``work`` (its queued job withdrawn) if the client goes away first."""
-    work_task = asyncio.ensure_future(work)
-    disconnect_task = asyncio.ensure_future(_disconnected(request))
+async def _unless_disconnected(request: Request, work: Awaitable[EmbedResult]) -> EmbedResult:
+    """``work``'s result; if the client goes away first, ``work`` is cancelled (withdrawing its queued job)."""
+    handler = asyncio.current_task()
+    assert handler is not None
+    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(lambda done: done.cancelled() or handler.cancel())
     try:
-        await asyncio.wait({work_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and handler.uncancel() == 0:
+            raise ServiceError(ErrorKind.INVALID_REQUEST, "the client closed the connection") from None
+        raise
     finally:
-        disconnect_task.cancel()
-        if not work_task.done():
-            work_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        return await work_task
-    raise ServiceError(ErrorKind.INVALID_REQUEST, "the client closed the connection")
+        watcher.cancel()
 
 
 async def _disconnected(request: Request) -> None:
