@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from api.results import ResultListener
 from shared import keys
-from shared.arq_batch import ArqBatch, NewJob
+from shared.arq_batch import ArqBatch, NewJob, job_id_for
 from shared.backlog import Backlog
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
@@ -64,7 +64,7 @@ class Dispatcher:
 
     async def _enqueue(self, job: EmbedJob, timeout_s: float) -> None:
         new_job = NewJob(
-            job_id=job.request_id,
+            job_id=job_id_for(job.request_id, len(job.inputs)),
             message=encode_job(job),
             enqueued_ms=job.enqueued_ms,
             expires_ms=int((timeout_s + _JOB_KEY_EXTRA_S) * 1000),
@@ -84,8 +84,9 @@ class Dispatcher:
 
     async def _withdraw(self, job: EmbedJob) -> None:
         with contextlib.suppress(RedisError, OSError):
-            if await self._redis.zrem(keys.SYNC_QUEUE, job.request_id):
-                await self._redis.delete(job_key_prefix + job.request_id)
+            job_id = job_id_for(job.request_id, len(job.inputs))
+            if await self._redis.zrem(keys.SYNC_QUEUE, job_id):
+                await self._redis.delete(job_key_prefix + job_id)
                 await self._backlog.release(len(job.inputs))
 
     async def _require_workers(self) -> None:

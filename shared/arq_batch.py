@@ -52,23 +52,31 @@ end
 return flags
 """
 
-# KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, entries to scan, and arq's key prefixes
-# (in-progress, job, retry). Returns id, job, try for each claimed job, flattened.
+# KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, most texts to claim, entries to scan, arq's key
+# prefixes (in-progress, job, retry), retry key TTL. Returns id, job, try for each claimed job, flattened.
+# A job id ends in ".<texts>" (``job_id_for``), so the text budget is kept without reading job bodies;
+# the first job is taken whatever its size.
 _CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
 local claimed = {}
-local wanted = tonumber(ARGV[3])
+local most_jobs = tonumber(ARGV[3])
+local texts_left = tonumber(ARGV[4])
 for _, id in ipairs(ids) do
-    if #claimed >= 3 * wanted then
+    if #claimed >= 3 * most_jobs then
         break
     end
-    local in_progress = ARGV[5] .. id
+    local texts = tonumber(string.match(id, '%.(%d+)$') or '1')
+    if #claimed > 0 and texts > texts_left then
+        break
+    end
+    local in_progress = ARGV[6] .. id
     if redis.call('EXISTS', in_progress) == 0 then
-        local job = redis.call('GET', ARGV[6] .. id)
+        local job = redis.call('GET', ARGV[7] .. id)
         if job then
             redis.call('PSETEX', in_progress, ARGV[2], '1')
-            local try = redis.call('INCR', ARGV[7] .. id)
-            redis.call('EXPIRE', ARGV[7] .. id, ARGV[8])
+            local try = redis.call('INCR', ARGV[8] .. id)
+            redis.call('EXPIRE', ARGV[8] .. id, ARGV[9])
+            texts_left = texts_left - texts
             table.insert(claimed, id)
             table.insert(claimed, job)
             table.insert(claimed, try)
@@ -95,6 +103,17 @@ class ClaimedJob:
     job_id: str
     message: bytes
     attempt: int
+    texts: int
+
+
+def job_id_for(request_id: str, texts: int) -> str:
+    """The arq job id of a request: its id and its number of texts, which claims budget by."""
+    return f"{request_id}.{texts}"
+
+
+def texts_of(job_id: str) -> int:
+    _, _, texts = job_id.rpartition(".")
+    return int(texts) if texts.isdigit() else 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,26 +143,18 @@ class ArqBatch:
         flags = await self._enqueue(keys=[self._queue, keys.QUEUED_TEXTS, *job_keys], args=args)
         return [bool(flag) for flag in flags]
 
-    async def claim(self, most: int, lease_ms: int, now_ms: int) -> list[ClaimedJob]:
-        """Claim up to ``most`` due jobs no worker holds, each for ``lease_ms``."""
-        flat = await self._claim(
-            keys=[self._queue],
-            args=[
-                now_ms,
-                lease_ms,
-                most,
-                _CLAIM_SCAN_LIMIT,
-                in_progress_key_prefix,
-                job_key_prefix,
-                retry_key_prefix,
-                _RETRY_KEY_TTL_S,
-            ],
-        )
+    async def claim(self, most_jobs: int, most_texts: int, lease_ms: int, now_ms: int) -> list[ClaimedJob]:
+        """Claim due jobs no worker holds, each for ``lease_ms``: up to ``most_jobs`` jobs and ``most_texts``
+        texts, and at least one job when one is due."""
+        limits: list[str | int] = [now_ms, lease_ms, most_jobs, most_texts, _CLAIM_SCAN_LIMIT]
+        prefixes: list[str | int] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, _RETRY_KEY_TTL_S]
+        flat = await self._claim(keys=[self._queue], args=[*limits, *prefixes])
         claimed = []
         for i in range(0, len(flat), 3):
             job_id = flat[i].decode()
-            _, args, _, _, _ = deserialize_job_raw(flat[i + 1], deserializer=deserialize_arq_job)
-            claimed.append(ClaimedJob(job_id, args[0] if args else b"", int(flat[i + 2])))
+            _, job_args, _, _, _ = deserialize_job_raw(flat[i + 1], deserializer=deserialize_arq_job)
+            message = job_args[0] if job_args else b""
+            claimed.append(ClaimedJob(job_id, message, int(flat[i + 2]), texts_of(job_id)))
         return claimed
 
     async def finish(self, jobs: Sequence[FinishedJob], backlog: Backlog, reply_ttl_s: int) -> None:

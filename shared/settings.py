@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16_384, ge=1)
     #: queue jobs a worker holds at once; the rest wait in Redis for any worker
     worker_max_jobs: int = Field(256, ge=1)
+    #: texts a worker claims ahead of its model (a few batches' worth); the rest wait for any worker
+    worker_prefetch_texts: int = Field(128, ge=1)
     #: seconds between a worker's heartbeats; it counts as gone after three missed ones
     worker_heartbeat_s: float = Field(2.0, gt=0)
 

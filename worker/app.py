@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.arq_batch import ArqBatch
+from shared.arq_batch import ArqBatch, ClaimedJob
 from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
 from shared.settings import Settings, get_settings
 from shared.workers import WorkerInfo, now_ms, record_heartbeat, remove_worker
@@ -126,16 +126,19 @@ class EmbeddingWorker(Worker):
     """arq's worker (settings, start-up, signals, graceful shutdown), with a loop made for many short jobs.
 
     - It sleeps until woken (a job was enqueued, or capacity freed up), not for a fixed poll delay.
-    - It claims all the jobs it can take with one script (``shared.arq_batch``), not a transaction each.
+    - It claims the jobs it can take with one script (``shared.arq_batch``), not a transaction each, and only
+      as many texts as it will encode soon (``worker_prefetch_texts``): the rest stay for other workers.
     - It claims jobs for a short lease and renews it while it runs them: when a worker dies, its jobs are run
       again elsewhere after ``job_lease_s``, not after arq's whole job timeout.
     - It survives Redis going away and coming back (empty), without a restart.
     """
 
-    def __init__(self, *, wake: asyncio.Event, lease_s: float, **kwargs: Any) -> None:
+    def __init__(self, *, wake: asyncio.Event, lease_s: float, prefetch_texts: int, **kwargs: Any) -> None:
         super().__init__(**{**kwargs, "poll_delay": 0})
         self._wake = wake
         self._lease_s = lease_s
+        self._prefetch_texts = prefetch_texts
+        self._held_texts = 0
         self.in_progress_timeout_s = lease_s
         self._lease_task: asyncio.Task[None] | None = None
         self._arq: ArqBatch | None = None
@@ -157,19 +160,22 @@ class EmbeddingWorker(Worker):
 
     async def _claim_jobs(self, arq: ArqBatch) -> None:
         room = self.max_jobs - len(self.tasks)
-        if not self.allow_pick_jobs or room <= 0:
+        if not self.allow_pick_jobs or room <= 0 or self._held_texts >= self._prefetch_texts:
             return
         service: EmbeddingService = self.ctx["service"]
-        for job in await arq.claim(room, int(self._lease_s * 1000), now_ms()):
+        claimed = await arq.claim(room, self._prefetch_texts - self._held_texts, int(self._lease_s * 1000), now_ms())
+        for job in claimed:
             task = asyncio.create_task(service.handle(job.job_id, job.message, job.attempt))
             self.tasks[job.job_id] = task
-            task.add_done_callback(functools.partial(self._job_done, job.job_id))
+            self._held_texts += job.texts
+            task.add_done_callback(functools.partial(self._job_done, job))
 
-    def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
-        was_full = len(self.tasks) >= self.max_jobs
-        self.tasks.pop(job_id, None)
+    def _job_done(self, job: ClaimedJob, task: asyncio.Task[None]) -> None:
+        was_full = len(self.tasks) >= self.max_jobs or self._held_texts >= self._prefetch_texts
+        self.tasks.pop(job.job_id, None)
+        self._held_texts -= job.texts
         if not task.cancelled() and task.exception() is not None:
-            log.error("job %s failed outside the service: %r", job_id, task.exception())
+            log.error("job %s failed outside the service: %r", job.job_id, task.exception())
         if was_full:
             self._wake.set()
 
@@ -198,6 +204,7 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         **get_kwargs(cast(Any, WorkerSettings)),
         wake=wake,
         lease_s=settings.job_lease_s,
+        prefetch_texts=settings.worker_prefetch_texts,
         redis_pool=connect(settings),
         max_jobs=settings.worker_max_jobs,
         # a job never runs past its request's deadline; arq's limit is only a backstop

@@ -2,7 +2,7 @@ import fakeredis
 import pytest
 from arq.jobs import Job
 
-from shared.arq_batch import ArqBatch, FinishedJob, NewJob
+from shared.arq_batch import ArqBatch, FinishedJob, NewJob, job_id_for, texts_of
 from shared.backlog import Backlog
 from shared.queue import deserialize_arq_job
 from tests.fakes import fake_redis_factory
@@ -46,32 +46,45 @@ async def test_a_request_larger_than_the_bound_passes_when_nothing_is_queued(red
 async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
     arq = ArqBatch(redis)
     await arq.enqueue([new_job(i) for i in range(5)], backlog_limit=100, now_ms=5)
-    first = await arq.claim(3, lease_ms=10_000, now_ms=10)
+    first = await arq.claim(3, 100, lease_ms=10_000, now_ms=10)
     assert [(c.job_id, c.message, c.attempt) for c in first] == [("j0", b"m0", 1), ("j1", b"m1", 1), ("j2", b"m2", 1)]
-    second = await arq.claim(10, lease_ms=10_000, now_ms=10)
+    second = await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     assert [c.job_id for c in second] == ["j3", "j4"]
-    assert await arq.claim(10, lease_ms=10_000, now_ms=10) == []
+    assert await arq.claim(10, 100, lease_ms=10_000, now_ms=10) == []
     await redis.delete("arq:in-progress:j0")  # its lease lapsed: the worker holding it died
-    [again] = await arq.claim(10, lease_ms=10_000, now_ms=10)
+    [again] = await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     assert (again.job_id, again.attempt) == ("j0", 2)
 
 
 async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
     arq = ArqBatch(redis)
     await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=50)
-    assert await arq.claim(10, lease_ms=1000, now_ms=10) == []
+    assert await arq.claim(10, 100, lease_ms=1000, now_ms=10) == []
     await redis.delete("arq:job:j1")
-    assert await arq.claim(10, lease_ms=1000, now_ms=100) == []
+    assert await arq.claim(10, 100, lease_ms=1000, now_ms=100) == []
     assert await redis.zcard("emb:queue:sync") == 0
 
 
 async def test_finish_delivers_replies_and_cleans_up(redis):
     arq = ArqBatch(redis)
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
-    await arq.claim(10, lease_ms=10_000, now_ms=10)
+    await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     finished = [FinishedJob("j1", "emb:reply:a", b"r1", 2), FinishedJob("j2", None, None, 3)]
     await arq.finish(finished, Backlog(redis), reply_ttl_s=60)
     assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
     assert await redis.zcard("emb:queue:sync") == 0
     assert await redis.exists("arq:job:j1", "arq:in-progress:j1", "arq:retry:j1", "arq:job:j2") == 0
     assert int(await redis.get("emb:queued-texts")) == 0
+
+
+async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
+    arq = ArqBatch(redis)
+    jobs = [NewJob(job_id_for(f"r{i}", 4), b"m", 1000 + i, 60_000, 4) for i in range(4)]
+    await arq.enqueue(jobs, backlog_limit=100, now_ms=5)
+    assert [c.texts for c in await arq.claim(10, 9, lease_ms=10_000, now_ms=10)] == [4, 4]
+    assert len(await arq.claim(10, 1, lease_ms=10_000, now_ms=10)) == 1
+
+
+def test_job_ids_carry_their_text_count():
+    assert texts_of(job_id_for("abc", 17)) == 17
+    assert texts_of("no-count") == 1
