@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import ERRORS
 from shared.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ RETRY_AFTER_S: dict[int, int] = {429: 1, 503: 1}
 
 
 def error_response(kind: ErrorKind, message: str, param: str | None = None, *, status: int | None = None) -> Response:
+    ERRORS.labels(kind.value).inc()
     table_status, error_type = ERROR_TABLE[kind]
     status = status or table_status
     body = {"error": {"message": message, "type": error_type, "param": param, "code": kind.value}}

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 
+from api import metrics
 from api.body_limit import BodySizeLimit
 from api.dispatch import Dispatcher
 from api.errors import install_error_handlers
+from api.metrics import RequestMetrics
 from api.results import BLOCK_S, ResultListener
 from api.routes import embeddings, health
 from shared import keys
@@ -48,5 +50,7 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     install_error_handlers(app)
     app.include_router(embeddings.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     return app

@@ -27,6 +27,7 @@ from pathlib import Path
 import redis
 
 from bench.load import LoadResult, run_wrk
+from shared import keys
 from tests.stack import free_port, running_stack, spawn, stop, wait_for_port
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -107,9 +108,26 @@ def uvicorn_app(app: str, log_dir: Path) -> Iterator[str]:
         stop(process)
 
 
-def drive(base_url: str, workload: Workload, seconds: float) -> LoadResult:
-    run_wrk(base_url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=1)  # warm-up
-    return run_wrk(base_url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=seconds)
+def drive(base_url: str, workload: Workload, seconds: float, redis_url: str | None = None) -> LoadResult:
+    """A warm-up second, then the measured run; each starts once the stack has drained what came before."""
+    url = base_url + "/v1/embeddings"
+    wait_idle(redis_url)
+    run_wrk(url, workload.body, connections=workload.connections, seconds=1)
+    wait_idle(redis_url)
+    return run_wrk(url, workload.body, connections=workload.connections, seconds=seconds)
+
+
+def wait_idle(redis_url: str | None, timeout_s: float = 120) -> None:
+    """Until no job is queued or running (jobs whose clients left may still be running)."""
+    if redis_url is None:
+        return
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while client.zcard(keys.SYNC_QUEUE) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.close()
 
 
 def measure_limit(texts: list[str], rounds: int = 3) -> tuple[float, int]:
@@ -145,9 +163,10 @@ def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]
     sweep: dict[str, dict[int, LoadResult]] = {"this project": {}, "naive": {}}
     with running_stack(logs / "model") as stack:
         for workload in WORKLOADS:
-            ours[workload.name] = drive(stack.base_url, workload, seconds)
+            ours[workload.name] = drive(stack.base_url, workload, seconds, stack.redis_url)
         for connections in SWEEP:
-            sweep["this project"][connections] = drive(stack.base_url, Workload("", connections, SHORT[:1]), seconds)
+            one_text = Workload("", connections, SHORT[:1])
+            sweep["this project"][connections] = drive(stack.base_url, one_text, seconds, stack.redis_url)
     with uvicorn_app("bench.naive_server:app", logs) as naive_url:
         for workload in WORKLOADS:
             naive[workload.name] = drive(naive_url, workload, seconds)
@@ -212,7 +231,7 @@ def pipeline_section(seconds: float, logs: Path) -> None:
             bare[connections] = drive(bare_url, Workload("", connections, SHORT[:1]), seconds)
     with running_stack(logs / "stub", ENCODER="stub") as stack:
         for connections in (1, 64):
-            ours[connections] = drive(stack.base_url, Workload("", connections, SHORT[:1]), seconds)
+            ours[connections] = drive(stack.base_url, Workload("", connections, SHORT[:1]), seconds, stack.redis_url)
     print("\n## Pipeline cost: stub encoder (constant vectors) against the bare endpoint, 1 short text a request")
     print(
         f"{'clients':<8} {'bare req/s':>11} {'p50 ms':>7} | {'this project req/s':>18} {'p50 ms':>7} | "
@@ -235,7 +254,8 @@ def scaling_section(seconds: float, logs: Path) -> None:
     for workers in (1, 2, 4, 8):
         with running_stack(logs / f"scale-{workers}", workers=workers, **env) as stack:
             client = redis.Redis.from_url(stack.redis_url)
-            drive(stack.base_url, workload, 1)
+            drive(stack.base_url, workload, 1, stack.redis_url)
+            wait_idle(stack.redis_url)
             before = int(client.info("stats")["total_commands_processed"])
             result = run_wrk(stack.base_url + "/v1/embeddings", workload.body, connections=64, seconds=seconds)
             commands = int(client.info("stats")["total_commands_processed"]) - before

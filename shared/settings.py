@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     fault_crash_token: int | None = None
     fault_oom_above: int | None = Field(None, ge=1)
 
+    #: port of a worker's Prometheus /metrics (0: none); the API serves its own on its HTTP port
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    worker_metrics_address: str = "127.0.0.1"
+
     log_level: str = "INFO"
 
     @field_validator("embed_models", mode="before")

@@ -25,6 +25,7 @@ from shared.arq_batch import ArqBatch, ClaimedJob
 from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
 from shared.settings import Settings, get_settings
 from shared.workers import WorkerInfo, now_ms, record_heartbeat, remove_worker
+from worker import metrics
 from worker.encoder import pick_device
 from worker.model_source import load_encoder
 from worker.registry import ModelRegistry
@@ -53,6 +54,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_batch_tokens=settings.max_batch_tokens,
     )
     service = EmbeddingService(registry, ctx["redis"], worker_id, max_attempts=settings.max_job_attempts)
+    if settings.worker_metrics_port:
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_address)
     ctx["service"] = service
     for name in settings.embed_models:
         with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
@@ -169,11 +172,13 @@ class EmbeddingWorker(Worker):
             self.tasks[job.job_id] = task
             self._held_texts += job.texts
             task.add_done_callback(functools.partial(self._job_done, job))
+        metrics.HELD_TEXTS.set(self._held_texts)
 
     def _job_done(self, job: ClaimedJob, task: asyncio.Task[None]) -> None:
         was_full = len(self.tasks) >= self.max_jobs or self._held_texts >= self._prefetch_texts
         self.tasks.pop(job.job_id, None)
         self._held_texts -= job.texts
+        metrics.HELD_TEXTS.set(self._held_texts)
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s failed outside the service: %r", job.job_id, task.exception())
         if was_full:

@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from shared.errors import ErrorKind, ServiceError
+from worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,10 @@ class MicroBatcher:
             finally:
                 self.busy = False
             elapsed_ms = (time.perf_counter() - started) * 1000
+            metrics.BATCH_SIZE.labels(self._name).observe(len(batch))
+            metrics.BATCH_TOKENS.labels(self._name).observe(len(batch) * max(len(s.tokens) for s in batch))
+            metrics.BATCH_REQUESTS.labels(self._name).observe(len(requests))
+            metrics.INFERENCE_SECONDS.labels(self._name).observe(elapsed_ms / 1000)
             for request in requests:
                 stats = request.stats
                 stats.inference_ms += elapsed_ms

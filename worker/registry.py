@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from shared.errors import ErrorKind, ServiceError
+from worker import metrics
 from worker.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,11 @@ class ModelRegistry:
         try:
             encoder = await asyncio.to_thread(self._load, name)
         except ServiceError as exc:
+            metrics.MODEL_LOADS.labels(name, exc.kind.value).inc()
             self._failures[name] = (time.monotonic() + self._failure_ttl_s, exc)
             loading.set_exception(exc)
         except Exception:
+            metrics.MODEL_LOADS.labels(name, "error").inc()
             log.exception("loading model %r failed", name)
             error = ServiceError(ErrorKind.MODEL_UNAVAILABLE, f"model {name!r} could not be loaded", "model")
             self._failures[name] = (time.monotonic() + self._failure_ttl_s, error)
@@ -112,6 +115,8 @@ class ModelRegistry:
             )
             model = LoadedModel(name, encoder, batcher, executor)
             self._loaded[name] = model
+            metrics.MODEL_LOADS.labels(name, "loaded").inc()
+            metrics.LOADED_MODELS.set(len(self._loaded))
             log.info("model %r loaded on %s in %.1fs", name, encoder.device, time.perf_counter() - started)
             loading.set_result(model)
         finally:

@@ -22,6 +22,7 @@ from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.workers import now_ms
+from worker import metrics
 from worker.registry import Encoder, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,18 @@ class EmbeddingService:
         if now_ms() > job.deadline_ms:
             log.info("job %s expired before it started; skipped", job.request_id)
             self.counters["expired"] += 1
+            metrics.JOBS.labels("expired").inc()
             await self._finisher.submit(FinishedJob(job_id, None, None, len(job.inputs)))
             return
         if attempt > self._max_attempts:
             log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
             self.counters["abandoned"] += 1
+            metrics.JOBS.labels("abandoned").inc()
             reason = f"processing this request failed {attempt - 1} times; it was abandoned"
             await self._publish(job_id, job, self._error(job, ErrorKind.INTERNAL, reason))
             return
         started_ms = now_ms()
+        metrics.QUEUE_WAIT_SECONDS.observe(max(0, started_ms - job.enqueued_ms) / 1000)
         try:
             async with asyncio.timeout((job.deadline_ms - started_ms) / 1000):
                 result = await self._embed(job)
@@ -81,6 +85,9 @@ class EmbeddingService:
         result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms))
         await self._publish(job_id, job, result)
         self.counters["answered"] += 1
+        metrics.JOBS.labels("answered").inc()
+        if result.error is not None:
+            metrics.ERRORS.labels(result.error.kind.value).inc()
 
     async def _embed(self, job: EmbedJob) -> EmbedResult:
         model = await self.registry.get(job.model)

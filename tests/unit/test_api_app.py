@@ -6,6 +6,7 @@ import fakeredis
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from api.main import create_app
 from shared.settings import Settings
@@ -165,3 +166,17 @@ async def test_no_result_in_time_is_504(server):
     ):
         response = await client.post("/v1/embeddings", json={"input": "x", "model": "m"})
     assert_openai_error(response, 504, "timeout")
+
+
+async def test_metrics_move_when_requests_are_served(client, worker):
+    def served() -> float:
+        labels = {"route": "/v1/embeddings", "status": "200"}
+        return REGISTRY.get_sample_value("embeddings_api_requests_total", labels) or 0.0
+
+    before = served()
+    await client.post("/v1/embeddings", json={"input": "x", "model": "fake-model"})
+    await client.post("/v1/embeddings", json={"input": "", "model": "fake-model"})
+    assert served() == before + 1
+    text = (await client.get("/metrics")).text
+    assert 'embeddings_api_errors_total{kind="invalid_request"}' in text
+    assert "embeddings_queue_jobs" in text and "embeddings_live_workers 1.0" in text

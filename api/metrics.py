@@ -1,0 +1,73 @@
+"""Prometheus metrics of the API process, and ``GET /metrics``."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import keys
+from shared.settings import Settings
+from shared.workers import live_workers
+
+REQUESTS = Counter("embeddings_api_requests_total", "HTTP requests", ["route", "status"])
+REQUEST_SECONDS = Histogram(
+    "embeddings_api_request_seconds",
+    "HTTP request latency",
+    ["route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+ERRORS = Counter("embeddings_api_errors_total", "Error responses by kind", ["kind"])
+QUEUE_DEPTH = Gauge("embeddings_queue_jobs", "Jobs in the sync queue, waiting or running")
+QUEUED_TEXTS = Gauge("embeddings_queued_texts", "Texts queued or being encoded, deployment-wide")
+LIVE_WORKERS = Gauge("embeddings_live_workers", "Workers with a recent heartbeat")
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    redis = request.app.state.redis
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.SYNC_QUEUE)
+            pipe.get(keys.QUEUED_TEXTS)
+            depth, texts = await pipe.execute()
+        QUEUE_DEPTH.set(depth)
+        QUEUED_TEXTS.set(int(texts or 0))
+        LIVE_WORKERS.set(len(await live_workers(redis, settings.worker_ttl_s)))
+    except (RedisError, OSError):
+        pass  # the process's own metrics are still worth serving
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestMetrics:
+    """ASGI middleware: count and time every request by route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(route, status).inc()
+            REQUEST_SECONDS.labels(route, status).observe(time.perf_counter() - started)
