@@ -7,13 +7,10 @@ import contextlib
 import time
 
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
 from api.results import ResultListener
-from shared import keys
 from shared.arq_batch import ArqBatch, NewJob, job_id_for
-from shared.backlog import Backlog
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedJob, EmbedResult, encode_job
@@ -32,7 +29,6 @@ class Dispatcher:
         self._redis = redis
         self._listener = listener
         self._arq = ArqBatch(redis)
-        self._backlog = Backlog(redis)
         self._max_queued_texts = max_queued_texts
         self._enqueuer: Coalescer[NewJob, bool] = Coalescer(self._enqueue_many)
         self._worker_ttl_s = worker_ttl_s
@@ -84,10 +80,7 @@ class Dispatcher:
 
     async def _withdraw(self, job: EmbedJob) -> None:
         with contextlib.suppress(RedisError, OSError):
-            job_id = job_id_for(job.request_id, len(job.inputs))
-            if await self._redis.zrem(keys.SYNC_QUEUE, job_id):
-                await self._redis.delete(job_key_prefix + job_id)
-                await self._backlog.release(len(job.inputs))
+            await self._arq.withdraw([job_id_for(job.request_id, len(job.inputs))])
 
     async def _require_workers(self) -> None:
         now = time.monotonic()

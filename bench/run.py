@@ -268,7 +268,7 @@ def scaling_section(seconds: float, logs: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--plot", type=Path, default=Path("bench/results/throughput.png"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
     parser.add_argument("--only", choices=["model", "pipeline", "scaling"], action="append")
     args = parser.parse_args()
     sections = args.only or ["model", "pipeline", "scaling"]

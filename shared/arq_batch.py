@@ -10,11 +10,12 @@ can take with one script. Jobs stay arq jobs: same keys, same msgpack job format
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.backlog import Backlog
@@ -122,12 +123,18 @@ class FinishedJob:
     reply_to: str | None
     reply: bytes | None
     texts: int
+    #: more commands that belong with this job's end (an asynchronous job's chunk store and progress)
+    also: Callable[[Pipeline], Awaitable[None]] | None = None
 
 
 class ArqBatch:
-    def __init__(self, redis: Redis, queue: str = keys.SYNC_QUEUE) -> None:
+    """One arq queue, with its own backlog counter (``shared.backlog``)."""
+
+    def __init__(self, redis: Redis, queue: str = keys.SYNC_QUEUE, backlog_key: str = keys.QUEUED_TEXTS) -> None:
         self._redis = redis
         self._queue = queue
+        self._backlog_key = backlog_key
+        self.backlog = Backlog(redis, backlog_key)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
 
@@ -140,7 +147,7 @@ class ArqBatch:
             )
             args += [job.job_id, payload, job.expires_ms, job.texts]
         job_keys = [job_key_prefix + job.job_id for job in jobs]
-        flags = await self._enqueue(keys=[self._queue, keys.QUEUED_TEXTS, *job_keys], args=args)
+        flags = await self._enqueue(keys=[self._queue, self._backlog_key, *job_keys], args=args)
         return [bool(flag) for flag in flags]
 
     async def claim(self, most_jobs: int, most_texts: int, lease_ms: int, now_ms: int) -> list[ClaimedJob]:
@@ -157,18 +164,36 @@ class ArqBatch:
             claimed.append(ClaimedJob(job_id, message, int(flat[i + 2]), texts_of(job_id)))
         return claimed
 
-    async def finish(self, jobs: Sequence[FinishedJob], backlog: Backlog, reply_ttl_s: int) -> None:
+    async def finish(self, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
         """Deliver the replies, drop the jobs from arq's keys and release their texts, in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for job in jobs:
                 if job.reply_to is not None and job.reply is not None:
                     pipe.lpush(job.reply_to, job.reply)
                     pipe.expire(job.reply_to, reply_ttl_s)
+                if job.also is not None:
+                    await job.also(pipe)
                 pipe.delete(
                     job_key_prefix + job.job_id, in_progress_key_prefix + job.job_id, retry_key_prefix + job.job_id
                 )
             pipe.zrem(self._queue, *[job.job_id for job in jobs])
             released = sum(job.texts for job in jobs)
             if released:
-                await backlog.release_in(pipe, released)
+                await self.backlog.release_in(pipe, released)
             await pipe.execute()
+
+    async def withdraw(self, job_ids: Sequence[str]) -> int:
+        """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for job_id in job_ids:
+                pipe.zrem(self._queue, job_id)
+            removed_flags = await pipe.execute()
+        removed = [job_id for job_id, flag in zip(job_ids, removed_flags, strict=True) if flag]
+        if removed:
+            await self._redis.delete(*[job_key_prefix + job_id for job_id in removed])
+            await self.backlog.release(sum(texts_of(job_id) for job_id in removed))
+        return len(removed)
+
+    async def unclaim(self, job_id: str) -> None:
+        """Give a claimed job back, to be claimed again (its attempt count goes on)."""
+        await self._redis.delete(in_progress_key_prefix + job_id)

@@ -22,12 +22,13 @@ return left
 
 
 class Backlog:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, key: str = keys.QUEUED_TEXTS) -> None:
         self._release = redis.register_script(_RELEASE)
+        self._key = key
 
     async def release(self, texts: int) -> None:
-        await self._release(keys=[keys.QUEUED_TEXTS], args=[texts])
+        await self._release(keys=[self._key], args=[texts])
 
     async def release_in(self, pipe: Pipeline, texts: int) -> None:
         """Queue the release in ``pipe``, to go with the result it belongs to."""
-        await self._release(keys=[keys.QUEUED_TEXTS], args=[texts], client=pipe)
+        await self._release(keys=[self._key], args=[texts], client=pipe)

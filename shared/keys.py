@@ -6,8 +6,11 @@ that sit in our queues.
 
 PREFIX = "emb:"
 
-#: arq queue (a sorted set) holding synchronous ``/v1/embeddings`` jobs.
+#: arq queue (a sorted set) holding synchronous ``/v1/embeddings`` jobs; workers serve it first.
 SYNC_QUEUE = PREFIX + "queue:sync"
+
+#: arq queue holding the chunks of asynchronous embedding jobs (``/v1/embeddings/jobs``).
+CHUNK_QUEUE = PREFIX + "queue:chunks"
 
 #: Pub/sub channel the API publishes to after enqueueing, so idle workers wake at once instead of polling.
 WAKE_CHANNEL = PREFIX + "wake"
@@ -17,6 +20,9 @@ WORKERS = PREFIX + "workers"
 
 #: Counter of texts queued or being encoded, deployment-wide (``shared.backlog``).
 QUEUED_TEXTS = PREFIX + "queued-texts"
+
+#: The same for the chunks of asynchronous jobs, bounded apart so they never crowd out synchronous requests.
+QUEUED_CHUNK_TEXTS = PREFIX + "queued-chunk-texts"
 
 _REPLY_PREFIX = PREFIX + "reply:"
 _WORKER_INFO_PREFIX = PREFIX + "worker:"
@@ -30,3 +36,26 @@ def reply_list(api_instance_id: str) -> str:
 def worker_info(worker_id: str) -> str:
     """What a live worker serves (msgpack), expiring shortly after its heartbeats stop."""
     return _WORKER_INFO_PREFIX + worker_id
+
+
+_JOB_PREFIX = PREFIX + "job:"
+
+
+def job(job_id: str) -> str:
+    """Hash: an asynchronous embedding job's record and progress counters."""
+    return _JOB_PREFIX + job_id
+
+
+def job_chunk(job_id: str, chunk: int) -> str:
+    """float32 vectors of one chunk of a job, or nothing while it is not done."""
+    return f"{_JOB_PREFIX}{job_id}:chunk:{chunk}"
+
+
+def job_workers(job_id: str) -> str:
+    """Set of the workers that processed chunks of a job."""
+    return f"{_JOB_PREFIX}{job_id}:workers"
+
+
+def idempotency(owner: str, key: str) -> str:
+    """The job id created under an ``Idempotency-Key`` (scoped by who sent it)."""
+    return f"{PREFIX}idempotency:{owner}:{key}"

@@ -30,6 +30,9 @@ class EmbedJob:
     reply_to: str
     enqueued_ms: int
     deadline_ms: int
+    #: set when this is one chunk of an asynchronous job: the job's id, and where the chunk starts
+    job_id: str | None = None
+    chunk: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

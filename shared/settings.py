@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     #: seconds between a worker's heartbeats; it counts as gone after three missed ones
     worker_heartbeat_s: float = Field(2.0, gt=0)
 
+    # Asynchronous jobs (/v1/embeddings/jobs)
+    max_job_inputs: int = Field(100_000, ge=1)
+    #: texts per chunk; chunks are what workers share out
+    job_chunk_size: int = Field(256, ge=1)
+    #: seconds a finished job's vectors are kept
+    job_result_ttl_s: int = Field(86_400, ge=1)
+    #: texts of asynchronous jobs queued, deployment-wide, beyond which new jobs get 429
+    max_queued_job_texts: int = Field(2_000_000, ge=1)
+    #: chunks a worker holds at once, so the chunks of a job spread over all workers
+    worker_max_chunks: int = Field(2, ge=1)
+
     # Fault tolerance
     #: seconds a job stays claimed by a worker that stopped renewing it (crashed); then another worker re-runs it
     job_lease_s: float = Field(10.0, gt=0)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import uuid
+from collections.abc import Coroutine
 from typing import Any, ClassVar, cast
 
 from arq import func
@@ -32,6 +33,9 @@ from worker.registry import ModelRegistry
 from worker.service import EmbeddingService
 
 log = logging.getLogger(__name__)
+
+#: chunks are claimed by count (``worker_max_chunks``), not by texts
+_NO_TEXT_BUDGET = 1 << 30
 
 #: longest a worker sleeps without looking at the queue, in case a wake-up message was missed
 IDLE_POLL_S = 1.0
@@ -136,7 +140,9 @@ class EmbeddingWorker(Worker):
     - It survives Redis going away and coming back (empty), without a restart.
     """
 
-    def __init__(self, *, wake: asyncio.Event, lease_s: float, prefetch_texts: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, wake: asyncio.Event, lease_s: float, prefetch_texts: int, max_chunks: int, **kwargs: Any
+    ) -> None:
         super().__init__(**{**kwargs, "poll_delay": 0})
         self._wake = wake
         self._lease_s = lease_s
@@ -144,15 +150,21 @@ class EmbeddingWorker(Worker):
         self._held_texts = 0
         self.in_progress_timeout_s = lease_s
         self._lease_task: asyncio.Task[None] | None = None
-        self._arq: ArqBatch | None = None
+        self._sync: ArqBatch | None = None
+        self._chunks: ArqBatch | None = None
+        self._max_chunks = max_chunks
+        self._held_chunks = 0
 
     async def _poll_iteration(self) -> None:
-        if self._arq is None:
-            self._arq = ArqBatch(self.pool, self.queue_name)
+        if self._sync is None or self._chunks is None:
+            self._sync = ArqBatch(self.pool, self.queue_name)
+            self._chunks = ArqBatch(self.pool, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
             self._lease_task = asyncio.create_task(self._renew_leases())
         self._wake.clear()  # before reading the queue: a job enqueued meanwhile sets it again
         try:
-            await self._claim_jobs(self._arq)
+            if self.allow_pick_jobs:
+                await self._claim_sync_jobs(self._sync)
+                await self._claim_chunks(self._chunks)
             await self.heart_beat()
         except (RedisError, OSError) as exc:
             log.warning("reading the queue failed (%r); retrying", exc)
@@ -161,24 +173,43 @@ class EmbeddingWorker(Worker):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
 
-    async def _claim_jobs(self, arq: ArqBatch) -> None:
+    async def _claim_sync_jobs(self, arq: ArqBatch) -> None:
         room = self.max_jobs - len(self.tasks)
-        if not self.allow_pick_jobs or room <= 0 or self._held_texts >= self._prefetch_texts:
+        if room <= 0 or self._held_texts >= self._prefetch_texts:
             return
         service: EmbeddingService = self.ctx["service"]
         claimed = await arq.claim(room, self._prefetch_texts - self._held_texts, int(self._lease_s * 1000), now_ms())
         for job in claimed:
-            task = asyncio.create_task(service.handle(job.job_id, job.message, job.attempt))
-            self.tasks[job.job_id] = task
             self._held_texts += job.texts
-            task.add_done_callback(functools.partial(self._job_done, job))
+            self._start(job, service.handle(job.job_id, job.message, job.attempt), chunk=False)
         metrics.HELD_TEXTS.set(self._held_texts)
 
-    def _job_done(self, job: ClaimedJob, task: asyncio.Task[None]) -> None:
-        was_full = len(self.tasks) >= self.max_jobs or self._held_texts >= self._prefetch_texts
+    async def _claim_chunks(self, arq: ArqBatch) -> None:
+        room = self._max_chunks - self._held_chunks
+        if room <= 0:
+            return
+        service: EmbeddingService = self.ctx["service"]
+        for job in await arq.claim(room, _NO_TEXT_BUDGET, int(self._lease_s * 1000), now_ms()):
+            self._held_chunks += 1
+            self._start(job, service.handle_chunk(job.job_id, job.message, job.attempt), chunk=True)
+
+    def _start(self, job: ClaimedJob, work: Coroutine[Any, Any, None], *, chunk: bool) -> None:
+        task = asyncio.create_task(work)
+        self.tasks[job.job_id] = task
+        task.add_done_callback(functools.partial(self._job_done, job, chunk))
+
+    def _job_done(self, job: ClaimedJob, chunk: bool, task: asyncio.Task[None]) -> None:
+        was_full = (
+            len(self.tasks) >= self.max_jobs
+            or self._held_texts >= self._prefetch_texts
+            or self._held_chunks >= self._max_chunks
+        )
         self.tasks.pop(job.job_id, None)
-        self._held_texts -= job.texts
-        metrics.HELD_TEXTS.set(self._held_texts)
+        if chunk:
+            self._held_chunks -= 1
+        else:
+            self._held_texts -= job.texts
+            metrics.HELD_TEXTS.set(self._held_texts)
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s failed outside the service: %r", job.job_id, task.exception())
         if was_full:
@@ -210,6 +241,7 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         wake=wake,
         lease_s=settings.job_lease_s,
         prefetch_texts=settings.worker_prefetch_texts,
+        max_chunks=settings.worker_max_chunks,
         redis_pool=connect(settings),
         max_jobs=settings.worker_max_jobs,
         # a job never runs past its request's deadline; arq's limit is only a backstop

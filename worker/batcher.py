@@ -94,7 +94,9 @@ class MicroBatcher:
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
         self._name = name
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        #: sequences of synchronous requests, then of asynchronous jobs' chunks, which only fill what is left
+        self._urgent: collections.deque[_Sequence] = collections.deque()
+        self._background: collections.deque[_Sequence] = collections.deque()
         self._work = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -102,9 +104,9 @@ class MicroBatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._waiting)
+        return len(self._urgent) + len(self._background)
 
-    async def submit(self, sequences: Sequence[list[int]]) -> Encoded:
+    async def submit(self, sequences: Sequence[list[int]], *, urgent: bool = True) -> Encoded:
         """Vectors for ``sequences`` (model inputs, special tokens included), in order."""
         if self._closed:
             raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
@@ -112,7 +114,8 @@ class MicroBatcher:
             raise ValueError("no sequences to encode")
         self._ensure_loop()
         request = _Request(len(sequences))
-        self._waiting.extend(_Sequence(tokens, request, i) for i, tokens in enumerate(sequences))
+        waiting = self._urgent if urgent else self._background
+        waiting.extend(_Sequence(tokens, request, i) for i, tokens in enumerate(sequences))
         self._work.set()
         try:
             return await request.future
@@ -126,9 +129,10 @@ class MicroBatcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         gone = ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
-        for sequence in self._waiting:
-            sequence.request.fail(gone)
-        self._waiting.clear()
+        for waiting in (self._urgent, self._background):
+            for sequence in waiting:
+                sequence.request.fail(gone)
+            waiting.clear()
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -139,7 +143,7 @@ class MicroBatcher:
         if task.cancelled() or self._closed:
             return
         log.error("batch loop for %s stopped: %r; restarting", self._name, task.exception())
-        if self._waiting:
+        if self.pending:
             self._ensure_loop()
 
     async def _run(self) -> None:
@@ -197,24 +201,28 @@ class MicroBatcher:
             return [*self._encode_isolating(batch[:middle]), *self._encode_isolating(batch[middle:])]
 
     def _take_batch(self) -> list[_Sequence]:
-        """The oldest waiting sequence, plus the waiting ones nearest it in length that fit the bounds."""
-        waiting = self._waiting
-        while waiting and waiting[0].request.future.done():
-            waiting.popleft()
-        if not waiting:
+        """The oldest waiting sequence (synchronous first), plus the waiting ones nearest it in length that fit
+        the bounds, synchronous ones before background ones."""
+        for waiting in (self._urgent, self._background):
+            while waiting and waiting[0].request.future.done():
+                waiting.popleft()
+        head_queue = self._urgent or self._background
+        if not head_queue:
             return []
-        head = waiting.popleft()
-        lookahead = min(len(waiting), _LOOKAHEAD_BATCHES * self._max_batch_size)
-        window = [s for s in (waiting.popleft() for _ in range(lookahead)) if not s.request.future.done()]
+        head = head_queue.popleft()
         batch = [head]
         width = len(head.tokens)
-        for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):
-            if len(batch) >= self._max_batch_size:
-                break
-            new_width = max(width, len(sequence.tokens))
-            if new_width * (len(batch) + 1) <= self._max_batch_tokens:
-                batch.append(sequence)
-                width = new_width
-        taken = {id(s) for s in batch}
-        waiting.extendleft(reversed([s for s in window if id(s) not in taken]))
+        for waiting in (self._urgent, self._background):
+            lookahead = min(len(waiting), _LOOKAHEAD_BATCHES * self._max_batch_size)
+            window = [s for s in (waiting.popleft() for _ in range(lookahead)) if not s.request.future.done()]
+            taken: set[int] = set()
+            for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):
+                if len(batch) >= self._max_batch_size:
+                    break
+                new_width = max(width, len(sequence.tokens))
+                if new_width * (len(batch) + 1) <= self._max_batch_tokens:
+                    batch.append(sequence)
+                    taken.add(id(sequence))
+                    width = new_width
+            waiting.extendleft(reversed([s for s in window if id(s) not in taken]))
         return batch

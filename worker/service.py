@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -16,10 +17,11 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.arq_batch import ArqBatch, FinishedJob
-from shared.backlog import Backlog
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
+from shared.jobs import JobStore
 from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.workers import now_ms
 from worker import metrics
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 REPLY_TTL_S = 60
 
 
+#: failures worth running a chunk again for
+_RETRYABLE = {ErrorKind.INTERNAL, ErrorKind.MODEL_UNAVAILABLE, ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.TIMEOUT}
+
 #: jobs with fewer characters than this are tokenized on the event loop; a thread hop costs more than that
 _INLINE_TOKENIZE_CHARS = 4096
 
@@ -39,8 +44,10 @@ class EmbeddingService:
     def __init__(self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int) -> None:
         self.registry = registry
         self._arq = ArqBatch(redis)
-        self._backlog = Backlog(redis)
-        self._finisher: Coalescer[FinishedJob, None] = Coalescer(self._finish)
+        self._finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._arq))
+        self._chunk_arq = ArqBatch(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
+        self._chunk_finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._chunk_arq))
+        self._jobs = JobStore(redis)
         self._max_attempts = max_attempts
         self.worker_id = worker_id
         self.largest_batch = (0, 0)
@@ -89,7 +96,75 @@ class EmbeddingService:
         if result.error is not None:
             metrics.ERRORS.labels(result.error.kind.value).inc()
 
-    async def _embed(self, job: EmbedJob) -> EmbedResult:
+    async def handle_chunk(self, arq_job_id: str, message: bytes, attempt: int = 1) -> None:
+        """Run one chunk of an asynchronous job: store its vectors and count its progress; retry it (give it
+        back to the queue) on a failure that may pass, a bounded number of times; never raises."""
+        try:
+            job = decode_job(message)
+        except ProtocolError as exc:
+            log.error("undecodable chunk %s: %s", arq_job_id, exc.message)
+            await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, 0))
+            return
+        owner = job.job_id or ""
+        if now_ms() > job.deadline_ms or await self._jobs.is_cancelled(owner):
+            await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, len(job.inputs)))
+            return
+        if attempt > self._max_attempts:
+            self.counters["abandoned"] += 1
+            await self._chunk_failed(arq_job_id, job, f"this chunk failed {attempt - 1} times; it was abandoned")
+            return
+        await self._jobs.mark_started(owner, self.worker_id)
+        try:
+            result = await self._embed(job, urgent=False)
+        except ServiceError as exc:
+            error = exc
+        except Exception:
+            log.exception("chunk %s failed", arq_job_id)
+            error = ServiceError(ErrorKind.INTERNAL, "the worker failed to process this chunk")
+        else:
+            self.counters["answered"] += 1
+            metrics.JOBS.labels("chunk").inc()
+            await self._chunk_finisher.submit(
+                FinishedJob(
+                    arq_job_id,
+                    None,
+                    None,
+                    len(job.inputs),
+                    also=functools.partial(
+                        self._jobs.chunk_done_in,
+                        job_id=owner,
+                        chunk=job.chunk,
+                        vectors=result.vectors,
+                        completed=result.count,
+                        failed=0,
+                        prompt_tokens=result.prompt_tokens,
+                        expires_at_s=job.deadline_ms // 1000,
+                    ),
+                )
+            )
+            return
+        if error.kind in _RETRYABLE and attempt < self._max_attempts:
+            log.warning("chunk %s failed (%s); it goes back to the queue", arq_job_id, error.message)
+            await self._chunk_arq.unclaim(arq_job_id)
+            return
+        await self._chunk_failed(arq_job_id, job, error.message)
+
+    async def _chunk_failed(self, arq_job_id: str, job: EmbedJob, reason: str) -> None:
+        metrics.JOBS.labels("chunk_failed").inc()
+        also = functools.partial(
+            self._jobs.chunk_done_in,
+            job_id=job.job_id or "",
+            chunk=job.chunk,
+            vectors=None,
+            completed=0,
+            failed=len(job.inputs),
+            prompt_tokens=0,
+            expires_at_s=job.deadline_ms // 1000,
+            error=reason,
+        )
+        await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, len(job.inputs), also=also))
+
+    async def _embed(self, job: EmbedJob, *, urgent: bool = True) -> EmbedResult:
         model = await self.registry.get(job.model)
         encoder = model.encoder
         if job.dimensions is not None and not 0 < job.dimensions <= encoder.dimension:
@@ -102,7 +177,7 @@ class EmbeddingService:
             sequences = _model_inputs(encoder, job)
         else:
             sequences = await asyncio.to_thread(_model_inputs, encoder, job)
-        encoded = await model.batcher.submit(sequences)
+        encoded = await model.batcher.submit(sequences, urgent=urgent)
         vectors = encoded.vectors
         if job.dimensions is not None and job.dimensions < vectors.shape[1]:
             vectors = vectors[:, : job.dimensions]
@@ -128,8 +203,8 @@ class EmbeddingService:
     async def _publish(self, job_id: str, job: EmbedJob, result: EmbedResult) -> None:
         await self._finisher.submit(FinishedJob(job_id, job.reply_to, encode_result(result), len(job.inputs)))
 
-    async def _finish(self, jobs: list[FinishedJob]) -> list[None]:
-        await self._arq.finish(jobs, self._backlog, REPLY_TTL_S)
+    async def _finish(self, arq: ArqBatch, jobs: list[FinishedJob]) -> list[None]:
+        await arq.finish(jobs, REPLY_TTL_S)
         return [None] * len(jobs)
 
     async def _reject_undecodable(self, job_id: str, message: bytes, exc: ProtocolError) -> None:

@@ -3,7 +3,6 @@ import pytest
 from arq.jobs import Job
 
 from shared.arq_batch import ArqBatch, FinishedJob, NewJob, job_id_for, texts_of
-from shared.backlog import Backlog
 from shared.queue import deserialize_arq_job
 from tests.fakes import fake_redis_factory
 
@@ -70,7 +69,7 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     finished = [FinishedJob("j1", "emb:reply:a", b"r1", 2), FinishedJob("j2", None, None, 3)]
-    await arq.finish(finished, Backlog(redis), reply_ttl_s=60)
+    await arq.finish(finished, reply_ttl_s=60)
     assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
     assert await redis.zcard("emb:queue:sync") == 0
     assert await redis.exists("arq:job:j1", "arq:in-progress:j1", "arq:retry:j1", "arq:job:j2") == 0

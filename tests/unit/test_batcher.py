@@ -199,3 +199,18 @@ async def test_close_fails_waiting_requests(model, executor):
     blocker.cancel()
     with pytest.raises(ServiceError):
         await batcher.submit([[1]])
+
+
+async def test_synchronous_sequences_go_before_background_ones(model, executor):
+    batcher = make_batcher(model, executor, size=4)
+    blocker = await hold_model_busy(model, batcher)
+    background = asyncio.create_task(batcher.submit([[100 + i] for i in range(6)], urgent=False))
+    await asyncio.sleep(0)
+    urgent = asyncio.create_task(batcher.submit([[1], [2]]))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, urgent, background), 5)
+    first_tokens = [s[0] for s in model.batches[1]]
+    assert first_tokens[:2] == [1, 2]  # the later synchronous request leads the next batch
+    assert first_tokens[2:] == [100, 101]  # background chunks fill the rest of it
+    assert [len(b) for b in model.batches[1:]] == [4, 4]

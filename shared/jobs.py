@@ -1,0 +1,197 @@
+"""Asynchronous embedding jobs in Redis: the record the API creates, the progress workers report, the chunks.
+
+A job's inputs are split into chunks of ``job_chunk_size`` texts; each chunk is an arq job on
+``keys.CHUNK_QUEUE`` that any worker may take. A finished chunk's vectors are stored under
+``keys.job_chunk`` and the job's counters move, atomically and once per chunk (``_CHUNK_DONE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import keys
+
+#: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
+RECORD_GRACE_S = 86_400
+
+# KEYS: job hash. ARGV: chunk, texts completed, texts failed, prompt tokens, now (s), error message or "".
+# Counts each chunk once, however many workers ran it; stamps completed_at when the last one lands.
+_CHUNK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HSETNX', KEYS[1], 'done:' .. ARGV[1], 1) == 0 then
+    return 0
+end
+local completed = redis.call('HINCRBY', KEYS[1], 'completed', ARGV[2])
+local failed = redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[4])
+if ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[1], 'error:' .. ARGV[1], ARGV[6])
+end
+if completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
+    redis.call('HSETNX', KEYS[1], 'completed_at', ARGV[5])
+end
+return 1
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    owner: str
+    model: str
+    created_at: int
+    expires_at: int
+    total: int
+    chunk_size: int
+    encoding_format: str
+    dimensions: int | None
+    metadata: dict[str, str]
+    completed: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    started: bool = False
+    cancelled: bool = False
+    completed_at: int | None = None
+    #: chunk index -> why it failed
+    chunk_errors: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.total // self.chunk_size)
+
+    def chunk_span(self, chunk: int) -> tuple[int, int]:
+        """First input index and number of inputs of ``chunk``."""
+        start = chunk * self.chunk_size
+        return start, min(self.chunk_size, self.total - start)
+
+    def status(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        if now >= self.expires_at:
+            return "expired"
+        if self.cancelled:
+            return "cancelled"
+        if self.completed + self.failed >= self.total:
+            return "completed" if self.completed else "failed"
+        return "in_progress" if self.started else "queued"
+
+    def to_api(self) -> dict[str, Any]:
+        status = self.status()
+        errors = [
+            {"offset": self.chunk_span(c)[0], "count": self.chunk_span(c)[1], "message": message}
+            for c, message in sorted(self.chunk_errors.items())
+        ]
+        return {
+            "id": self.job_id,
+            "object": "embedding.job",
+            "status": status,
+            "model": self.model,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "expires_at": self.expires_at,
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
+            "error": {"code": "job_failed", "message": errors[0]["message"]} if status == "failed" and errors else None,
+            "errors": errors,
+            "metadata": self.metadata,
+        }
+
+
+class JobStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._chunk_done = redis.register_script(_CHUNK_DONE)
+
+    async def create(self, record: JobRecord) -> None:
+        fields = {
+            "owner": record.owner,
+            "model": record.model,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "total": record.total,
+            "chunk_size": record.chunk_size,
+            "encoding_format": record.encoding_format,
+            "dimensions": "" if record.dimensions is None else record.dimensions,
+            "metadata": orjson.dumps(record.metadata),
+            "completed": 0,
+            "failed": 0,
+            "prompt_tokens": 0,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.job(record.job_id), mapping=fields)
+            pipe.expireat(keys.job(record.job_id), record.expires_at + RECORD_GRACE_S)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw: dict[bytes, bytes] = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.job(job_id)))
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        return JobRecord(
+            job_id=job_id,
+            owner=fields["owner"],
+            model=fields["model"],
+            created_at=int(fields["created_at"]),
+            expires_at=int(fields["expires_at"]),
+            total=int(fields["total"]),
+            chunk_size=int(fields["chunk_size"]),
+            encoding_format=fields["encoding_format"],
+            dimensions=int(fields["dimensions"]) if fields["dimensions"] else None,
+            metadata=orjson.loads(fields["metadata"]),
+            completed=int(fields["completed"]),
+            failed=int(fields["failed"]),
+            prompt_tokens=int(fields["prompt_tokens"]),
+            started="started" in fields,
+            cancelled="cancelled" in fields,
+            completed_at=int(fields["completed_at"]) if "completed_at" in fields else None,
+            chunk_errors={int(k.split(":", 1)[1]): v for k, v in fields.items() if k.startswith("error:")},
+        )
+
+    async def delete(self, job_id: str) -> None:
+        await self._redis.delete(keys.job(job_id))
+
+    async def cancel(self, job_id: str) -> None:
+        await cast(Awaitable[int], self._redis.hset(keys.job(job_id), "cancelled", "1"))
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        return bool(await cast(Awaitable[bool], self._redis.hexists(keys.job(job_id), "cancelled")))
+
+    async def mark_started(self, job_id: str, worker_id: str) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.job(job_id), "started", "1")
+            pipe.sadd(keys.job_workers(job_id), worker_id)
+            pipe.expire(keys.job_workers(job_id), RECORD_GRACE_S)
+            await pipe.execute()
+
+    async def chunk_done_in(
+        self,
+        pipe: Pipeline,
+        job_id: str,
+        chunk: int,
+        *,
+        vectors: bytes | None,
+        completed: int,
+        failed: int,
+        prompt_tokens: int,
+        expires_at_s: int,
+        error: str = "",
+    ) -> None:
+        """Queue in ``pipe``: store the chunk's vectors (if any) and count it into the job's progress."""
+        if vectors is not None:
+            pipe.set(keys.job_chunk(job_id, chunk), vectors, exat=expires_at_s)
+        await self._chunk_done(
+            keys=[keys.job(job_id)],
+            args=[chunk, completed, failed, prompt_tokens, int(time.time()), error],
+            client=pipe,
+        )
+
+    async def chunk_vectors(self, job_id: str, chunks: list[int]) -> list[bytes | None]:
+        if not chunks:
+            return []
+        values: list[bytes | None] = await self._redis.mget([keys.job_chunk(job_id, c) for c in chunks])
+        return values
