@@ -26,6 +26,8 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.AUTHENTICATION: (401, "authentication_error"),
     ErrorKind.MODEL_NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.NOT_READY: (409, "invalid_request_error"),
+    ErrorKind.EXPIRED: (410, "invalid_request_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorKind.INTERNAL: (500, "server_error"),

@@ -16,7 +16,7 @@ from api.dispatch import Dispatcher
 from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
 from api.results import BLOCK_S, ResultListener
-from api.routes import embeddings, health
+from api.routes import embeddings, health, jobs
 from shared import keys
 from shared.queue import connect
 from shared.settings import Settings, get_settings
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(embeddings.router)
+    app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

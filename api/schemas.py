@@ -5,7 +5,7 @@ Limits come in through the validation context (``{"settings": Settings}``), so o
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -13,6 +13,8 @@ from pydantic_core import PydanticCustomError
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import InputKind
 from shared.settings import Settings
+
+Request = TypeVar("Request", bound="EmbeddingRequest")
 
 #: what ``input`` accepts, as the OpenAPI schema shows it
 InputSchema = str | list[str] | list[int] | list[list[int]]
@@ -33,11 +35,12 @@ class EmbeddingRequest(BaseModel):
     @field_validator("input", mode="plain", json_schema_input_type=InputSchema)
     @classmethod
     def _check_input(cls, value: Any, info: ValidationInfo) -> tuple[InputKind, list[Any]]:
-        settings: Settings = (info.context or {})["settings"]
-        return normalize_input(value, settings)
+        context = info.context or {}
+        settings: Settings = context["settings"]
+        return normalize_input(value, settings, context.get("max_inputs", settings.max_inputs_per_request))
 
 
-def normalize_input(value: Any, settings: Settings) -> tuple[InputKind, list[Any]]:
+def normalize_input(value: Any, settings: Settings, max_inputs: int) -> tuple[InputKind, list[Any]]:
     """``("text", [str, ...])`` or ``("tokens", [[int, ...], ...])``, or a PydanticCustomError that says why not."""
     if isinstance(value, str):
         return "text", [_check_text(value, settings)]
@@ -45,8 +48,8 @@ def normalize_input(value: Any, settings: Settings) -> tuple[InputKind, list[Any
         raise _invalid("input must be a string, a list of strings, or a list of token ids")
     if not value:
         raise _invalid("input must not be empty")
-    if len(value) > settings.max_inputs_per_request:
-        raise _invalid(f"input has {len(value)} items; at most {settings.max_inputs_per_request} are allowed")
+    if len(value) > max_inputs:
+        raise _invalid(f"input has {len(value)} items; at most {max_inputs} are allowed")
     first = value[0]
     if isinstance(first, str):
         if not all(isinstance(item, str) for item in value):
@@ -87,12 +90,28 @@ def _invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_input", message)
 
 
+class JobRequest(EmbeddingRequest):
+    """``POST /v1/embeddings/jobs``: the embeddings request, with a larger input limit and metadata."""
+
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16, description="Up to 16 string pairs, returned with the job."
+    )
+
+
 def parse_embedding_request(payload: Any, settings: Settings) -> EmbeddingRequest:
     """Validate a decoded JSON body; any problem becomes a 400 naming the offending field."""
+    return _parse(EmbeddingRequest, payload, {"settings": settings})
+
+
+def parse_job_request(payload: Any, settings: Settings) -> JobRequest:
+    return _parse(JobRequest, payload, {"settings": settings, "max_inputs": settings.max_job_inputs})
+
+
+def _parse(model: type[Request], payload: Any, context: dict[str, Any]) -> Request:
     if not isinstance(payload, dict):
         raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
     try:
-        return EmbeddingRequest.model_validate(payload, context={"settings": settings})
+        return model.model_validate(payload, context=context)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         param = ".".join(str(part) for part in first["loc"]) or None

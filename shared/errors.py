@@ -22,6 +22,8 @@ class ErrorKind(enum.StrEnum):
     AUTHENTICATION = "invalid_api_key"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
+    NOT_READY = "job_not_completed"
+    EXPIRED = "expired"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limit_exceeded"
     INTERNAL = "internal_error"

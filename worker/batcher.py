@@ -94,7 +94,7 @@ class MicroBatcher:
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
         self._name = name
-        #: sequences of synchronous requests, then of asynchronous jobs' chunks, which only fill what is left
+        #: sequences of synchronous requests, served first; then those of asynchronous jobs' chunks
         self._urgent: collections.deque[_Sequence] = collections.deque()
         self._background: collections.deque[_Sequence] = collections.deque()
         self._work = asyncio.Event()
@@ -201,28 +201,29 @@ class MicroBatcher:
             return [*self._encode_isolating(batch[:middle]), *self._encode_isolating(batch[middle:])]
 
     def _take_batch(self) -> list[_Sequence]:
-        """The oldest waiting sequence (synchronous first), plus the waiting ones nearest it in length that fit
-        the bounds, synchronous ones before background ones."""
+        """The oldest waiting sequence, plus the waiting ones nearest it in length that fit the bounds.
+
+        Synchronous sequences go first, in batches of their own: a request someone waits on is never slowed by
+        background work beyond the batch already running.
+        """
         for waiting in (self._urgent, self._background):
             while waiting and waiting[0].request.future.done():
                 waiting.popleft()
-        head_queue = self._urgent or self._background
-        if not head_queue:
+        waiting = self._urgent or self._background
+        if not waiting:
             return []
-        head = head_queue.popleft()
+        head = waiting.popleft()
+        lookahead = min(len(waiting), _LOOKAHEAD_BATCHES * self._max_batch_size)
+        window = [s for s in (waiting.popleft() for _ in range(lookahead)) if not s.request.future.done()]
         batch = [head]
         width = len(head.tokens)
-        for waiting in (self._urgent, self._background):
-            lookahead = min(len(waiting), _LOOKAHEAD_BATCHES * self._max_batch_size)
-            window = [s for s in (waiting.popleft() for _ in range(lookahead)) if not s.request.future.done()]
-            taken: set[int] = set()
-            for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):
-                if len(batch) >= self._max_batch_size:
-                    break
-                new_width = max(width, len(sequence.tokens))
-                if new_width * (len(batch) + 1) <= self._max_batch_tokens:
-                    batch.append(sequence)
-                    taken.add(id(sequence))
-                    width = new_width
-            waiting.extendleft(reversed([s for s in window if id(s) not in taken]))
+        for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):
+            if len(batch) >= self._max_batch_size:
+                break
+            new_width = max(width, len(sequence.tokens))
+            if new_width * (len(batch) + 1) <= self._max_batch_tokens:
+                batch.append(sequence)
+                width = new_width
+        taken = {id(s) for s in batch}
+        waiting.extendleft(reversed([s for s in window if id(s) not in taken]))
         return batch

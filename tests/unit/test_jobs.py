@@ -1,0 +1,95 @@
+import time
+
+import fakeredis
+import pytest
+
+from shared import keys
+from shared.jobs import JobRecord, JobStore
+
+
+def record(**overrides) -> JobRecord:
+    now = int(time.time())
+    fields = dict(
+        job_id="embjob_1",
+        owner="o",
+        model="m",
+        created_at=now,
+        expires_at=now + 100,
+        total=10,
+        chunk_size=4,
+        encoding_format="float",
+        dimensions=None,
+        metadata={"a": "b"},
+    )
+    return JobRecord(**{**fields, **overrides})
+
+
+def test_chunks_and_spans():
+    job = record()
+    assert job.chunks == 3
+    assert [job.chunk_span(c) for c in range(3)] == [(0, 4), (4, 4), (8, 2)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [
+        ({}, "queued"),
+        ({"started": True}, "in_progress"),
+        ({"started": True, "completed": 8, "failed": 2}, "completed"),
+        ({"started": True, "failed": 10}, "failed"),
+        ({"cancelled": True}, "cancelled"),
+        ({"expires_at": 1}, "expired"),
+    ],
+)
+def test_status(overrides, status):
+    assert record(**overrides).status() == status
+
+
+def test_api_shape_lists_failed_ranges():
+    job = record(started=True, completed=6, failed=4, chunk_errors={1: "boom"}).to_api()
+    assert job["object"] == "embedding.job" and job["status"] == "completed"
+    assert job["request_counts"] == {"total": 10, "completed": 6, "failed": 4}
+    assert job["errors"] == [{"offset": 4, "count": 4, "message": "boom"}]
+
+
+@pytest.fixture
+async def redis():
+    client = fakeredis.FakeAsyncRedis()
+    yield client
+    await client.aclose()
+
+
+async def test_store_round_trip_and_progress_counted_once_per_chunk(redis):
+    store = JobStore(redis)
+    await store.create(record())
+    for _ in range(2):  # a chunk run twice (its first worker died) counts once
+        async with redis.pipeline(transaction=False) as pipe:
+            await store.chunk_done_in(
+                pipe, "embjob_1", 0, vectors=b"\0" * 16, completed=4, failed=0, prompt_tokens=9, expires_at_s=2**31
+            )
+            await pipe.execute()
+    job = await store.get("embjob_1")
+    assert job is not None and (job.completed, job.prompt_tokens, job.completed_at) == (4, 9, None)
+    assert await store.chunk_vectors("embjob_1", [0, 1]) == [b"\0" * 16, None]
+    async with redis.pipeline(transaction=False) as pipe:
+        await store.chunk_done_in(
+            pipe, "embjob_1", 1, vectors=None, completed=0, failed=4, prompt_tokens=0, expires_at_s=2**31, error="bad"
+        )
+        await store.chunk_done_in(
+            pipe, "embjob_1", 2, vectors=b"\0" * 8, completed=2, failed=0, prompt_tokens=1, expires_at_s=2**31
+        )
+        await pipe.execute()
+    job = await store.get("embjob_1")
+    assert job is not None and job.status() == "completed" and job.completed_at is not None
+    assert job.chunk_errors == {1: "bad"} and job.metadata == {"a": "b"}
+
+
+async def test_cancel_and_started(redis):
+    store = JobStore(redis)
+    await store.create(record())
+    await store.mark_started("embjob_1", "w1")
+    await store.cancel("embjob_1")
+    job = await store.get("embjob_1")
+    assert job is not None and job.started and job.cancelled and await store.is_cancelled("embjob_1")
+    assert await redis.smembers(keys.job_workers("embjob_1")) == {b"w1"}
+    assert await store.get("embjob_other") is None
