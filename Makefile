@@ -30,4 +30,6 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m bench.latency
+	./scripts/install-system-deps.sh wrk
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python -m bench.run

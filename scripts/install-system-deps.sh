@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Debian/Ubuntu packages the project needs: redis-server, and venv support for Python. Installs only what is missing.
+# Debian/Ubuntu packages the project needs: redis-server, and venv support for Python, plus any named as arguments
+# (the benchmark asks for wrk). Installs only what is missing.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 missing=()
+for package in "$@"; do
+    command -v "$package" >/dev/null || missing+=("$package")
+done
 command -v redis-server >/dev/null || missing+=(redis-server)
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -eq 0 ]; then
