@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable
 
 from arq.connections import ArqRedis
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import metrics
+from api.auth import ApiKeyAuth, KeyRing
 from api.body_limit import BodySizeLimit
 from api.dispatch import Dispatcher
 from api.errors import install_error_handlers
@@ -27,9 +29,12 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, redis_factory: Callable[..., ArqRedis] = connect) -> FastAPI:
     """``redis_factory(settings, blocking_timeout_s=...)`` builds the Redis clients (tests pass fakeredis)."""
     settings = settings or get_settings()
+    key_ring = KeyRing.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not key_ring.enabled:
+            log.warning("no API keys are configured (API_KEYS, API_KEY_HASHES_FILE): the API is open to anyone")
         redis = redis_factory(settings)
         listener_redis = redis_factory(settings, blocking_timeout_s=BLOCK_S)
         listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
@@ -53,5 +58,13 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyAuth, ring=key_ring, protect_metrics=settings.protect_metrics)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
     app.add_middleware(RequestMetrics)
     return app

@@ -16,8 +16,15 @@ from shared.settings import Settings
 
 Request = TypeVar("Request", bound="EmbeddingRequest")
 
-#: what ``input`` accepts, as the OpenAPI schema shows it
-InputSchema = str | list[str] | list[int] | list[list[int]]
+_Text = Annotated[str, Field(min_length=1)]
+_TokenId = Annotated[int, Field(ge=0)]
+#: what ``input`` accepts, as the OpenAPI schema shows it (the item limits depend on the deployment)
+InputSchema = (
+    _Text
+    | Annotated[list[_Text], Field(min_length=1)]
+    | Annotated[list[_TokenId], Field(min_length=1)]
+    | Annotated[list[Annotated[list[_TokenId], Field(min_length=1)]], Field(min_length=1)]
+)
 
 
 class EmbeddingRequest(BaseModel):
@@ -99,12 +106,19 @@ class JobRequest(EmbeddingRequest):
 
 
 def parse_embedding_request(payload: Any, settings: Settings) -> EmbeddingRequest:
-    """Validate a decoded JSON body; any problem becomes a 400 naming the offending field."""
-    return _parse(EmbeddingRequest, payload, {"settings": settings})
+    """Validate a decoded JSON body; any problem becomes a 400 naming the offending field, and a model this
+    deployment does not serve a 404."""
+    return _served(_parse(EmbeddingRequest, payload, {"settings": settings}), settings)
 
 
 def parse_job_request(payload: Any, settings: Settings) -> JobRequest:
-    return _parse(JobRequest, payload, {"settings": settings, "max_inputs": settings.max_job_inputs})
+    return _served(_parse(JobRequest, payload, {"settings": settings, "max_inputs": settings.max_job_inputs}), settings)
+
+
+def _served(request: Request, settings: Settings) -> Request:
+    if not settings.model_allowed(request.model):
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {request.model!r} is not served here", "model")
+    return request
 
 
 def _parse(model: type[Request], payload: Any, context: dict[str, Any]) -> Request:
@@ -117,3 +131,61 @@ def _parse(model: type[Request], payload: Any, context: dict[str, Any]) -> Reque
         param = ".".join(str(part) for part in first["loc"]) or None
         message = first["msg"] if first["type"] == "invalid_input" else f"{param}: {first['msg']}"
         raise ServiceError(ErrorKind.INVALID_REQUEST, message, param) from None
+
+
+# Response shapes, for the OpenAPI document (responses are built with orjson, not through these models).
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of float32 little-endian bytes")
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"]
+    data: list[EmbeddingItem]
+    model: str
+    usage: Usage
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class JobObject(BaseModel):
+    id: str
+    object: Literal["embedding.job"]
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled", "expired"]
+    model: str
+    created_at: int
+    completed_at: int | None
+    expires_at: int
+    request_counts: RequestCounts
+    usage: Usage
+    error: dict[str, str] | None
+    errors: list[dict[str, Any]]
+    metadata: dict[str, str]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
+    return {status: {"model": ErrorBody, "description": "OpenAI-shaped error"} for status in statuses}

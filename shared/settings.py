@@ -6,12 +6,17 @@ The API and the workers read the same variables; each uses the part it needs.
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: what a Hugging Face hub model id looks like: "name" or "owner/name"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
 
 
 class Settings(BaseSettings):
@@ -33,9 +38,29 @@ class Settings(BaseSettings):
     fp16: bool = False
     hugging_face_hub_token: SecretStr | None = None
 
+    # Security (API)
+    #: accepted API keys (comma separated); with none here nor in api_key_hashes_file, the API is open
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    #: a file of SHA-256 hex digests of accepted keys, one a line, so the keys themselves live nowhere
+    api_key_hashes_file: Path | None = None
+    #: /metrics needs a key too
+    protect_metrics: bool = False
+    #: origins allowed by CORS (comma separated); none: no CORS headers at all
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+
+    # Model policy (worker and API)
+    #: models that may be requested, besides embed_models (comma separated)
+    allowed_models: Annotated[list[str], NoDecode] = []
+    #: let clients load any hub model on demand
+    allow_any_model: bool = False
+    #: models whose repository code may run (trust_remote_code); never any other
+    trust_remote_code_models: Annotated[list[str], NoDecode] = []
+
     # Request limits (API)
     max_inputs_per_request: int = Field(2048, ge=1)
     max_input_chars: int = Field(50_000, ge=1)
+    #: model tokens in one request (checked by the worker, which has the tokenizer)
+    max_tokens_per_request: int = Field(500_000, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     #: seconds a synchronous request may wait for its vectors before a 504
     request_timeout_s: float = Field(60.0, gt=0)
@@ -92,12 +117,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("embed_models", mode="before")
+    @field_validator(
+        "embed_models", "api_keys", "cors_allow_origins", "allowed_models", "trust_remote_code_models", mode="before"
+    )
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    def model_allowed(self, name: str) -> bool:
+        """Configured models always; with ``allow_any_model``, any hub id too, but never a local path."""
+        if name in self.embed_models or name in self.allowed_models:
+            return True
+        return self.allow_any_model and _HUB_ID.fullmatch(name) is not None and ".." not in name
 
     @property
     def worker_ttl_s(self) -> float:

@@ -50,14 +50,14 @@ def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) ->
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_redis(port: int, log_dir: Path) -> subprocess.Popen[bytes]:
+def start_redis(port: int, log_dir: Path, password: str | None = None) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    process = spawn(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        log_dir / f"redis-{port}.log",
-    )
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    if password is not None:
+        args += ["--requirepass", password]
+    process = spawn(args, log_dir / f"redis-{port}.log")
     wait_for_port(port, 10)
     return process
 
@@ -93,20 +93,22 @@ def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_
 class Stack:
     """Redis, workers and the API as separate processes, with the controls failure tests need."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str], redis_password: str | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
         self.env = env
         self.redis_port = free_port()
         self.api_port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis_password = redis_password
+        auth = f":{redis_password}@" if redis_password else ""
+        self.redis_url = f"redis://{auth}127.0.0.1:{self.redis_port}/0"
         self.base_url = f"http://127.0.0.1:{self.api_port}"
         self.redis: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def start_redis(self) -> None:
-        self.redis = start_redis(self.redis_port, self.log_dir)
+        self.redis = start_redis(self.redis_port, self.log_dir, self.redis_password)
 
     def stop_redis(self) -> None:
         if self.redis is not None:
@@ -131,9 +133,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(log_dir: Path, *, workers: int = 1, **env: str) -> Iterator[Stack]:
+def running_stack(log_dir: Path, *, workers: int = 1, redis_password: str | None = None, **env: str) -> Iterator[Stack]:
     """Redis, ``workers`` workers and the API, ready to serve; everything stopped on exit."""
-    stack = Stack(log_dir, env)
+    stack = Stack(log_dir, env, redis_password)
     try:
         stack.start_redis()
         for _ in range(workers):

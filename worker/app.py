@@ -57,7 +57,13 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )
-    service = EmbeddingService(registry, ctx["redis"], worker_id, max_attempts=settings.max_job_attempts)
+    service = EmbeddingService(
+        registry,
+        ctx["redis"],
+        worker_id,
+        max_attempts=settings.max_job_attempts,
+        max_tokens=settings.max_tokens_per_request,
+    )
     if settings.worker_metrics_port:
         metrics.serve(settings.worker_metrics_port, settings.worker_metrics_address)
     ctx["service"] = service

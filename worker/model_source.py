@@ -45,6 +45,8 @@ def resolve(name: str) -> str:
 
 def load_encoder(name: str, settings: Settings) -> Encoder:
     """Load ``name``; any failure becomes a ServiceError whose message names the model, not the cause."""
+    if not settings.model_allowed(name):
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} is not served here", "model")
     if settings.encoder == "stub":
         return StubEncoder()
     if settings.encoder == "simulated":
@@ -52,7 +54,8 @@ def load_encoder(name: str, settings: Settings) -> Encoder:
     device = pick_device(settings.device)
     token = settings.hugging_face_hub_token.get_secret_value() if settings.hugging_face_hub_token else None
     try:
-        model = SentenceTransformer(resolve(name), device=device, token=token, trust_remote_code=False)
+        trust_remote_code = name in settings.trust_remote_code_models  # never on unless named by the operator
+        model = SentenceTransformer(resolve(name), device=device, token=token, trust_remote_code=trust_remote_code)
     except Exception as exc:
         kind = classify_load_failure(exc)
         log.warning("model %r failed to load (%s): %r", name, kind.value, exc)

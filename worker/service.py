@@ -41,7 +41,9 @@ _INLINE_TOKENIZE_CHARS = 4096
 
 
 class EmbeddingService:
-    def __init__(self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int) -> None:
+    def __init__(
+        self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int, max_tokens: int = 1 << 62
+    ) -> None:
         self.registry = registry
         self._arq = ArqBatch(redis)
         self._finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._arq))
@@ -49,6 +51,7 @@ class EmbeddingService:
         self._chunk_finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._chunk_arq))
         self._jobs = JobStore(redis)
         self._max_attempts = max_attempts
+        self._max_tokens = max_tokens
         self.worker_id = worker_id
         self.largest_batch = (0, 0)
         #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
@@ -177,6 +180,10 @@ class EmbeddingService:
             sequences = _model_inputs(encoder, job)
         else:
             sequences = await asyncio.to_thread(_model_inputs, encoder, job)
+        tokens = sum(map(len, sequences))
+        if tokens > self._max_tokens:
+            message = f"this request has {tokens} tokens; at most {self._max_tokens} are allowed in one request"
+            raise ServiceError(ErrorKind.INVALID_REQUEST, message, "input")
         encoded = await model.batcher.submit(sequences, urgent=urgent)
         vectors = encoded.vectors
         if job.dimensions is not None and job.dimensions < vectors.shape[1]:

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from api.dispatch import Dispatcher
 from api.responses import embeddings_body
-from api.schemas import EmbeddingRequest, parse_embedding_request
+from api.schemas import EmbeddingRequest, EmbeddingResponse, error_responses, parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedJob, EmbedResult
 from shared.settings import Settings
@@ -29,7 +29,12 @@ _REQUEST_BODY = {
 }
 
 
-@router.post("/v1/embeddings", openapi_extra=_REQUEST_BODY, response_class=Response)
+@router.post(
+    "/v1/embeddings",
+    openapi_extra=_REQUEST_BODY,
+    response_class=Response,
+    responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 413, 429, 500, 503, 504)},
+)
 async def create_embeddings(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     dispatcher: Dispatcher = request.app.state.dispatcher

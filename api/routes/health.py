@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api.errors import error_response
+from api.schemas import error_responses
 from shared.errors import ErrorKind
 from shared.settings import Settings
 from shared.workers import live_workers
@@ -25,7 +26,7 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request) -> Response:
     """Redis answers and at least one worker is alive; else 503."""
     settings: Settings = request.app.state.settings
@@ -38,7 +39,7 @@ async def readyz(request: Request) -> Response:
     return _json({"status": "ready", "workers": len(workers)})
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(401))
 async def list_models(request: Request) -> Response:
     """The configured models, and any other model a live worker has loaded."""
     settings: Settings = request.app.state.settings

@@ -12,8 +12,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from redis.asyncio import Redis
 
+from api.auth import owner_of
 from api.responses import embedding_items, usage
-from api.schemas import JobRequest, parse_job_request
+from api.schemas import EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob, job_id_for
 from shared.errors import ErrorKind, ServiceError
@@ -24,8 +25,6 @@ from shared.workers import now_ms
 
 router = APIRouter(prefix="/v1/embeddings/jobs", tags=["jobs"])
 
-#: who owns jobs while the API has no keys (issue: API keys); idempotency keys are scoped by it
-ANONYMOUS = "anonymous"
 #: chunks fetched from Redis per round trip while streaming a result
 _CHUNKS_PER_FETCH = 4
 
@@ -44,12 +43,18 @@ def _chunk_ids(record: JobRecord) -> list[str]:
 
 async def _job_of(request: Request, job_id: str) -> JobRecord:
     record = await JobStore(request.app.state.redis).get(job_id)
-    if record is None or record.owner != ANONYMOUS:
+    if record is None or record.owner != owner_of(request.state):  # another key's job is not there for you
         raise ServiceError(ErrorKind.NOT_FOUND, f"no job with id {job_id!r}")
     return record
 
 
-@router.post("", status_code=202, openapi_extra=_JOB_BODY, response_class=Response)
+@router.post(
+    "",
+    status_code=202,
+    openapi_extra=_JOB_BODY,
+    response_class=Response,
+    responses={202: {"model": JobObject}, **error_responses(400, 401, 404, 413, 429, 503)},
+)
 async def create_job(request: Request) -> Response:
     """Queue a job; answers 202 at once. The same ``Idempotency-Key`` again returns the same job."""
     settings: Settings = request.app.state.settings
@@ -59,31 +64,32 @@ async def create_job(request: Request) -> Response:
     except orjson.JSONDecodeError:
         raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body is not valid JSON") from None
     job_request = parse_job_request(payload, settings)
+    owner = owner_of(request.state)
     job_id = "embjob_" + secrets.token_hex(16)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:
-        return _json((await _submit(redis, settings, job_id, job_request)).to_api(), 202)
+        return _json((await _submit(redis, settings, owner, job_id, job_request)).to_api(), 202)
     if not 0 < len(idempotency_key) <= 256:
         raise ServiceError(ErrorKind.INVALID_REQUEST, "Idempotency-Key must be 1 to 256 characters")
-    key = keys.idempotency(ANONYMOUS, idempotency_key)
+    key = keys.idempotency(owner, idempotency_key)
     if not await redis.set(key, job_id, nx=True, ex=settings.job_result_ttl_s):
         existing = await redis.get(key)
         if existing is not None:
             return _json((await _job_of(request, existing.decode())).to_api(), 202)
     try:
-        record = await _submit(redis, settings, job_id, job_request)
+        record = await _submit(redis, settings, owner, job_id, job_request)
     except ServiceError:
         await redis.delete(key)  # nothing was created under it
         raise
     return _json(record.to_api(), 202)
 
 
-async def _submit(redis: Redis, settings: Settings, job_id: str, job_request: JobRequest) -> JobRecord:
+async def _submit(redis: Redis, settings: Settings, owner: str, job_id: str, job_request: JobRequest) -> JobRecord:
     input_kind, inputs = job_request.input
     created = int(time.time())
     record = JobRecord(
         job_id=job_id,
-        owner=ANONYMOUS,
+        owner=owner,
         model=job_request.model,
         created_at=created,
         expires_at=created + settings.job_result_ttl_s,
@@ -123,13 +129,15 @@ async def _submit(redis: Redis, settings: Settings, job_id: str, job_request: Jo
     return record
 
 
-@router.get("/{job_id}", response_class=Response)
+@router.get("/{job_id}", response_class=Response, responses={200: {"model": JobObject}, **error_responses(401, 404)})
 async def get_job(request: Request, job_id: str) -> Response:
     """The job, with its status and progress."""
     return _json((await _job_of(request, job_id)).to_api())
 
 
-@router.post("/{job_id}/cancel", response_class=Response)
+@router.post(
+    "/{job_id}/cancel", response_class=Response, responses={200: {"model": JobObject}, **error_responses(401, 404)}
+)
 async def cancel_job(request: Request, job_id: str) -> Response:
     """Stop the chunks not yet started; a finished job stays as it is."""
     record = await _job_of(request, job_id)
@@ -141,7 +149,11 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     return _json(record.to_api())
 
 
-@router.get("/{job_id}/result", response_class=StreamingResponse)
+@router.get(
+    "/{job_id}/result",
+    response_class=StreamingResponse,
+    responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 409, 410)},
+)
 async def get_result(
     request: Request,
     job_id: str,

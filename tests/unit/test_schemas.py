@@ -4,7 +4,7 @@ from api.schemas import parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 
-SETTINGS = Settings(_env_file=None, max_inputs_per_request=3, max_input_chars=10)
+SETTINGS = Settings(_env_file=None, max_inputs_per_request=3, max_input_chars=10, allow_any_model=True)
 
 
 def parse(**body):
@@ -77,3 +77,14 @@ def test_body_must_be_an_object():
     with pytest.raises(ServiceError) as info:
         parse_embedding_request(["x"], SETTINGS)
     assert info.value.kind is ErrorKind.INVALID_REQUEST
+
+
+def test_only_served_models_are_accepted():
+    settings = Settings(_env_file=None, embed_models=["a/served"], allowed_models=["b/allowed"])
+    for model in ("a/served", "b/allowed"):
+        assert parse_embedding_request({"model": model, "input": "x"}, settings).model == model
+    with pytest.raises(ServiceError) as info:
+        parse_embedding_request({"model": "c/anything", "input": "x"}, settings)
+    assert (info.value.kind, info.value.param) == (ErrorKind.MODEL_NOT_FOUND, "model")
+    any_model = Settings(_env_file=None, allow_any_model=True)
+    assert parse_embedding_request({"model": "c/anything", "input": "x"}, any_model).model == "c/anything"

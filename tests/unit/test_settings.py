@@ -25,3 +25,11 @@ def test_hub_token_is_secret(monkeypatch):
     assert settings.hugging_face_hub_token is not None
     assert "hf_secret" not in repr(settings)
     assert settings.hugging_face_hub_token.get_secret_value() == "hf_secret"
+
+
+def test_any_model_means_any_hub_id_never_a_path():
+    settings = Settings(_env_file=None, allow_any_model=True)
+    assert settings.model_allowed("BAAI/bge-small-en-v1.5") and settings.model_allowed("all-mpnet-base-v2")
+    for name in ("/etc", "../secrets", "owner/../x", "a/b/c", "owner/name with space", ""):
+        assert not settings.model_allowed(name), name
+    assert not Settings(_env_file=None).model_allowed("BAAI/bge-small-en-v1.5")

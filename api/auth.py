@@ -1,0 +1,89 @@
+"""API keys: when any are configured, every ``/v1/*`` route (and ``/metrics`` if protected) needs
+``Authorization: Bearer <key>``. Keys are kept and compared as SHA-256 digests, in constant time, and never logged.
+
+The digest's first 16 hex characters name the key's owner: asynchronous jobs belong to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import error_response
+from shared.errors import ErrorKind
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: the owner of every job while no keys are configured
+ANONYMOUS = "anonymous"
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    def __init__(self, digests: set[bytes]) -> None:
+        self._digests = digests
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        digests = {digest(key.get_secret_value()) for key in settings.api_keys}
+        if settings.api_key_hashes_file is not None:
+            for line in settings.api_key_hashes_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    digests.add(bytes.fromhex(line))
+        return cls(digests)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def owner_of(self, presented: str) -> str | None:
+        """The owner name of a valid key, else None; every known digest is compared, whatever matches."""
+        candidate = digest(presented)
+        matched = False
+        for known in self._digests:
+            matched |= hmac.compare_digest(candidate, known)
+        return candidate.hex()[:16] if matched else None
+
+
+class ApiKeyAuth:
+    """ASGI middleware: refuse protected routes without a valid key (401); record the caller as its owner."""
+
+    def __init__(self, app: ASGIApp, ring: KeyRing, protect_metrics: bool) -> None:
+        self._app = app
+        self._ring = ring
+        self._protected = ("/v1/", "/metrics") if protect_metrics else ("/v1/",)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        owner: str | None = ANONYMOUS
+        if self._ring.enabled and scope["path"].startswith(self._protected):
+            owner = self._owner(scope)
+            if owner is None:
+                response = error_response(ErrorKind.AUTHENTICATION, "missing or invalid API key")
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        scope.setdefault("state", {})["owner"] = owner
+        await self._app(scope, receive, send)
+
+    def _owner(self, scope: Scope) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, key = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and key:
+                    return self._ring.owner_of(key.strip())
+        return None
+
+
+def owner_of(state: object) -> str:
+    return str(getattr(state, "owner", ANONYMOUS))
