@@ -51,7 +51,12 @@ def error_response(kind: ErrorKind, message: str, param: str | None = None, *, s
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.kind, exc.message, exc.param)
+    response = error_response(exc.kind, exc.message, exc.param)
+    request_id = getattr(request.state, "request_id", None)
+    if request_id is not None:
+        response.headers["x-request-id"] = request_id
+    log.info("request %s answered %d %s", request_id or "-", response.status_code, exc.kind.value)
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -68,7 +73,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    request_id = getattr(request.state, "request_id", "-")
+    log.error("request %s on %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
     return error_response(ErrorKind.INTERNAL, "the server failed to process this request")
 
 

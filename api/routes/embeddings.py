@@ -39,13 +39,13 @@ async def create_embeddings(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     dispatcher: Dispatcher = request.app.state.dispatcher
     started = time.perf_counter()
+    request_id = request.state.request_id = secrets.token_hex(16)
     try:
         payload = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
         raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body is not valid JSON") from None
     embedding_request = parse_embedding_request(payload, settings)
     input_kind, inputs = embedding_request.input
-    request_id = secrets.token_hex(16)
     enqueued_ms = now_ms()
     job = EmbedJob(
         request_id=request_id,

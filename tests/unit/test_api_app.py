@@ -180,3 +180,10 @@ async def test_metrics_move_when_requests_are_served(client, worker):
     text = (await client.get("/metrics")).text
     assert 'embeddings_api_errors_total{kind="invalid_request"}' in text
     assert "embeddings_queue_jobs" in text and "embeddings_live_workers 1.0" in text
+
+
+async def test_errors_carry_the_request_id_into_the_logs(client, caplog):
+    caplog.set_level("INFO", logger="api.errors")
+    response = await client.post("/v1/embeddings", json={"input": "", "model": "fake-model"})
+    request_id = response.headers["x-request-id"]
+    assert f"request {request_id} answered 400 invalid_request" in caplog.text

@@ -21,8 +21,9 @@ def test_compose_services():
     assert set(services) == {"redis", "api", "worker"}
     assert services["api"]["ports"] == ["${API_PORT:-8000}:8000"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "--requirepass" in services["redis"]["command"]
     for name in ("api", "worker"):
-        assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+        assert services[name]["environment"]["REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"
         assert services[name]["env_file"][0]["path"] == ".env"
 
 
@@ -64,5 +65,5 @@ def test_env_example_names_only_real_settings():
     names = set(Settings.model_fields)
     for line in (ROOT / ".env.example").read_text().splitlines():
         match = re.match(r"#?\s*([A-Z_]+)=", line)
-        if match and match.group(1) not in {"WORKER_REPLICAS", "API_PORT"}:
+        if match and match.group(1) not in {"WORKER_REPLICAS", "API_PORT", "REDIS_PASSWORD"}:
             assert match.group(1).lower() in names, match.group(1)
