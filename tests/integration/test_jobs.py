@@ -118,13 +118,16 @@ def test_cancel_stops_the_remaining_work(client, stack):
     time.sleep(1.0)
     cancelled = client.post(f"/v1/embeddings/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    time.sleep(2.0)  # chunks that were already running finish
+    queue = redis.Redis.from_url(stack.redis_url)
+    deadline = time.monotonic() + 60
+    while queue.zcard(keys.CHUNK_QUEUE) and time.monotonic() < deadline:  # chunks already running finish
+        time.sleep(0.2)
+    assert queue.zcard(keys.CHUNK_QUEUE) == 0
     settled = client.get(f"/v1/embeddings/jobs/{job['id']}").json()
     assert settled["status"] == "cancelled"
     assert settled["request_counts"]["completed"] < 6000
     time.sleep(1.0)
     assert client.get(f"/v1/embeddings/jobs/{job['id']}").json()["request_counts"] == settled["request_counts"]
-    assert redis.Redis.from_url(stack.redis_url).zcard(keys.CHUNK_QUEUE) == 0
     assert client.get(f"/v1/embeddings/jobs/{job['id']}/result").status_code == 409
 
 
