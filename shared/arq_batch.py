@@ -90,6 +90,21 @@ return claimed
 """
 
 
+# KEYS: queue. ARGV: arq's in-progress and job key prefixes, then job ids. Takes each job that no worker holds off
+# the queue and drops its definition; returns the ids taken.
+_WITHDRAW = """
+local taken = {}
+for i = 3, #ARGV do
+    local id = ARGV[i]
+    if redis.call('EXISTS', ARGV[1] .. id) == 0 and redis.call('ZREM', KEYS[1], id) == 1 then
+        redis.call('DEL', ARGV[2] .. id)
+        table.insert(taken, id)
+    end
+end
+return taken
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewJob:
     job_id: str
@@ -137,6 +152,7 @@ class ArqBatch:
         self.backlog = Backlog(redis, backlog_key)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
+        self._withdraw = redis.register_script(_WITHDRAW)
 
     async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> list[bool]:
         """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows; whether each one was."""
@@ -183,16 +199,14 @@ class ArqBatch:
             await pipe.execute()
 
     async def withdraw(self, job_ids: Sequence[str]) -> int:
-        """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for job_id in job_ids:
-                pipe.zrem(self._queue, job_id)
-            removed_flags = await pipe.execute()
-        removed = [job_id for job_id, flag in zip(job_ids, removed_flags, strict=True) if flag]
-        if removed:
-            await self._redis.delete(*[job_key_prefix + job_id for job_id in removed])
-            await self.backlog.release(sum(texts_of(job_id) for job_id in removed))
-        return len(removed)
+        """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken.
+        Claimed ones run to their end (and release their texts then)."""
+        if not job_ids:
+            return 0
+        taken = await self._withdraw(keys=[self._queue], args=[in_progress_key_prefix, job_key_prefix, *job_ids])
+        if taken:
+            await self.backlog.release(sum(texts_of(job_id.decode()) for job_id in taken))
+        return len(taken)
 
     async def unclaim(self, job_id: str) -> None:
         """Give a claimed job back, to be claimed again (its attempt count goes on)."""

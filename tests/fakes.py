@@ -11,11 +11,27 @@ from arq.connections import ArqRedis
 
 from shared import keys
 from shared.errors import ErrorKind
-from shared.protocol import EmbedError, EmbedResult, decode_job, encode_result
+from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.queue import as_job_queue, deserialize_arq_job
-from shared.workers import WorkerInfo, record_heartbeat
+from shared.workers import WorkerInfo, now_ms, record_heartbeat
 
 FAKE_DIM = 4
+
+
+def make_embed_job(**overrides: object) -> EmbedJob:
+    """A synchronous job for two short texts, due in ten seconds; any field can be overridden."""
+    fields: dict[str, object] = dict(
+        request_id="r1",
+        model="m",
+        input_kind="text",
+        inputs=["abc", "de"],
+        dimensions=None,
+        truncate=True,
+        reply_to="emb:reply:test",
+        enqueued_ms=now_ms(),
+        deadline_ms=now_ms() + 10_000,
+    )
+    return EmbedJob(**{**fields, **overrides})
 
 
 def fake_redis_factory(server: fakeredis.FakeServer):

@@ -148,23 +148,25 @@ def test_bad_job_requests_are_400(client):
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
 
 
+def sync_latencies(client: httpx.Client, count: int) -> list[float]:
+    """Seconds each of ``count`` one-text synchronous requests took, one after another."""
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        assert client.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS[i % 8]}).status_code == 200
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def test_a_sync_request_stays_fast_while_a_large_job_runs(client, stack):
     queue = redis.Redis.from_url(stack.redis_url)
     deadline = time.monotonic() + 60
     while queue.zcard(keys.CHUNK_QUEUE) and time.monotonic() < deadline:  # chunks left running by other tests
         time.sleep(0.2)
-    quiet = []
-    for _ in range(5):
-        started = time.perf_counter()
-        assert client.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS[0]}).status_code == 200
-        quiet.append(time.perf_counter() - started)
+    quiet = sync_latencies(client, 5)
     job = client.post("/v1/embeddings/jobs", json={"model": MODEL, "input": corpus(4000)}).json()
     time.sleep(1.0)
-    busy = []
-    for _ in range(10):
-        started = time.perf_counter()
-        assert client.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS[1]}).status_code == 200
-        busy.append(time.perf_counter() - started)
+    busy = sync_latencies(client, 10)
     running = client.get(f"/v1/embeddings/jobs/{job['id']}").json()
     print(
         f"\nsync latency p50: idle {np.median(quiet) * 1000:.0f} ms, during a 4000-text job "

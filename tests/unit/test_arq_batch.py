@@ -87,3 +87,14 @@ async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
 def test_job_ids_carry_their_text_count():
     assert texts_of(job_id_for("abc", 17)) == 17
     assert texts_of("no-count") == 1
+
+
+async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
+    arq = ArqBatch(redis)
+    await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
+    [claimed] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10)
+    assert claimed.job_id == "j1"
+    assert await arq.withdraw(["j1", "j2", "j9"]) == 1
+    assert await redis.zrange("emb:queue:sync", 0, -1) == [b"j1"]  # the running one stays until it finishes
+    assert await redis.exists("arq:job:j2") == 0
+    assert int(await redis.get("emb:queued-texts")) == 2 + 3 - 1  # texts_of("j2") is 1: no count in the id

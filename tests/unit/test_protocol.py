@@ -13,21 +13,11 @@ from shared.protocol import (
     encode_job,
     encode_result,
 )
+from tests.fakes import make_embed_job
 
 
 def make_job(**overrides) -> EmbedJob:
-    fields = dict(
-        request_id="r1",
-        model="m",
-        input_kind="text",
-        inputs=["a", "ü"],
-        dimensions=None,
-        truncate=True,
-        reply_to="emb:reply:x",
-        enqueued_ms=1,
-        deadline_ms=2,
-    )
-    return EmbedJob(**{**fields, **overrides})
+    return make_embed_job(**{"inputs": ["a", "ü"], **overrides})
 
 
 def test_job_round_trip():

@@ -8,7 +8,7 @@ import pytest
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedJob, decode_result, encode_job
 from shared.workers import now_ms
-from tests.fakes import fake_redis_factory
+from tests.fakes import fake_redis_factory, make_embed_job
 from tests.unit.test_registry import Loader, StubEncoder, make_registry
 from worker.service import EmbeddingService
 
@@ -51,18 +51,7 @@ async def service(redis):
 
 
 def job(**overrides) -> EmbedJob:
-    fields = dict(
-        request_id="r1",
-        model="m",
-        input_kind="text",
-        inputs=["abc", "de"],
-        dimensions=None,
-        truncate=True,
-        reply_to="emb:reply:test",
-        enqueued_ms=now_ms(),
-        deadline_ms=now_ms() + 10_000,
-    )
-    return EmbedJob(**{**fields, **overrides})
+    return make_embed_job(**overrides)
 
 
 async def reply(redis):
