@@ -28,7 +28,7 @@ class Dispatcher:
     ) -> None:
         self._redis = redis
         self._listener = listener
-        self._arq = ArqBatch(redis)
+        self._arq = ArqBatch.sync(redis)
         self._max_queued_texts = max_queued_texts
         self._enqueuer: Coalescer[NewJob, bool] = Coalescer(self._enqueue_many)
         self._worker_ttl_s = worker_ttl_s

@@ -143,9 +143,9 @@ class FinishedJob:
 
 
 class ArqBatch:
-    """One arq queue, with its own backlog counter (``shared.backlog``)."""
+    """One arq queue, with its own backlog counter (``shared.backlog``); build it with ``sync`` or ``chunks``."""
 
-    def __init__(self, redis: Redis, queue: str = keys.SYNC_QUEUE, backlog_key: str = keys.QUEUED_TEXTS) -> None:
+    def __init__(self, redis: Redis, queue: str, backlog_key: str) -> None:
         self._redis = redis
         self._queue = queue
         self._backlog_key = backlog_key
@@ -153,6 +153,16 @@ class ArqBatch:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._withdraw = redis.register_script(_WITHDRAW)
+
+    @classmethod
+    def sync(cls, redis: Redis) -> ArqBatch:
+        """The queue of synchronous ``/v1/embeddings`` requests."""
+        return cls(redis, keys.SYNC_QUEUE, keys.QUEUED_TEXTS)
+
+    @classmethod
+    def chunks(cls, redis: Redis) -> ArqBatch:
+        """The queue of asynchronous jobs' chunks, bounded apart from the synchronous one."""
+        return cls(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
 
     async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> list[bool]:
         """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows; whether each one was."""

@@ -163,8 +163,8 @@ class EmbeddingWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         if self._sync is None or self._chunks is None:
-            self._sync = ArqBatch(self.pool, self.queue_name)
-            self._chunks = ArqBatch(self.pool, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
+            self._sync = ArqBatch.sync(self.pool)
+            self._chunks = ArqBatch.chunks(self.pool)
             self._lease_task = asyncio.create_task(self._renew_leases())
         self._wake.clear()  # before reading the queue: a job enqueued meanwhile sets it again
         try:

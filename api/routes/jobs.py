@@ -120,7 +120,7 @@ async def _submit(redis: Redis, settings: Settings, owner: str, job_id: str, job
         )
         expires_ms = (record.expires_at - created) * 1000
         chunks.append(NewJob(arq_job_id, encode_job(message), enqueued, expires_ms, count))
-    queue = ArqBatch(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
+    queue = ArqBatch.chunks(redis)
     admitted = await queue.enqueue(chunks, settings.max_queued_job_texts, enqueued)
     if not all(admitted):
         await queue.withdraw([chunk.job_id for chunk, ok in zip(chunks, admitted, strict=True) if ok])
@@ -144,7 +144,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     if record.status() in ("queued", "in_progress"):
         redis: Redis = request.app.state.redis
         await JobStore(redis).cancel(job_id)
-        await ArqBatch(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS).withdraw(_chunk_ids(record))
+        await ArqBatch.chunks(redis).withdraw(_chunk_ids(record))
         record = await _job_of(request, job_id)
     return _json(record.to_api())
 

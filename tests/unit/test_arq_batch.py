@@ -19,7 +19,7 @@ def new_job(i: int, texts: int = 1) -> NewJob:
 
 
 async def test_enqueued_jobs_are_arq_jobs(redis):
-    assert await ArqBatch(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5) == [True, True]
+    assert await ArqBatch.sync(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5) == [True, True]
     info = await Job("j1", redis, _queue_name="emb:queue:sync", _deserializer=deserialize_arq_job).info()
     assert info is not None
     assert (info.function, list(info.args), info.enqueue_time.timestamp()) == ("embed", [b"m1"], 1.001)
@@ -28,7 +28,7 @@ async def test_enqueued_jobs_are_arq_jobs(redis):
 
 
 async def test_enqueue_refuses_past_the_backlog_bound(redis):
-    arq = ArqBatch(redis)
+    arq = ArqBatch.sync(redis)
     assert await arq.enqueue([new_job(1, 6), new_job(2, 3), new_job(3, 2)], backlog_limit=10, now_ms=5) == [
         True,
         True,
@@ -39,11 +39,11 @@ async def test_enqueue_refuses_past_the_backlog_bound(redis):
 
 
 async def test_a_request_larger_than_the_bound_passes_when_nothing_is_queued(redis):
-    assert await ArqBatch(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5) == [True]
+    assert await ArqBatch.sync(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5) == [True]
 
 
 async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
-    arq = ArqBatch(redis)
+    arq = ArqBatch.sync(redis)
     await arq.enqueue([new_job(i) for i in range(5)], backlog_limit=100, now_ms=5)
     first = await arq.claim(3, 100, lease_ms=10_000, now_ms=10)
     assert [(c.job_id, c.message, c.attempt) for c in first] == [("j0", b"m0", 1), ("j1", b"m1", 1), ("j2", b"m2", 1)]
@@ -56,7 +56,7 @@ async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
 
 
 async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
-    arq = ArqBatch(redis)
+    arq = ArqBatch.sync(redis)
     await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=50)
     assert await arq.claim(10, 100, lease_ms=1000, now_ms=10) == []
     await redis.delete("arq:job:j1")
@@ -65,7 +65,7 @@ async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
 
 
 async def test_finish_delivers_replies_and_cleans_up(redis):
-    arq = ArqBatch(redis)
+    arq = ArqBatch.sync(redis)
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     finished = [FinishedJob("j1", "emb:reply:a", b"r1", 2), FinishedJob("j2", None, None, 3)]
@@ -77,7 +77,7 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
 
 
 async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
-    arq = ArqBatch(redis)
+    arq = ArqBatch.sync(redis)
     jobs = [NewJob(job_id_for(f"r{i}", 4), b"m", 1000 + i, 60_000, 4) for i in range(4)]
     await arq.enqueue(jobs, backlog_limit=100, now_ms=5)
     assert [c.texts for c in await arq.claim(10, 9, lease_ms=10_000, now_ms=10)] == [4, 4]
@@ -90,7 +90,7 @@ def test_job_ids_carry_their_text_count():
 
 
 async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
-    arq = ArqBatch(redis)
+    arq = ArqBatch.sync(redis)
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     [claimed] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10)
     assert claimed.job_id == "j1"
