@@ -17,7 +17,6 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis
 
-from shared import keys
 from shared.arq_batch import ArqBatch, FinishedJob
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
@@ -45,9 +44,9 @@ class EmbeddingService:
         self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int, max_tokens: int = 1 << 62
     ) -> None:
         self.registry = registry
-        self._arq = ArqBatch(redis)
+        self._arq = ArqBatch.sync(redis)
         self._finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._arq))
-        self._chunk_arq = ArqBatch(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
+        self._chunk_arq = ArqBatch.chunks(redis)
         self._chunk_finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._chunk_arq))
         self._jobs = JobStore(redis)
         self._max_attempts = max_attempts
@@ -127,23 +126,8 @@ class EmbeddingService:
         else:
             self.counters["answered"] += 1
             metrics.JOBS.labels("chunk").inc()
-            await self._chunk_finisher.submit(
-                FinishedJob(
-                    arq_job_id,
-                    None,
-                    None,
-                    len(job.inputs),
-                    also=functools.partial(
-                        self._jobs.chunk_done_in,
-                        job_id=owner,
-                        chunk=job.chunk,
-                        vectors=result.vectors,
-                        completed=result.count,
-                        failed=0,
-                        prompt_tokens=result.prompt_tokens,
-                        expires_at_s=job.deadline_ms // 1000,
-                    ),
-                )
+            await self._finish_chunk(
+                arq_job_id, job, vectors=result.vectors, completed=result.count, prompt_tokens=result.prompt_tokens
             )
             return
         if error.kind in _RETRYABLE and attempt < self._max_attempts:
@@ -154,16 +138,30 @@ class EmbeddingService:
 
     async def _chunk_failed(self, arq_job_id: str, job: EmbedJob, reason: str) -> None:
         metrics.JOBS.labels("chunk_failed").inc()
+        await self._finish_chunk(arq_job_id, job, failed=len(job.inputs), error=reason)
+
+    async def _finish_chunk(
+        self,
+        arq_job_id: str,
+        job: EmbedJob,
+        *,
+        vectors: bytes | None = None,
+        completed: int = 0,
+        failed: int = 0,
+        prompt_tokens: int = 0,
+        error: str = "",
+    ) -> None:
+        """Finish the chunk's arq job, storing its vectors and counting it into its job, in one round trip."""
         also = functools.partial(
             self._jobs.chunk_done_in,
             job_id=job.job_id or "",
             chunk=job.chunk,
-            vectors=None,
-            completed=0,
-            failed=len(job.inputs),
-            prompt_tokens=0,
+            vectors=vectors,
+            completed=completed,
+            failed=failed,
+            prompt_tokens=prompt_tokens,
             expires_at_s=job.deadline_ms // 1000,
-            error=reason,
+            error=error,
         )
         await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, len(job.inputs), also=also))
 
