@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from api import metrics
 from api.auth import ApiKeyAuth, KeyRing
@@ -50,10 +54,16 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
             await listener_redis.aclose()
             await redis.aclose()
 
-    app = FastAPI(title="Embeddings server", version="0.1.0", lifespan=lifespan)
+    otel = settings.otel_instrumentation
+    app = FastAPI(
+        title="Embeddings server",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+    )
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(embeddings.router)
+    app.router.routes.insert(0, embeddings.ROUTE)  # the hottest route is matched first
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -67,4 +77,14 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestMetrics)
+    app.openapi = functools.partial(_openapi, app, [embeddings.DOCUMENTATION])  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI, documented_elsewhere: list[BaseRoute]) -> dict[str, Any]:
+    """FastAPI's document, plus routes it cannot see (plain Starlette routes) described by ``APIRoute``s."""
+    if app.openapi_schema is None:
+        app.openapi_schema = get_openapi(
+            title=app.title, version=app.version, routes=[*documented_elsewhere, *app.routes]
+        )
+    return app.openapi_schema

@@ -1,5 +1,6 @@
 """The fastest FastAPI endpoint that returns what ``/v1/embeddings`` returns: raw body parsed with orjson, a
-constant 384-float response built with orjson, no queue, no model. The ceiling for the pipeline's own cost.
+constant 384-float response built with orjson, no queue, no model, FastAPI's OpenTelemetry instrumentation off
+(as in the API by default). The ceiling for the pipeline's own cost.
 
     .venv/bin/python -m uvicorn bench.bare_server:app --host 127.0.0.1 --port 8100
 """
@@ -11,7 +12,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-app = FastAPI()
+app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
 _VECTOR = np.full(384, 1 / np.sqrt(384), dtype=np.float32)
 
 

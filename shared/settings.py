@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(0, ge=0, le=65535)
     worker_metrics_address: str = "127.0.0.1"
 
+    #: FastAPI's own OpenTelemetry spans, metrics and logs, through the global providers (API). Off: /metrics
+    #: covers the same ground, and FastAPI's instrumentation costs CPU on every request even with no provider set
+    otel_instrumentation: bool = False
+
     log_level: str = "INFO"
 
     @field_validator(
