@@ -49,14 +49,17 @@ def error_response(kind: ErrorKind, message: str, param: str | None = None, *, s
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def _service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
+def service_error_response(exc: ServiceError, request_id: str | None) -> Response:
     response = error_response(exc.kind, exc.message, exc.param)
-    request_id = getattr(request.state, "request_id", None)
     if request_id is not None:
         response.headers["x-request-id"] = request_id
     log.info("request %s answered %d %s", request_id or "-", response.status_code, exc.kind.value)
     return response
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(exc, getattr(request.state, "request_id", None))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

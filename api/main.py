@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
-from starlette.routing import BaseRoute
 
 from api import metrics
 from api.auth import ApiKeyAuth, KeyRing
@@ -23,6 +19,7 @@ from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
 from api.results import BLOCK_S, ResultListener
 from api.routes import embeddings, health, jobs
+from api.routes.embeddings import EmbeddingsShortcut
 from shared import keys
 from shared.queue import connect
 from shared.settings import Settings, get_settings
@@ -63,10 +60,11 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.router.routes.insert(0, embeddings.ROUTE)  # the hottest route is matched first
+    app.router.routes.insert(0, embeddings.ROUTE)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.add_middleware(EmbeddingsShortcut)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyAuth, ring=key_ring, protect_metrics=settings.protect_metrics)
     if settings.cors_allow_origins:
@@ -77,14 +75,4 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestMetrics)
-    app.openapi = functools.partial(_openapi, app, [embeddings.DOCUMENTATION])  # type: ignore[method-assign]
     return app
-
-
-def _openapi(app: FastAPI, documented_elsewhere: list[BaseRoute]) -> dict[str, Any]:
-    """FastAPI's document, plus routes it cannot see (plain Starlette routes) described by ``APIRoute``s."""
-    if app.openapi_schema is None:
-        app.openapi_schema = get_openapi(
-            title=app.title, version=app.version, routes=[*documented_elsewhere, *app.routes]
-        )
-    return app.openapi_schema

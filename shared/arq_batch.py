@@ -28,7 +28,7 @@ _CLAIM_SCAN_LIMIT = 10_000
 
 # KEYS: queue, backlog counter, then one job key per job.
 # ARGV: backlog limit, wake channel, now (ms), then per job: id, payload, expiry (ms), texts.
-# Returns one flag per job: 1 enqueued, 0 refused because the backlog is full.
+# Returns one flag per job: 1 enqueued, 0 refused because the backlog is full. Publishes the queue's name.
 _ENQUEUE = """
 local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
 local limit = tonumber(ARGV[1])
@@ -48,7 +48,7 @@ for i = 0, (#ARGV - 3) / 4 - 1 do
 end
 if added > 0 then
     redis.call('INCRBY', KEYS[2], added)
-    redis.call('PUBLISH', ARGV[2], '')
+    redis.call('PUBLISH', ARGV[2], KEYS[1])
 end
 return flags
 """
@@ -191,17 +191,26 @@ class ArqBatch:
         return claimed
 
     async def finish(self, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
-        """Deliver the replies, drop the jobs from arq's keys and release their texts, in one round trip."""
+        """Deliver the replies, drop the jobs from arq's keys and release their texts, in one round trip
+        and a few commands: one push per reply list, one delete for every job."""
+        replies: dict[str, list[bytes]] = {}
+        for job in jobs:
+            if job.reply_to is not None and job.reply is not None:
+                replies.setdefault(job.reply_to, []).append(job.reply)
         async with self._redis.pipeline(transaction=False) as pipe:
+            for reply_to, messages in replies.items():
+                pipe.lpush(reply_to, *messages)
+                pipe.expire(reply_to, reply_ttl_s)
             for job in jobs:
-                if job.reply_to is not None and job.reply is not None:
-                    pipe.lpush(job.reply_to, job.reply)
-                    pipe.expire(job.reply_to, reply_ttl_s)
                 if job.also is not None:
                     await job.also(pipe)
-                pipe.delete(
-                    job_key_prefix + job.job_id, in_progress_key_prefix + job.job_id, retry_key_prefix + job.job_id
-                )
+            pipe.delete(
+                *[
+                    prefix + job.job_id
+                    for job in jobs
+                    for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
+                ]
+            )
             pipe.zrem(self._queue, *[job.job_id for job in jobs])
             released = sum(job.texts for job in jobs)
             if released:

@@ -31,14 +31,12 @@ from worker.encoder import pick_device
 from worker.model_source import load_encoder
 from worker.registry import ModelRegistry
 from worker.service import EmbeddingService
+from worker.wake_ups import IDLE_POLL_S, WakeUps
 
 log = logging.getLogger(__name__)
 
 #: chunks are claimed by count (``worker_max_chunks``), not by texts
 _NO_TEXT_BUDGET = 1 << 30
-
-#: longest a worker sleeps without looking at the queue, in case a wake-up message was missed
-IDLE_POLL_S = 1.0
 
 
 async def embed(ctx: dict[str, Any], message: bytes) -> None:
@@ -79,9 +77,9 @@ async def startup(ctx: dict[str, Any]) -> None:
             )
         ),
     ]
-    wake = ctx.get("wake")
-    if isinstance(wake, asyncio.Event):
-        ctx["background"].append(asyncio.create_task(_listen_for_wake_ups(ctx["redis"], wake)))
+    wake_ups = ctx.get("wake_ups")
+    if isinstance(wake_ups, WakeUps):
+        ctx["background"].append(asyncio.create_task(wake_ups.listen(ctx["redis"])))
     log.info("worker %s ready; models: %s", worker_id, ", ".join(registry.loaded_names()) or "none")
 
 
@@ -107,21 +105,6 @@ async def _heartbeat(redis: Redis, settings: Settings, describe: Any) -> None:
         await asyncio.sleep(settings.worker_heartbeat_s)
 
 
-async def _listen_for_wake_ups(redis: Redis, wake: asyncio.Event) -> None:
-    while True:
-        try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(keys.WAKE_CHANNEL)
-                wake.set()  # anything enqueued while we were not listening
-                while True:
-                    message = await pubsub.get_message(timeout=IDLE_POLL_S)
-                    if message is not None:
-                        wake.set()
-        except (RedisError, OSError) as exc:
-            log.warning("wake-up subscription lost (%r); reconnecting", exc)
-            await asyncio.sleep(0.5)
-
-
 class WorkerSettings:
     """arq settings; the values that depend on the deployment come from ``shared.settings`` at start-up."""
 
@@ -143,14 +126,16 @@ class EmbeddingWorker(Worker):
       as many texts as it will encode soon (``worker_prefetch_texts``): the rest stay for other workers.
     - It claims jobs for a short lease and renews it while it runs them: when a worker dies, its jobs are run
       again elsewhere after ``job_lease_s``, not after arq's whole job timeout.
+    - It looks at the chunk queue only when there may be something new there (``worker.wake_ups``).
     - It survives Redis going away and coming back (empty), without a restart.
     """
 
     def __init__(
-        self, *, wake: asyncio.Event, lease_s: float, prefetch_texts: int, max_chunks: int, **kwargs: Any
+        self, *, wake_ups: WakeUps, lease_s: float, prefetch_texts: int, max_chunks: int, **kwargs: Any
     ) -> None:
         super().__init__(**{**kwargs, "poll_delay": 0})
-        self._wake = wake
+        self._wake_ups = wake_ups
+        self._wake = wake_ups.event
         self._lease_s = lease_s
         self._prefetch_texts = prefetch_texts
         self._held_texts = 0
@@ -170,7 +155,8 @@ class EmbeddingWorker(Worker):
         try:
             if self.allow_pick_jobs:
                 await self._claim_sync_jobs(self._sync)
-                await self._claim_chunks(self._chunks)
+                if self._wake_ups.look_at_chunks():
+                    await self._claim_chunks(self._chunks)
             await self.heart_beat()
         except (RedisError, OSError) as exc:
             log.warning("reading the queue failed (%r); retrying", exc)
@@ -213,6 +199,7 @@ class EmbeddingWorker(Worker):
         self.tasks.pop(job.job_id, None)
         if chunk:
             self._held_chunks -= 1
+            self._wake_ups.chunks_may_wait()
         else:
             self._held_texts -= job.texts
             metrics.HELD_TEXTS.set(self._held_texts)
@@ -241,10 +228,10 @@ class EmbeddingWorker(Worker):
 
 
 def build_worker(settings: Settings) -> EmbeddingWorker:
-    wake = asyncio.Event()
+    wake_ups = WakeUps()
     return EmbeddingWorker(
         **get_kwargs(cast(Any, WorkerSettings)),
-        wake=wake,
+        wake_ups=wake_ups,
         lease_s=settings.job_lease_s,
         prefetch_texts=settings.worker_prefetch_texts,
         max_chunks=settings.worker_max_chunks,
@@ -255,5 +242,5 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         # for a stock arq runner: one more try than the service's limit lets the service tell the client it gave up
         max_tries=settings.max_job_attempts + 1,
         job_completion_wait=int(settings.shutdown_grace_s),
-        ctx={"wake": wake},
+        ctx={"wake_ups": wake_ups},
     )

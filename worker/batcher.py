@@ -6,8 +6,8 @@ a lone request at low load is encoded at once, and under load batches grow by th
 
 A batch that fails is retried in halves down to single sequences, so a poisonous input (or a batch too big
 for the GPU's memory) fails only the request it belongs to; a failure that persists reaches every request in
-the batch. Requests whose caller has gone (their future cancelled) are skipped when the next batch is formed.
-The loop restarts itself if it ever dies.
+the batch. Requests whose caller has gone (their future cancelled) or whose deadline has passed are dropped when
+the next batch is formed (one clock read a batch, not a timer a request). The loop restarts itself if it ever dies.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from shared.errors import ErrorKind, ServiceError
+from shared.workers import now_ms
 from worker import metrics
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,23 @@ class Encoded:
 
 
 class _Request:
-    __slots__ = ("future", "remaining", "stats", "vectors")
+    __slots__ = ("deadline_ms", "future", "remaining", "stats", "vectors")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, deadline_ms: int | None) -> None:
         self.future: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
         self.vectors: np.ndarray | None = None
         self.remaining = size
         self.stats = BatchStats()
+        self.deadline_ms = deadline_ms
+
+    def still_wanted(self, now_ms: int) -> bool:
+        """False once its caller has gone or its deadline has passed (the caller then learns of it)."""
+        if self.future.done():
+            return False
+        if self.deadline_ms is not None and now_ms > self.deadline_ms:
+            self.fail(ServiceError(ErrorKind.TIMEOUT, "the request's deadline passed before it was encoded"))
+            return False
+        return True
 
     def deliver(self, index: int, vector: np.ndarray) -> None:
         if self.future.done():
@@ -106,14 +117,17 @@ class MicroBatcher:
     def pending(self) -> int:
         return len(self._urgent) + len(self._background)
 
-    async def submit(self, sequences: Sequence[list[int]], *, urgent: bool = True) -> Encoded:
-        """Vectors for ``sequences`` (model inputs, special tokens included), in order."""
+    async def submit(
+        self, sequences: Sequence[list[int]], *, urgent: bool = True, deadline_ms: int | None = None
+    ) -> Encoded:
+        """Vectors for ``sequences`` (model inputs, special tokens included), in order; a TIMEOUT ServiceError
+        if no batch took them by ``deadline_ms`` (epoch milliseconds)."""
         if self._closed:
             raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
         if not sequences:
             raise ValueError("no sequences to encode")
         self._ensure_loop()
-        request = _Request(len(sequences))
+        request = _Request(len(sequences), deadline_ms)
         waiting = self._urgent if urgent else self._background
         waiting.extend(_Sequence(tokens, request, i) for i, tokens in enumerate(sequences))
         self._work.set()
@@ -206,15 +220,16 @@ class MicroBatcher:
         Synchronous sequences go first, in batches of their own: a request someone waits on is never slowed by
         background work beyond the batch already running.
         """
+        now = now_ms()
         for waiting in (self._urgent, self._background):
-            while waiting and waiting[0].request.future.done():
+            while waiting and not waiting[0].request.still_wanted(now):
                 waiting.popleft()
         waiting = self._urgent or self._background
         if not waiting:
             return []
         head = waiting.popleft()
         lookahead = min(len(waiting), _LOOKAHEAD_BATCHES * self._max_batch_size)
-        window = [s for s in (waiting.popleft() for _ in range(lookahead)) if not s.request.future.done()]
+        window = [s for s in (waiting.popleft() for _ in range(lookahead)) if s.request.still_wanted(now)]
         batch = [head]
         width = len(head.tokens)
         for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):

@@ -68,7 +68,8 @@ class ModelRegistry:
     def loaded_names(self) -> list[str]:
         return list(self._loaded)
 
-    async def get(self, name: str) -> LoadedModel:
+    async def get(self, name: str, timeout_s: float | None = None) -> LoadedModel:
+        """The model, loaded if need be; TimeoutError if loading takes longer than ``timeout_s`` (it goes on)."""
         model = self._loaded.get(name)
         if model is not None:
             self._loaded.move_to_end(name)
@@ -81,7 +82,7 @@ class ModelRegistry:
             loading = asyncio.get_running_loop().create_future()
             self._loading[name] = loading
             asyncio.get_running_loop().create_task(self._load_into(name, loading))
-        return await asyncio.shield(loading)
+        return await asyncio.wait_for(asyncio.shield(loading), timeout_s)
 
     async def close(self) -> None:
         for model in self._loaded.values():

@@ -82,8 +82,7 @@ class EmbeddingService:
         started_ms = now_ms()
         metrics.QUEUE_WAIT_SECONDS.observe(max(0, started_ms - job.enqueued_ms) / 1000)
         try:
-            async with asyncio.timeout((job.deadline_ms - started_ms) / 1000):
-                result = await self._embed(job)
+            result = await self._embed(job, deadline_ms=job.deadline_ms)
         except ServiceError as exc:
             result = self._error(job, exc.kind, exc.message, exc.param)
         except TimeoutError:
@@ -165,8 +164,13 @@ class EmbeddingService:
         )
         await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, len(job.inputs), also=also))
 
-    async def _embed(self, job: EmbedJob, *, urgent: bool = True) -> EmbedResult:
-        model = await self.registry.get(job.model)
+    async def _embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> EmbedResult:
+        """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
+        one already in a running batch finishes with it."""
+        if deadline_ms is None:
+            model = await self.registry.get(job.model)
+        else:
+            model = await self.registry.get(job.model, timeout_s=(deadline_ms - now_ms()) / 1000)
         encoder = model.encoder
         if job.dimensions is not None and not 0 < job.dimensions <= encoder.dimension:
             raise ServiceError(
@@ -182,7 +186,7 @@ class EmbeddingService:
         if tokens > self._max_tokens:
             message = f"this request has {tokens} tokens; at most {self._max_tokens} are allowed in one request"
             raise ServiceError(ErrorKind.INVALID_REQUEST, message, "input")
-        encoded = await model.batcher.submit(sequences, urgent=urgent)
+        encoded = await model.batcher.submit(sequences, urgent=urgent, deadline_ms=deadline_ms)
         vectors = encoded.vectors
         if job.dimensions is not None and job.dimensions < vectors.shape[1]:
             vectors = vectors[:, : job.dimensions]

@@ -1,10 +1,10 @@
 """``POST /v1/embeddings``: the OpenAI embeddings contract, answered through the queue.
 
-The service's hottest path, so it is a plain ASGI endpoint on a Starlette route instead of a FastAPI route:
-FastAPI's per-request machinery (request objects, dependency solving, exit stacks, included-router
-resolution) costs about as much CPU as the whole trip through the queue (bench/run.py, pipeline section).
-Errors are still only raised, and the app's handlers answer them. ``DOCUMENTATION`` describes the route to
-the OpenAPI document.
+The service's hottest path, so its requests skip FastAPI's request handling: ``create_embeddings`` is plain
+ASGI, and ``EmbeddingsShortcut`` (the innermost middleware, after metrics, keys and body limit) hands requests to
+it ahead of FastAPI's routing, exception middleware and per-request exit stacks, which together cost about as
+much CPU as the whole trip through the queue (bench/run.py, pipeline section). ``ROUTE`` declares it to FastAPI
+all the same: the OpenAPI document, 405 for other methods. Errors are only raised, and rendered by ``api.errors``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 import orjson
-from fastapi import Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.dispatch import Dispatcher
+from api.errors import service_error_response
 from api.responses import embeddings_body
 from api.schemas import EmbeddingRequest, EmbeddingResponse, error_responses, parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
@@ -30,6 +30,8 @@ from shared.settings import Settings
 from shared.workers import now_ms
 
 PATH = "/v1/embeddings"
+#: seconds into a request before a client's leaving is watched for
+WATCH_AFTER_S = 0.05
 
 
 class ClientGone(Exception):
@@ -95,19 +97,32 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _unless_disconnected(receive: Receive, work: Awaitable[EmbedResult]) -> EmbedResult:
-    """``work``'s result; if the client goes away first, ``work`` is cancelled (withdrawing its queued job)."""
+    """``work``'s result; if the client goes away first, ``work`` is cancelled (withdrawing its queued job).
+
+    The watch starts ``WATCH_AFTER_S`` in: most requests are answered sooner, and a watcher task costs more,
+    on every request, than catching an early leaver at once would save (its job is usually running by then).
+    """
+    loop = asyncio.get_running_loop()
     handler = asyncio.current_task()
     assert handler is not None
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    watcher.add_done_callback(lambda done: done.cancelled() or handler.cancel())
+    watcher: asyncio.Task[None] | None = None
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(_disconnected(receive))
+        watcher.add_done_callback(lambda done: done.cancelled() or handler.cancel())
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled() and handler.uncancel() == 0:
+        if watcher is not None and watcher.done() and not watcher.cancelled() and handler.uncancel() == 0:
             raise ServiceError(ErrorKind.INVALID_REQUEST, "the client closed the connection") from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -115,31 +130,21 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-class AsgiRoute(Route):
-    """A route straight to an ASGI function, recorded in the scope as FastAPI's routes are (metrics read it)."""
-
-    def __init__(self, path: str, app: ASGIApp, *, methods: list[str]) -> None:
-        super().__init__(path, app, methods=methods)
-        self.app = app  # Starlette would wrap a plain function as ``f(request) -> response``
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope
+async def _declared_only() -> None:
+    raise AssertionError("ROUTE sends requests to create_embeddings")
 
 
-ROUTE = AsgiRoute(PATH, create_embeddings, methods=["POST"])
+class _AsgiApiRoute(APIRoute):
+    """An APIRoute, documented from its declaration, whose requests go straight to a plain ASGI function."""
+
+    def __init__(self, path: str, app: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(path, _declared_only, **kwargs)
+        self.app = app
 
 
-async def _documentation_only(request: Request) -> Response:
-    raise AssertionError("requests to POST /v1/embeddings are served by ROUTE")
-
-
-#: what the OpenAPI document says of ``ROUTE``
-DOCUMENTATION = APIRoute(
+ROUTE = _AsgiApiRoute(
     PATH,
-    _documentation_only,
+    create_embeddings,
     methods=["POST"],
     name="create_embeddings",
     openapi_extra={
@@ -151,3 +156,28 @@ DOCUMENTATION = APIRoute(
     response_class=Response,
     responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 413, 429, 500, 503, 504)},
 )
+
+
+class EmbeddingsShortcut:
+    """ASGI middleware, the innermost: hands ``POST /v1/embeddings`` to ``create_embeddings`` ahead of FastAPI's
+    routing, exception handling and exit stacks, and answers its errors with the app's error renderer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) != PATH:
+            await self._app(scope, receive, send)
+            return
+        scope["route"] = ROUTE
+        try:
+            await create_embeddings(scope, receive, send)
+        except ServiceError as exc:
+            response = service_error_response(exc, scope.get("state", {}).get("request_id"))
+            await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path

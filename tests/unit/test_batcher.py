@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shared.errors import ErrorKind, ServiceError
+from shared.workers import now_ms
 from worker.batcher import MicroBatcher
 
 
@@ -182,6 +183,22 @@ async def test_cancelled_waiter_is_dropped_before_encoding(model, executor):
     assert encoded.vectors.tolist() == [[222, 1]]
     encoded_tokens = {s[0] for batch in model.batches for s in batch}
     assert not encoded_tokens & {111, 112}
+    await batcher.close()
+
+
+async def test_request_past_its_deadline_is_dropped_with_a_timeout(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    late = asyncio.create_task(batcher.submit([[333]], deadline_ms=now_ms() + 20))
+    on_time = asyncio.create_task(batcher.submit([[444]], deadline_ms=now_ms() + 60_000))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    with pytest.raises(ServiceError) as info:
+        await asyncio.wait_for(late, 5)
+    assert info.value.kind is ErrorKind.TIMEOUT
+    assert (await asyncio.wait_for(on_time, 5)).vectors.tolist() == [[444, 1]]
+    await blocker
+    assert 333 not in {s[0] for batch in model.batches for s in batch}
     await batcher.close()
 
 

@@ -102,6 +102,17 @@ async def test_expired_job_is_skipped_and_leaves_the_backlog(service, redis):
     assert int(await redis.get("emb:queued-texts")) == 0
 
 
+async def test_job_whose_model_loads_past_its_deadline_times_out(redis):
+    loader = WideLoader()
+    loader.release.clear()
+    registry = make_registry(loader)
+    service = EmbeddingService(registry, redis, "w1", max_attempts=2)
+    await service.handle("job-1", encode_job(job(deadline_ms=now_ms() + 50)))
+    assert (await reply(redis)).error.kind is ErrorKind.TIMEOUT
+    loader.release.set()
+    await registry.close()
+
+
 async def test_answered_job_leaves_the_backlog(service, redis):
     await redis.set("emb:queued-texts", 5)
     await service.handle("job-1", encode_job(job()))
