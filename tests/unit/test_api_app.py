@@ -1,5 +1,6 @@
 """The API in-process over fakeredis, with a fake worker: routing, errors, limits, response encoding."""
 
+import asyncio
 import base64
 
 import fakeredis
@@ -9,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.main import create_app
+from shared import keys
 from shared.settings import Settings
 from shared.workers import WorkerInfo, record_heartbeat
 from tests.fakes import fake_redis_factory, fake_vector, run_fake_worker, running
@@ -166,6 +168,26 @@ async def test_no_result_in_time_is_504(server):
     ):
         response = await client.post("/v1/embeddings", json={"input": "x", "model": "m"})
     assert_openai_error(response, 504, "timeout")
+
+
+async def test_requests_over_the_backlog_bound_are_429_and_leave_nothing_queued(server):
+    settings = Settings(_env_file=None, max_queued_texts=3, request_timeout_s=0.3, embed_models=["m"])
+    app = create_app(settings, redis_factory=fake_redis_factory(server))
+    redis = fake_redis_factory(server)(None)
+    await record_heartbeat(redis, WorkerInfo("silent", "cpu", [], 0), ttl_s=60)  # alive, never answers
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        # sent together: all three go to Redis in one script call, which admits the first only (2 of 3 texts)
+        responses = await asyncio.gather(
+            *[client.post("/v1/embeddings", json={"input": ["a", "b"], "model": "m"}) for _ in range(3)]
+        )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [429, 429, 504]  # the silent worker never answers the admitted one
+    assert_openai_error(next(r for r in responses if r.status_code == 429), 429, "rate_limit_exceeded")
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0  # the timed-out job was withdrawn
+    assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0
 
 
 async def test_metrics_move_when_requests_are_served(client, worker):
