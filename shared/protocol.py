@@ -1,7 +1,8 @@
 """Wire protocol between the API and the workers: versioned msgpack messages, never pickle.
 
 A job travels API -> worker as the single argument of an arq job; a result travels worker -> API on the
-reply list named in the job. Vectors cross as one block of float32 little-endian bytes, row after row.
+reply list named in the job. A synchronous request's result carries its OpenAI ``data`` array, rendered by the
+worker; an asynchronous job's chunk carries its vectors as one block of float32 little-endian bytes, row after row.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 InputKind = Literal["text", "tokens"]
+EncodingFormat = Literal["float", "base64"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class EmbedJob:
     reply_to: str
     enqueued_ms: int
     deadline_ms: int
+    #: how the worker renders the vectors of a synchronous request ("float" or "base64")
+    encoding_format: EncodingFormat = "float"
     #: set when this is one chunk of an asynchronous job: the job's id, and where the chunk starts
     job_id: str | None = None
     chunk: int = 0
@@ -45,8 +49,10 @@ class EmbedError:
 @dataclasses.dataclass(frozen=True, slots=True)
 class EmbedResult:
     request_id: str
-    #: ``count * dim`` float32 little-endian values
+    #: ``count * dim`` float32 little-endian values (asynchronous jobs' chunks)
     vectors: bytes = b""
+    #: the OpenAI ``data`` array as JSON (synchronous requests)
+    data: bytes = b""
     count: int = 0
     dim: int = 0
     prompt_tokens: int = 0
@@ -97,6 +103,8 @@ def decode_job(data: bytes) -> EmbedJob:
     job: EmbedJob = _build(EmbedJob, _unpack(data, "job"), "job")
     if job.input_kind not in ("text", "tokens") or not isinstance(job.inputs, list):
         raise ProtocolError("job has malformed inputs")
+    if job.encoding_format not in ("float", "base64"):
+        raise ProtocolError("job has an unknown encoding format")
     return job
 
 
@@ -120,6 +128,6 @@ def decode_result(data: bytes) -> EmbedResult:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError("result has a malformed error") from exc
     result: EmbedResult = _build(EmbedResult, fields, "result")
-    if result.error is None and len(result.vectors) != result.count * result.dim * 4:
+    if result.error is None and result.vectors and len(result.vectors) != result.count * result.dim * 4:
         raise ProtocolError("result vectors do not match count and dim")
     return result

@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 
 from shared import keys
 from shared.errors import ErrorKind
+from shared.openai_json import data_array
 from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.queue import as_job_queue, deserialize_arq_job
 from shared.workers import WorkerInfo, now_ms, record_heartbeat
@@ -59,10 +60,9 @@ async def run_fake_worker(redis: ArqRedis, worker_id: str = "fake") -> None:
         if job.model == "missing":
             result = EmbedResult(job.request_id, error=EmbedError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
         else:
-            vectors = np.array([fake_vector(t) for t in job.inputs], dtype="<f4")
-            result = EmbedResult(
-                job.request_id, vectors=vectors.tobytes(), count=len(job.inputs), dim=FAKE_DIM, prompt_tokens=7
-            )
+            vectors = np.array([fake_vector(t) for t in job.inputs], dtype="<f4").tobytes()
+            data = data_array(vectors, len(job.inputs), FAKE_DIM, job.encoding_format)
+            result = EmbedResult(job.request_id, data=data, count=len(job.inputs), dim=FAKE_DIM, prompt_tokens=7)
         await redis.lpush(job.reply_to, encode_result(result))
 
 

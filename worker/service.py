@@ -21,6 +21,7 @@ from shared.arq_batch import ArqBatch, FinishedJob
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.jobs import JobStore
+from shared.openai_json import data_array
 from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
 from shared.workers import now_ms
 from worker import metrics
@@ -91,6 +92,9 @@ class EmbeddingService:
             log.exception("job %s failed", job.request_id)
             result = self._error(job, ErrorKind.INTERNAL, "the worker failed to process this request")
         result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms))
+        if result.error is None:
+            data = data_array(result.vectors, result.count, result.dim, job.encoding_format)
+            result = dataclasses.replace(result, vectors=b"", data=data)
         await self._publish(job_id, job, result)
         self.counters["answered"] += 1
         metrics.JOBS.labels("answered").inc()

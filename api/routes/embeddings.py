@@ -22,9 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.dispatch import Dispatcher
 from api.errors import service_error_response
-from api.responses import embeddings_body
 from api.schemas import EmbeddingRequest, EmbeddingResponse, error_responses, parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
+from shared.openai_json import embeddings_body
 from shared.protocol import EmbedJob, EmbedResult
 from shared.settings import Settings
 from shared.workers import now_ms
@@ -66,6 +66,7 @@ async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
         reply_to=dispatcher.reply_key,
         enqueued_ms=enqueued_ms,
         deadline_ms=enqueued_ms + int(settings.request_timeout_s * 1000),
+        encoding_format=embedding_request.encoding_format,
     )
     result = await _unless_disconnected(receive, dispatcher.run(job, settings.request_timeout_s))
     if result.error is not None:
@@ -79,7 +80,7 @@ async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
         (b"x-batch-size", b"%d" % result.batch_size),
         (b"x-batch-requests", b"%d" % result.batch_requests),
     ]
-    body = embeddings_body(result, embedding_request.model, embedding_request.encoding_format)
+    body = embeddings_body(result.data, embedding_request.model, result.prompt_tokens)
     headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -13,12 +13,12 @@ from fastapi.responses import Response, StreamingResponse
 from redis.asyncio import Redis
 
 from api.auth import owner_of
-from api.responses import embedding_items, usage
 from api.schemas import EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob, job_id_for
 from shared.errors import ErrorKind, ServiceError
 from shared.jobs import JobRecord, JobStore
+from shared.openai_json import embedding_items, usage
 from shared.protocol import EmbedJob, encode_job
 from shared.settings import Settings
 from shared.workers import now_ms

@@ -33,6 +33,16 @@ def test_result_round_trip_keeps_float32_bytes():
     assert np.frombuffer(decoded.vectors, dtype="<f4").reshape(2, 3).tolist() == vectors.tolist()
 
 
+def test_result_with_a_rendered_data_array_round_trips():
+    result = EmbedResult("r1", data=b'[{"object":"embedding","index":0,"embedding":[1.0]}]', count=1, dim=1)
+    assert decode_result(encode_result(result)) == result
+
+
+def test_job_with_an_unknown_encoding_format_is_rejected():
+    with pytest.raises(ProtocolError):
+        decode_job(encode_job(make_job(encoding_format="hex")))
+
+
 def test_error_result_round_trip():
     result = EmbedResult("r1", error=EmbedError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
     assert decode_result(encode_result(result)) == result

@@ -1,8 +1,11 @@
 """The worker's job handling over fakeredis, with a stub model."""
 
+import base64
+
 import fakeredis
 import msgpack
 import numpy as np
+import orjson
 import pytest
 
 from shared.errors import ErrorKind, ServiceError
@@ -72,8 +75,18 @@ async def test_job_result_is_published_to_its_reply_list(service, redis):
 async def test_dimensions_truncate_and_renormalize(service, redis):
     await service.handle("job-1", encode_job(job(dimensions=2)))
     result = await reply(redis)
-    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(result.count, result.dim)
+    vectors = [item["embedding"] for item in orjson.loads(result.data)]
     assert np.allclose(vectors, [[0.6, 0.8], [0.6, 0.8]])
+
+
+async def test_the_data_array_is_rendered_in_the_requested_format(service, redis):
+    await service.handle("job-1", encode_job(job(encoding_format="base64")))
+    result = await reply(redis)
+    assert result.vectors == b""  # the API only frames the rendered array
+    items = orjson.loads(result.data)
+    assert [item["index"] for item in items] == [0, 1]
+    decoded = np.frombuffer(base64.b64decode(items[1]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, np.array([3, 4, 12]) / 13)
 
 
 async def test_dimensions_above_the_model_are_refused(service, redis):

@@ -1,0 +1,51 @@
+"""The OpenAI embeddings JSON, rendered straight from float32 bytes with orjson.
+
+Workers render a synchronous request's ``data`` array (they scale out; the API is the one shared process),
+so the API only frames it. The API renders asynchronous jobs' pages from their stored vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import orjson
+
+from shared.protocol import EncodingFormat
+
+
+def embedding_items(
+    vectors: bytes, count: int, dim: int, encoding_format: EncodingFormat, first_index: int = 0
+) -> list[dict[str, Any]]:
+    """The ``data`` items for ``count`` rows of float32 vectors; serialize with OPT_SERIALIZE_NUMPY."""
+    if encoding_format == "base64":
+        row_bytes = dim * 4
+        return [
+            {
+                "object": "embedding",
+                "index": first_index + i,
+                "embedding": base64.b64encode(vectors[i * row_bytes : (i + 1) * row_bytes]).decode(),
+            }
+            for i in range(count)
+        ]
+    rows = np.frombuffer(vectors, dtype="<f4").reshape(count, dim)
+    return [{"object": "embedding", "index": first_index + i, "embedding": rows[i]} for i in range(count)]
+
+
+def data_array(vectors: bytes, count: int, dim: int, encoding_format: EncodingFormat) -> bytes:
+    """The whole ``data`` array, as JSON."""
+    return orjson.dumps(embedding_items(vectors, count, dim, encoding_format), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def usage(prompt_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+
+
+def embeddings_body(data: bytes, model: str, prompt_tokens: int) -> bytes:
+    """The response body around a rendered ``data`` array."""
+    return b'{"object":"list","data":%b,"model":%b,"usage":%b}' % (
+        data,
+        orjson.dumps(model),
+        orjson.dumps(usage(prompt_tokens)),
+    )
