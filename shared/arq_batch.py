@@ -23,7 +23,7 @@ from shared.queue import EMBED_FUNCTION, deserialize_arq_job, serialize_arq_job
 
 #: how long arq keeps a job's retry counter, as arq itself does
 _RETRY_KEY_TTL_S = 88_400
-#: queue entries one claim looks at; running jobs (claimed by any worker) stay in arq's queue until finished
+#: queue entries one claim looks at
 _CLAIM_SCAN_LIMIT = 10_000
 
 # KEYS: queue, backlog counter, then one job key per job.
@@ -56,7 +56,8 @@ return flags
 # KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, most texts to claim, entries to scan, arq's key
 # prefixes (in-progress, job, retry), retry key TTL. Returns id, job, try for each claimed job, flattened.
 # A job id ends in ".<texts>" (``job_id_for``), so the text budget is kept without reading job bodies;
-# the first job is taken whatever its size.
+# the first job is taken whatever its size. A claimed job's score moves to the end of its lease (renewals move
+# it on), so claims scan only the jobs that wait for a worker, or whose worker died, not the running ones.
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
 local claimed = {}
@@ -75,6 +76,7 @@ for _, id in ipairs(ids) do
         local job = redis.call('GET', ARGV[7] .. id)
         if job then
             redis.call('PSETEX', in_progress, ARGV[2], '1')
+            redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
             local try = redis.call('INCR', ARGV[8] .. id)
             redis.call('EXPIRE', ARGV[8] .. id, ARGV[9])
             texts_left = texts_left - texts
@@ -227,6 +229,16 @@ class ArqBatch:
             await self.backlog.release(sum(texts_of(job_id.decode()) for job_id in taken))
         return len(taken)
 
-    async def unclaim(self, job_id: str) -> None:
-        """Give a claimed job back, to be claimed again (its attempt count goes on)."""
-        await self._redis.delete(in_progress_key_prefix + job_id)
+    def renew_in(self, pipe: Pipeline, job_ids: Sequence[str], lease_ms: int, now_ms: int) -> None:
+        """Add to ``pipe`` the commands that extend the leases of claimed jobs by ``lease_ms`` from now."""
+        for job_id in job_ids:
+            pipe.pexpire(in_progress_key_prefix + job_id, lease_ms)
+        if job_ids:
+            pipe.zadd(self._queue, dict.fromkeys(job_ids, now_ms + lease_ms), xx=True)
+
+    async def unclaim(self, job_id: str, now_ms: int) -> None:
+        """Give a claimed job back, to be claimed again at once (its attempt count goes on)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(in_progress_key_prefix + job_id)
+            pipe.zadd(self._queue, {job_id: now_ms}, xx=True)
+            await pipe.execute()

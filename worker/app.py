@@ -16,7 +16,6 @@ from collections.abc import Coroutine
 from typing import Any, ClassVar, cast
 
 from arq import func
-from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, get_kwargs
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -145,6 +144,8 @@ class EmbeddingWorker(Worker):
         self._chunks: ArqBatch | None = None
         self._max_chunks = max_chunks
         self._held_chunks = 0
+        #: the held jobs that are chunks (their leases are renewed in the chunk queue)
+        self._chunk_ids: set[str] = set()
 
     async def _poll_iteration(self) -> None:
         if self._sync is None or self._chunks is None:
@@ -186,6 +187,8 @@ class EmbeddingWorker(Worker):
             self._start(job, service.handle_chunk(job.job_id, job.message, job.attempt), chunk=True)
 
     def _start(self, job: ClaimedJob, work: Coroutine[Any, Any, None], *, chunk: bool) -> None:
+        if chunk:
+            self._chunk_ids.add(job.job_id)
         task = asyncio.create_task(work)
         self.tasks[job.job_id] = task
         task.add_done_callback(functools.partial(self._job_done, job, chunk))
@@ -199,6 +202,7 @@ class EmbeddingWorker(Worker):
         self.tasks.pop(job.job_id, None)
         if chunk:
             self._held_chunks -= 1
+            self._chunk_ids.discard(job.job_id)
             self._wake_ups.chunks_may_wait()
         else:
             self._held_texts -= job.texts
@@ -211,12 +215,15 @@ class EmbeddingWorker(Worker):
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self._lease_s / 3)
-            if not self.tasks:
+            if not self.tasks or self._sync is None or self._chunks is None:
                 continue
+            lease_ms, now = int(self._lease_s * 1000), now_ms()
+            chunk_ids = [job_id for job_id in self.tasks if job_id in self._chunk_ids]
+            sync_ids = [job_id for job_id in self.tasks if job_id not in self._chunk_ids]
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in list(self.tasks):
-                        pipe.pexpire(in_progress_key_prefix + job_id, int(self._lease_s * 1000))
+                    self._sync.renew_in(pipe, sync_ids, lease_ms, now)
+                    self._chunks.renew_in(pipe, chunk_ids, lease_ms, now)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("renewing job leases failed (%r)", exc)

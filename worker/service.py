@@ -135,7 +135,7 @@ class EmbeddingService:
             return
         if error.kind in _RETRYABLE and attempt < self._max_attempts:
             log.warning("chunk %s failed (%s); it goes back to the queue", arq_job_id, error.message)
-            await self._chunk_arq.unclaim(arq_job_id)
+            await self._chunk_arq.unclaim(arq_job_id, now_ms())
             return
         await self._chunk_failed(arq_job_id, job, error.message)
 

@@ -50,9 +50,32 @@ async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
     second = await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     assert [c.job_id for c in second] == ["j3", "j4"]
     assert await arq.claim(10, 100, lease_ms=10_000, now_ms=10) == []
-    await redis.delete("arq:in-progress:j0")  # its lease lapsed: the worker holding it died
-    [again] = await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
+    await redis.delete("arq:in-progress:j0")  # its lease lapsed: the worker holding it died...
+    assert await arq.claim(10, 100, lease_ms=10_000, now_ms=10) == []
+    [again] = await arq.claim(10, 100, lease_ms=10_000, now_ms=10_011)  # ...and its lease's end has passed
     assert (again.job_id, again.attempt) == ("j0", 2)
+
+
+async def test_claimed_jobs_wait_out_of_reach_until_their_lease_ends(redis):
+    arq = ArqBatch.sync(redis)
+    await arq.enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5)
+    await arq.claim(1, 100, lease_ms=1000, now_ms=10)
+    assert await redis.zrangebyscore("emb:queue:sync", "-inf", 10) == [b"j2"]  # the next claim scans j2 alone
+    assert await redis.zscore("emb:queue:sync", "j1") == 1010
+    async with redis.pipeline(transaction=False) as pipe:
+        arq.renew_in(pipe, ["j1"], lease_ms=1000, now_ms=500)
+        await pipe.execute()
+    assert await redis.zscore("emb:queue:sync", "j1") == 1500
+    assert 0 < await redis.pttl("arq:in-progress:j1") <= 1000
+
+
+async def test_an_unclaimed_job_can_be_claimed_again_at_once(redis):
+    arq = ArqBatch.chunks(redis)
+    await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=5)
+    [claimed] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10)
+    await arq.unclaim(claimed.job_id, now_ms=20)
+    [again] = await arq.claim(1, 100, lease_ms=10_000, now_ms=20)
+    assert (again.job_id, again.attempt) == ("j1", 2)
 
 
 async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
