@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.run [--seconds 10] [--plot bench/results/throughput.png]
 
-Starts every server itself on 127.0.0.1 (one at a time, so they do not share the 2 cores), drives them with
+Starts every server itself on 127.0.0.1 (one at a time, or idle while another is measured), drives them with
 wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so read ratios, not absolutes.
 
 1. Model workloads: this project (Redis + 1 worker + API), naive (one FastAPI process that encodes each
@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 
 import redis
 
@@ -223,25 +224,31 @@ def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) ->
     print(f"plot: {plot}")
 
 
-def pipeline_section(seconds: float, logs: Path) -> None:
-    bare: dict[int, LoadResult] = {}
-    ours: dict[int, LoadResult] = {}
-    with uvicorn_app("bench.bare_server:app", logs) as bare_url:
-        for connections in (1, 64):
-            bare[connections] = drive(bare_url, Workload("", connections, SHORT[:1]), seconds)
-    with running_stack(logs / "stub", ENCODER="stub") as stack:
-        for connections in (1, 64):
-            ours[connections] = drive(stack.base_url, Workload("", connections, SHORT[:1]), seconds, stack.redis_url)
+def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
+    """Both servers stay up (idle, they cost nothing) and are measured in turn, ``rounds`` times: this machine's
+    speed drifts by tens of percent over minutes, so each ratio is taken between neighbouring runs."""
+    bare: dict[int, list[LoadResult]] = {1: [], 64: []}
+    ours: dict[int, list[LoadResult]] = {1: [], 64: []}
+    with uvicorn_app("bench.bare_server:app", logs) as bare_url, running_stack(logs / "stub", ENCODER="stub") as stack:
+        for _ in range(rounds):
+            for connections in (1, 64):
+                workload = Workload("", connections, SHORT[:1])
+                bare[connections].append(drive(bare_url, workload, seconds))
+                ours[connections].append(drive(stack.base_url, workload, seconds, stack.redis_url))
     print("\n## Pipeline cost: stub encoder (constant vectors) against the bare endpoint, 1 short text a request")
+    print(f"(medians of {rounds} rounds, each round measuring both in turn)")
     print(
         f"{'clients':<8} {'bare req/s':>11} {'p50 ms':>7} | {'this project req/s':>18} {'p50 ms':>7} | "
         f"{'ratio':>6} {'added p50 ms':>12}"
     )
     for connections in (1, 64):
         b, o = bare[connections], ours[connections]
+        rate_b, rate_o = median(r.requests_per_s for r in b), median(r.requests_per_s for r in o)
+        p50_b, p50_o = median(r.p50_ms for r in b), median(r.p50_ms for r in o)
+        ratio = median(x.requests_per_s / y.requests_per_s for x, y in zip(o, b, strict=True))
+        added = median(x.p50_ms - y.p50_ms for x, y in zip(o, b, strict=True))
         print(
-            f"{connections:<8} {b.requests_per_s:11.0f} {b.p50_ms:7.2f} | {o.requests_per_s:18.0f} {o.p50_ms:7.2f} | "
-            f"{o.requests_per_s / b.requests_per_s:6.2f} {o.p50_ms - b.p50_ms:12.2f}"
+            f"{connections:<8} {rate_b:11.0f} {p50_b:7.2f} | {rate_o:18.0f} {p50_o:7.2f} | {ratio:6.2f} {added:12.2f}"
         )
 
 
