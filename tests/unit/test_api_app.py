@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 
 import fakeredis
 import httpx
@@ -156,38 +157,39 @@ async def test_openapi_documents_the_request_body(client):
     assert {"input", "model", "encoding_format", "dimensions"} <= set(body["properties"])
 
 
-async def test_no_result_in_time_is_504(server):
-    settings = Settings(_env_file=None, request_timeout_s=0.3, allow_any_model=True)
+@contextlib.asynccontextmanager
+async def served_by_a_silent_worker(server, settings):
+    """A client of the app, and the Redis it uses, with a worker that is alive but never answers."""
     app = create_app(settings, redis_factory=fake_redis_factory(server))
     redis = fake_redis_factory(server)(None)
-
-    await record_heartbeat(redis, WorkerInfo("silent", "cpu", [], 0), ttl_s=60)  # alive, never answers
+    await record_heartbeat(redis, WorkerInfo("silent", "cpu", [], 0), ttl_s=60)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
     ):
+        yield client, redis
+    await redis.aclose()
+
+
+async def test_no_result_in_time_is_504(server):
+    settings = Settings(_env_file=None, request_timeout_s=0.3, allow_any_model=True)
+    async with served_by_a_silent_worker(server, settings) as (client, _):
         response = await client.post("/v1/embeddings", json={"input": "x", "model": "m"})
     assert_openai_error(response, 504, "timeout")
 
 
 async def test_requests_over_the_backlog_bound_are_429_and_leave_nothing_queued(server):
     settings = Settings(_env_file=None, max_queued_texts=3, request_timeout_s=0.3, embed_models=["m"])
-    app = create_app(settings, redis_factory=fake_redis_factory(server))
-    redis = fake_redis_factory(server)(None)
-    await record_heartbeat(redis, WorkerInfo("silent", "cpu", [], 0), ttl_s=60)  # alive, never answers
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-    ):
+    async with served_by_a_silent_worker(server, settings) as (client, redis):
         # sent together: all three go to Redis in one script call, which admits the first only (2 of 3 texts)
         responses = await asyncio.gather(
             *[client.post("/v1/embeddings", json={"input": ["a", "b"], "model": "m"}) for _ in range(3)]
         )
+        assert await redis.zcard(keys.SYNC_QUEUE) == 0  # the timed-out job was withdrawn
+        assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [429, 429, 504]  # the silent worker never answers the admitted one
     assert_openai_error(next(r for r in responses if r.status_code == 429), 429, "rate_limit_exceeded")
-    assert await redis.zcard(keys.SYNC_QUEUE) == 0  # the timed-out job was withdrawn
-    assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0
 
 
 async def test_metrics_move_when_requests_are_served(client, worker):
