@@ -134,7 +134,6 @@ class EmbeddingWorker(Worker):
     ) -> None:
         super().__init__(**{**kwargs, "poll_delay": 0})
         self._wake_ups = wake_ups
-        self._wake = wake_ups.event
         self._lease_s = lease_s
         self._prefetch_texts = prefetch_texts
         self._held_texts = 0
@@ -152,7 +151,7 @@ class EmbeddingWorker(Worker):
             self._sync = ArqBatch.sync(self.pool)
             self._chunks = ArqBatch.chunks(self.pool)
             self._lease_task = asyncio.create_task(self._renew_leases())
-        self._wake.clear()  # before reading the queue: a job enqueued meanwhile sets it again
+        self._wake_ups.event.clear()  # before reading the queue: a job enqueued meanwhile sets it again
         try:
             if self.allow_pick_jobs:
                 await self._claim_sync_jobs(self._sync)
@@ -164,7 +163,7 @@ class EmbeddingWorker(Worker):
             await asyncio.sleep(0.5)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+            await asyncio.wait_for(self._wake_ups.event.wait(), IDLE_POLL_S)
 
     async def _claim_sync_jobs(self, arq: ArqBatch) -> None:
         room = self.max_jobs - len(self.tasks)
@@ -210,7 +209,7 @@ class EmbeddingWorker(Worker):
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s failed outside the service: %r", job.job_id, task.exception())
         if was_full:
-            self._wake.set()
+            self._wake_ups.event.set()
 
     async def _renew_leases(self) -> None:
         while True:

@@ -91,10 +91,10 @@ class EmbeddingService:
         except Exception:
             log.exception("job %s failed", job.request_id)
             result = self._error(job, ErrorKind.INTERNAL, "the worker failed to process this request")
-        result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms))
-        if result.error is None:
-            data = data_array(result.vectors, result.count, result.dim, job.encoding_format)
-            result = dataclasses.replace(result, vectors=b"", data=data)
+        vectors, data = result.vectors, result.data
+        if result.error is None:  # the API only frames the data array
+            vectors, data = b"", data_array(result.vectors, result.count, result.dim, job.encoding_format)
+        result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms), vectors=vectors, data=data)
         await self._publish(job_id, job, result)
         self.counters["answered"] += 1
         metrics.JOBS.labels("answered").inc()
@@ -171,10 +171,8 @@ class EmbeddingService:
     async def _embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> EmbedResult:
         """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
         one already in a running batch finishes with it."""
-        if deadline_ms is None:
-            model = await self.registry.get(job.model)
-        else:
-            model = await self.registry.get(job.model, timeout_s=(deadline_ms - now_ms()) / 1000)
+        timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
+        model = await self.registry.get(job.model, timeout_s)
         encoder = model.encoder
         if job.dimensions is not None and not 0 < job.dimensions <= encoder.dimension:
             raise ServiceError(

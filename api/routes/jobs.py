@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Literal, cast
+from typing import cast
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -19,7 +19,7 @@ from shared.arq_batch import ArqBatch, NewJob, job_id_for
 from shared.errors import ErrorKind, ServiceError
 from shared.jobs import JobRecord, JobStore
 from shared.openai_json import embedding_items, usage
-from shared.protocol import EmbedJob, encode_job
+from shared.protocol import EmbedJob, EncodingFormat, encode_job
 from shared.settings import Settings
 from shared.workers import now_ms
 
@@ -174,7 +174,7 @@ async def get_result(
 
 
 async def _result_body(store: JobStore, record: JobRecord, start: int, end: int) -> AsyncIterator[bytes]:
-    encoding = cast(Literal["float", "base64"], record.encoding_format)
+    encoding = cast(EncodingFormat, record.encoding_format)
     yield b'{"object":"list","data":['
     first = True
     chunks = list(range(start // record.chunk_size, -(-end // record.chunk_size))) if start < end else []
