@@ -3,7 +3,7 @@
     python -m api.client submit texts.txt --model sentence-transformers/all-MiniLM-L6-v2 --out vectors.npy
 
 The file holds one text per line, or JSON Lines (each line a JSON string, or an object with a "text" field).
-Only the standard library and numpy: it runs wherever the API's package is installed.
+The standard library, numpy and tqdm (the progress bar): it runs wherever the API's package is installed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
@@ -59,11 +60,10 @@ def call(base_url: str, method: str, path: str, api_key: str | None, body: Any =
         raise ClientError(f"{method} {path}: {exc.code} {message}") from None
 
 
-def progress_bar(job: dict[str, Any], width: int = 40) -> str:
+def _show(bar: tqdm, job: dict[str, Any]) -> None:
     counts = job["request_counts"]
-    done = counts["completed"] + counts["failed"]
-    filled = int(width * done / max(1, counts["total"]))
-    return f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{counts['total']} {job['status']:<11}"
+    bar.update(counts["completed"] + counts["failed"] - bar.n)
+    bar.set_postfix_str(job["status"])
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -74,12 +74,12 @@ def submit(args: argparse.Namespace) -> int:
     if args.dimensions:
         body["dimensions"] = args.dimensions
     job = call(args.url, "POST", "/v1/embeddings/jobs", args.api_key, body)
-    print(f"job {job['id']}: {len(texts)} texts", file=sys.stderr)
-    while job["status"] not in TERMINAL:
-        print(progress_bar(job), end="", file=sys.stderr, flush=True)
-        time.sleep(args.poll)
-        job = call(args.url, "GET", f"/v1/embeddings/jobs/{job['id']}", args.api_key)
-    print(progress_bar(job), file=sys.stderr)
+    with tqdm(total=len(texts), desc=job["id"], unit="text", file=sys.stderr) as bar:
+        _show(bar, job)
+        while job["status"] not in TERMINAL:
+            time.sleep(args.poll)
+            job = call(args.url, "GET", f"/v1/embeddings/jobs/{job['id']}", args.api_key)
+            _show(bar, job)
     if job["status"] != "completed":
         raise ClientError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
     result = call(args.url, "GET", f"/v1/embeddings/jobs/{job['id']}/result", args.api_key)

@@ -1,4 +1,4 @@
-"""Enqueue an embedding job and wait for its result, within the request's deadline and the deployment's backlog."""
+"""Enqueue a synchronous job and wait for its reply, within the request's deadline and the deployment's backlog."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from api.results import ResultListener
-from shared.arq_batch import ArqBatch, NewJob, job_id_for
+from shared.arq_batch import ArqBatch, NewJob, queue_job_id
+from shared.clock import now_ms
+from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
-from shared.protocol import EmbedJob, EmbedResult, encode_job
-from shared.workers import live_workers, now_ms
+from shared.protocol import SyncJob, SyncReply, encode_job
+from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,9 @@ _JOB_KEY_EXTRA_S = 3600
 
 
 class Dispatcher:
-    """Each request's job goes to Redis with every other job submitted in the same event-loop turn (one script
-    call, which also admits them against the backlog bound); its result, or its refusal, or its timeout, comes
-    back through one future: a request is resumed once, when it has its answer.
+    """Each request's job goes to Redis with every other job submitted while the previous enqueue was on its way
+    (one script call, which also admits them against the backlog bound); its reply, or its refusal, or its timeout,
+    comes back through one future: a request is resumed once, when it has its answer.
     """
 
     def __init__(
@@ -36,10 +38,9 @@ class Dispatcher:
     ) -> None:
         self._redis = redis
         self._listener = listener
-        self._arq = ArqBatch.sync(redis)
+        self._queue = ArqBatch.sync(redis)
         self._max_queued_texts = max_queued_texts
-        self._to_enqueue: list[tuple[NewJob, asyncio.Future[EmbedResult]]] = []
-        self._enqueuing: asyncio.Task[None] | None = None
+        self._enqueuer: Coalescer[NewJob, SyncReply] = Coalescer(self._enqueue_many, "enqueue")
         self._worker_ttl_s = worker_ttl_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
@@ -47,19 +48,15 @@ class Dispatcher:
     def reply_key(self) -> str:
         return self._listener.reply_key
 
-    async def run(self, job: EmbedJob, timeout_s: float) -> EmbedResult:
-        """The worker's result for ``job``; ServiceError if it cannot be had in time.
+    async def run(self, job: SyncJob, timeout_s: float) -> SyncReply:
+        """The worker's reply to ``job``; ServiceError if it cannot be had in time.
 
         If the caller is cancelled (its client went away) or the deadline passes, a job no worker has started
         yet is taken off the queue.
         """
         await self._require_workers()
-        loop = asyncio.get_running_loop()
-        future = self._listener.expect(job.request_id)
-        self._to_enqueue.append((self._new_job(job, timeout_s), future))
-        if self._enqueuing is None:
-            self._enqueuing = loop.create_task(self._enqueue_waiting())
-        timer = loop.call_later(timeout_s, _time_out, future, timeout_s)
+        future = self._enqueuer.add(self._new_job(job, timeout_s), self._listener.expect(job.request_id))
+        timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future, timeout_s)
         try:
             return await future
         except asyncio.CancelledError:
@@ -74,30 +71,21 @@ class Dispatcher:
             self._listener.forget(job.request_id)
 
     @staticmethod
-    def _new_job(job: EmbedJob, timeout_s: float) -> NewJob:
+    def _new_job(job: SyncJob, timeout_s: float) -> NewJob:
         return NewJob(
-            job_id=job_id_for(job.request_id, len(job.inputs)),
+            job_id=queue_job_id(job.request_id, len(job.inputs)),
             message=encode_job(job),
             enqueued_ms=job.enqueued_ms,
             expires_ms=int((timeout_s + _JOB_KEY_EXTRA_S) * 1000),
             texts=len(job.inputs),
         )
 
-    async def _enqueue_waiting(self) -> None:
-        """Enqueue what waits, one script call at a time, until nothing does; failures reach every job's future."""
-        try:
-            while self._to_enqueue:
-                waiting, self._to_enqueue = self._to_enqueue, []
-                live = [(new_job, future) for new_job, future in waiting if not future.done()]
-                if live:
-                    await self._enqueue_many(live)
-        finally:
-            self._enqueuing = None
-
-    async def _enqueue_many(self, jobs: list[tuple[NewJob, asyncio.Future[EmbedResult]]]) -> None:
+    async def _enqueue_many(self, jobs: list[tuple[NewJob, asyncio.Future[SyncReply]]]) -> None:
+        """Enqueue in one script call; a refusal (backlog full, Redis unreachable) completes the job's future.
+        An admitted job's future is completed by the result listener, or by its timer."""
         refusals: list[Callable[[], ServiceError] | None]
         try:
-            admitted = await self._arq.enqueue([new_job for new_job, _ in jobs], self._max_queued_texts, now_ms())
+            admitted = await self._queue.enqueue([new_job for new_job, _ in jobs], self._max_queued_texts, now_ms())
         except (RedisError, OSError) as exc:
             log.warning("enqueueing %d jobs failed: %r", len(jobs), exc)
             refusals = [_unreachable] * len(jobs)
@@ -110,9 +98,9 @@ class Dispatcher:
             if refusal is not None and not future.done():
                 future.set_exception(refusal())
 
-    async def _withdraw(self, job: EmbedJob) -> None:
+    async def _withdraw(self, job: SyncJob) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._arq.withdraw([job_id_for(job.request_id, len(job.inputs))])
+            await self._queue.withdraw([queue_job_id(job.request_id, len(job.inputs))])
 
     async def _require_workers(self) -> None:
         now = time.monotonic()
@@ -127,7 +115,7 @@ class Dispatcher:
         self._workers_seen_at = now
 
 
-def _time_out(future: asyncio.Future[EmbedResult], timeout_s: float) -> None:
+def _time_out(future: asyncio.Future[SyncReply], timeout_s: float) -> None:
     if not future.done():
         future.set_exception(ServiceError(ErrorKind.TIMEOUT, f"no result within {timeout_s:g}s; retry later"))
 

@@ -26,6 +26,7 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.AUTHENTICATION: (401, "authentication_error"),
     ErrorKind.MODEL_NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
     ErrorKind.NOT_READY: (409, "invalid_request_error"),
     ErrorKind.EXPIRED: (410, "invalid_request_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
@@ -36,14 +37,15 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.TIMEOUT: (504, "server_error"),
 }
 
+_HTTP_ERROR_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
+
 #: seconds a client should wait before retrying, for statuses worth retrying
 RETRY_AFTER_S: dict[int, int] = {429: 1, 503: 1}
 
 
-def error_response(kind: ErrorKind, message: str, param: str | None = None, *, status: int | None = None) -> Response:
+def error_response(kind: ErrorKind, message: str, param: str | None = None) -> Response:
     ERRORS.labels(kind.value).inc()
-    table_status, error_type = ERROR_TABLE[kind]
-    status = status or table_status
+    status, error_type = ERROR_TABLE[kind]
     body = {"error": {"message": message, "type": error_type, "param": param, "code": kind.value}}
     headers = {"retry-after": str(RETRY_AFTER_S[status])} if status in RETRY_AFTER_S else None
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
@@ -51,8 +53,6 @@ def error_response(kind: ErrorKind, message: str, param: str | None = None, *, s
 
 def service_error_response(exc: ServiceError, request_id: str | None) -> Response:
     response = error_response(exc.kind, exc.message, exc.param)
-    if request_id is not None:
-        response.headers["x-request-id"] = request_id
     log.info("request %s answered %d %s", request_id or "-", response.status_code, exc.kind.value)
     return response
 
@@ -70,9 +70,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors: 404 for an unknown route, 405 for a known route and another method."""
     assert isinstance(exc, StarletteHTTPException)
-    kind = ErrorKind.NOT_FOUND if exc.status_code == 404 else ErrorKind.INVALID_REQUEST
-    return error_response(kind, str(exc.detail), status=exc.status_code)
+    kind = _HTTP_ERROR_KINDS.get(exc.status_code, ErrorKind.INVALID_REQUEST)
+    return error_response(kind, str(exc.detail))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

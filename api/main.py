@@ -11,16 +11,17 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import metrics
+from api import fast_route, metrics
 from api.auth import ApiKeyAuth, KeyRing
 from api.body_limit import BodySizeLimit
 from api.dispatch import Dispatcher
 from api.errors import install_error_handlers
-from api.metrics import RequestMetrics
+from api.metrics import RequestTracking
 from api.results import BLOCK_S, ResultListener
 from api.routes import embeddings, health, jobs
-from api.routes.embeddings import EmbeddingsShortcut
 from shared import keys
+from shared.arq_batch import ArqBatch
+from shared.jobs import JobStore
 from shared.queue import connect
 from shared.settings import Settings, get_settings
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, redis_factory: Callable[..., ArqRedis] = connect) -> FastAPI:
     """``redis_factory(settings, blocking_timeout_s=...)`` builds the Redis clients (tests pass fakeredis)."""
     settings = settings or get_settings()
+    # under uvicorn the root logger has no handler, so the app's own INFO lines (request ids) would be lost
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     key_ring = KeyRing.from_settings(settings)
 
     @contextlib.asynccontextmanager
@@ -41,6 +44,8 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
         listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
         listener.start()
         app.state.redis = redis
+        app.state.jobs = JobStore(redis)
+        app.state.chunk_queue = ArqBatch.chunks(redis)
         app.state.dispatcher = Dispatcher(
             redis, listener, worker_ttl_s=settings.worker_ttl_s, max_queued_texts=settings.max_queued_texts
         )
@@ -60,11 +65,10 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.router.routes.insert(0, embeddings.ROUTE)
+    fast_route.install(app, embeddings.ROUTE)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.add_middleware(EmbeddingsShortcut)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyAuth, ring=key_ring, protect_metrics=settings.protect_metrics)
     if settings.cors_allow_origins:
@@ -74,5 +78,5 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestTracking)
     return app

@@ -1,16 +1,20 @@
-"""Prometheus metrics of the API process, and ``GET /metrics``."""
+"""Prometheus metrics of the API process, ``GET /metrics``, and the middleware that tracks every request."""
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import keys
+from shared.errors import ClientGone
 from shared.settings import Settings
 from shared.workers import live_workers
 
@@ -25,6 +29,11 @@ ERRORS = Counter("embeddings_api_errors_total", "Error responses by kind", ["kin
 QUEUE_DEPTH = Gauge("embeddings_queue_jobs", "Jobs in the sync queue, waiting or running")
 QUEUED_TEXTS = Gauge("embeddings_queued_texts", "Texts queued or being encoded, deployment-wide")
 LIVE_WORKERS = Gauge("embeddings_live_workers", "Workers with a recent heartbeat")
+
+#: the status a request is counted under when its client left before the answer (nginx's convention)
+CLIENT_GONE_STATUS = 499
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -46,8 +55,11 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-class RequestMetrics:
-    """ASGI middleware: count and time every request by route template and status."""
+class RequestTracking:
+    """ASGI middleware, the outermost: every request gets an id (``scope["state"]["request_id"]``, for log lines,
+    and ``x-request-id`` on its response, errors included), and is counted and timed by route template and status.
+    A client that left before its answer (``ClientGone``, or Starlette's ``ClientDisconnect`` while a body was read)
+    ends here: one INFO line, counted as 499."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -57,16 +69,23 @@ class RequestMetrics:
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
+        request_id = secrets.token_hex(16)
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
         status = 500
 
-        async def send_with_status(message: Message) -> None:
+        async def send_tracked(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         try:
-            await self._app(scope, receive, send_with_status)
+            await self._app(scope, receive, send_tracked)
+        except (ClientGone, ClientDisconnect):
+            status = CLIENT_GONE_STATUS
+            log.info("request %s: the client left before it was answered", request_id)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             REQUESTS.labels(route, status).inc()

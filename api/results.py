@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import ErrorKind, ProtocolError, ServiceError
-from shared.protocol import EmbedResult, decode_result
+from shared.protocol import SyncReply, decode_reply
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,12 @@ class ResultListener:
     def __init__(self, redis: Redis, reply_key: str) -> None:
         self._redis = redis
         self.reply_key = reply_key
-        self._waiting: dict[str, asyncio.Future[EmbedResult]] = {}
+        self._waiting: dict[str, asyncio.Future[SyncReply]] = {}
         self._task: asyncio.Task[None] | None = None
         self._run_id: str | None = None
 
-    def expect(self, request_id: str) -> asyncio.Future[EmbedResult]:
-        future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
+    def expect(self, request_id: str) -> asyncio.Future[SyncReply]:
+        future: asyncio.Future[SyncReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         return future
 
@@ -88,10 +88,10 @@ class ResultListener:
     def _deliver(self, messages: list[bytes]) -> None:
         for message in messages:
             try:
-                result = decode_result(message)
+                reply = decode_reply(message)
             except ProtocolError as exc:
                 log.error("dropped an undecodable result: %s", exc.message)
                 continue
-            future = self._waiting.pop(result.request_id, None)
+            future = self._waiting.pop(reply.request_id, None)
             if future is not None and not future.done():
-                future.set_result(result)
+                future.set_result(reply)

@@ -55,19 +55,19 @@ def normalize_input(value: Any, settings: Settings, max_inputs: int) -> tuple[In
         raise _invalid("input must be a string, a list of strings, or a list of token ids")
     if not value:
         raise _invalid("input must not be empty")
+    first = value[0]
+    if type(first) is int:  # one input, as token ids
+        return "tokens", _check_token_lists([value], settings)
     if len(value) > max_inputs:
         raise _invalid(f"input has {len(value)} items; at most {max_inputs} are allowed")
-    first = value[0]
     if isinstance(first, str):
         if not all(isinstance(item, str) for item in value):
             raise _invalid("input must not mix strings with other types")
         return "text", [_check_text(item, settings) for item in value]
-    if type(first) is int:
-        return "tokens", [_check_tokens(value, settings)]
     if isinstance(first, list):
         if not all(isinstance(item, list) for item in value):
             raise _invalid("input must not mix token-id lists with other types")
-        return "tokens", [_check_tokens(item, settings) for item in value]
+        return "tokens", _check_token_lists(value, settings)
     raise _invalid("input must be a string, a list of strings, or a list of token ids")
 
 
@@ -79,14 +79,19 @@ def _check_text(text: str, settings: Settings) -> str:
     return text
 
 
-def _check_tokens(tokens: list[Any], settings: Settings) -> list[int]:
-    if not tokens:
-        raise _invalid("input must not contain empty token lists")
-    if len(tokens) > settings.max_input_chars:
-        raise _invalid(f"an input has {len(tokens)} tokens; at most {settings.max_input_chars} are allowed")
-    if not all(_is_token_id(token) for token in tokens):
-        raise _invalid("token ids must be non-negative integers")
-    return tokens
+def _check_token_lists(lists: list[list[Any]], settings: Settings) -> list[list[int]]:
+    """Token-id lists are bounded by the request's token limit, as the model's own tokens are (by the worker)."""
+    total = sum(map(len, lists))
+    if total > settings.max_tokens_per_request:
+        raise _invalid(
+            f"input has {total} tokens; at most {settings.max_tokens_per_request} are allowed in one request"
+        )
+    for tokens in lists:
+        if not tokens:
+            raise _invalid("input must not contain empty token lists")
+        if not all(_is_token_id(token) for token in tokens):
+            raise _invalid("token ids must be non-negative integers")
+    return lists
 
 
 def _is_token_id(value: Any) -> bool:

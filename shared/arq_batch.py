@@ -3,14 +3,17 @@
 arq spends about seven round trips on each job (a WATCH/MULTI transaction to enqueue it, another to claim it,
 one to start it, one to finish it). Embedding jobs are small and many, so the API enqueues every job that
 arrived in the same event-loop tick with one script, and a worker claims (and later finishes) all the jobs it
-can take with one script. Jobs stay arq jobs: same keys, same msgpack job format, so a stock arq worker
-(``arq worker.app.WorkerSettings``) runs them too, only slower.
+can take with one script. Jobs stay arq jobs: arq's keys, arq's job format (with our msgpack serializer).
+
+A queue entry's id is ``queue_job_id(request_id, texts)``: its number of texts rides in the id, so the claim and
+withdraw scripts keep the text budget and the backlog without reading job bodies. Python builds that id in one
+place (``queue_job_id``) and only Lua reads it back (``_TEXTS_OF``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
@@ -25,6 +28,13 @@ from shared.queue import EMBED_FUNCTION, deserialize_arq_job, serialize_arq_job
 _RETRY_KEY_TTL_S = 88_400
 #: queue entries one claim looks at
 _CLAIM_SCAN_LIMIT = 10_000
+
+# Lua: the texts of a queue entry, from its id (see ``queue_job_id``)
+_TEXTS_OF = """
+local function texts_of(id)
+    return tonumber(string.match(id, '%.(%d+)$') or '1')
+end
+"""
 
 # KEYS: queue, backlog counter, then one job key per job.
 # ARGV: backlog limit, wake channel, now (ms), then per job: id, payload, expiry (ms), texts.
@@ -54,20 +64,21 @@ return flags
 """
 
 # KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, most texts to claim, entries to scan, arq's key
-# prefixes (in-progress, job, retry), retry key TTL. Returns id, job, try for each claimed job, flattened.
-# A job id ends in ".<texts>" (``job_id_for``), so the text budget is kept without reading job bodies;
-# the first job is taken whatever its size. A claimed job's score moves to the end of its lease (renewals move
+# prefixes (in-progress, job, retry), retry key TTL. Returns id, job, try, texts for each claimed job, flattened.
+# The first job is taken whatever its size. A claimed job's score moves to the end of its lease (renewals move
 # it on), so claims scan only the jobs that wait for a worker, or whose worker died, not the running ones.
-_CLAIM = """
+_CLAIM = (
+    _TEXTS_OF
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
 local claimed = {}
 local most_jobs = tonumber(ARGV[3])
 local texts_left = tonumber(ARGV[4])
 for _, id in ipairs(ids) do
-    if #claimed >= 3 * most_jobs then
+    if #claimed >= 4 * most_jobs then
         break
     end
-    local texts = tonumber(string.match(id, '%.(%d+)$') or '1')
+    local texts = texts_of(id)
     if #claimed > 0 and texts > texts_left then
         break
     end
@@ -83,6 +94,7 @@ for _, id in ipairs(ids) do
             table.insert(claimed, id)
             table.insert(claimed, job)
             table.insert(claimed, try)
+            table.insert(claimed, texts)
         else
             redis.call('ZREM', KEYS[1], id)
         end
@@ -90,21 +102,26 @@ for _, id in ipairs(ids) do
 end
 return claimed
 """
+)
 
 
 # KEYS: queue. ARGV: arq's in-progress and job key prefixes, then job ids. Takes each job that no worker holds off
-# the queue and drops its definition; returns the ids taken.
-_WITHDRAW = """
-local taken = {}
+# the queue and drops its definition; returns how many jobs it took and their texts.
+_WITHDRAW = (
+    _TEXTS_OF
+    + """
+local taken, texts = 0, 0
 for i = 3, #ARGV do
     local id = ARGV[i]
     if redis.call('EXISTS', ARGV[1] .. id) == 0 and redis.call('ZREM', KEYS[1], id) == 1 then
         redis.call('DEL', ARGV[2] .. id)
-        table.insert(taken, id)
+        taken = taken + 1
+        texts = texts + texts_of(id)
     end
 end
-return taken
+return {taken, texts}
 """
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,24 +141,18 @@ class ClaimedJob:
     texts: int
 
 
-def job_id_for(request_id: str, texts: int) -> str:
-    """The arq job id of a request: its id and its number of texts, which claims budget by."""
+def queue_job_id(request_id: str, texts: int) -> str:
+    """The arq job id of a request or chunk: its id and its number of texts, which claims budget by."""
     return f"{request_id}.{texts}"
-
-
-def texts_of(job_id: str) -> int:
-    _, _, texts = job_id.rpartition(".")
-    return int(texts) if texts.isdigit() else 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FinishedJob:
     job_id: str
-    reply_to: str | None
-    reply: bytes | None
     texts: int
-    #: more commands that belong with this job's end (an asynchronous job's chunk store and progress)
-    also: Callable[[Pipeline], Awaitable[None]] | None = None
+    #: where to push ``reply`` (synchronous jobs); None for chunks and for jobs nobody waits for
+    reply_to: str | None = None
+    reply: bytes | None = None
 
 
 class ArqBatch:
@@ -185,49 +196,43 @@ class ArqBatch:
         prefixes: list[str | int] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, _RETRY_KEY_TTL_S]
         flat = await self._claim(keys=[self._queue], args=[*limits, *prefixes])
         claimed = []
-        for i in range(0, len(flat), 3):
-            job_id = flat[i].decode()
+        for i in range(0, len(flat), 4):
             _, job_args, _, _, _ = deserialize_job_raw(flat[i + 1], deserializer=deserialize_arq_job)
             message = job_args[0] if job_args else b""
-            claimed.append(ClaimedJob(job_id, message, int(flat[i + 2]), texts_of(job_id)))
+            claimed.append(ClaimedJob(flat[i].decode(), message, int(flat[i + 2]), int(flat[i + 3])))
         return claimed
 
-    async def finish(self, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
-        """Deliver the replies, drop the jobs from arq's keys and release their texts, in one round trip
-        and a few commands: one push per reply list, one delete for every job."""
+    async def finish_in(self, pipe: Pipeline, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
+        """Add to ``pipe`` what ends ``jobs``: deliver their replies, drop them from arq's keys and release their
+        texts, in a few commands (one push per reply list, one delete for every job)."""
         replies: dict[str, list[bytes]] = {}
         for job in jobs:
             if job.reply_to is not None and job.reply is not None:
                 replies.setdefault(job.reply_to, []).append(job.reply)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for reply_to, messages in replies.items():
-                pipe.lpush(reply_to, *messages)
-                pipe.expire(reply_to, reply_ttl_s)
-            for job in jobs:
-                if job.also is not None:
-                    await job.also(pipe)
-            pipe.delete(
-                *[
-                    prefix + job.job_id
-                    for job in jobs
-                    for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
-                ]
-            )
-            pipe.zrem(self._queue, *[job.job_id for job in jobs])
-            released = sum(job.texts for job in jobs)
-            if released:
-                await self.backlog.release_in(pipe, released)
-            await pipe.execute()
+        for reply_to, messages in replies.items():
+            pipe.lpush(reply_to, *messages)
+            pipe.expire(reply_to, reply_ttl_s)
+        pipe.delete(
+            *[
+                prefix + job.job_id
+                for job in jobs
+                for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
+            ]
+        )
+        pipe.zrem(self._queue, *[job.job_id for job in jobs])
+        released = sum(job.texts for job in jobs)
+        if released:
+            await self.backlog.release_in(pipe, released)
 
     async def withdraw(self, job_ids: Sequence[str]) -> int:
         """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken.
         Claimed ones run to their end (and release their texts then)."""
         if not job_ids:
             return 0
-        taken = await self._withdraw(keys=[self._queue], args=[in_progress_key_prefix, job_key_prefix, *job_ids])
-        if taken:
-            await self.backlog.release(sum(texts_of(job_id.decode()) for job_id in taken))
-        return len(taken)
+        taken, texts = await self._withdraw(keys=[self._queue], args=[in_progress_key_prefix, job_key_prefix, *job_ids])
+        if texts:
+            await self.backlog.release(int(texts))
+        return int(taken)
 
     def renew_in(self, pipe: Pipeline, job_ids: Sequence[str], lease_ms: int, now_ms: int) -> None:
         """Add to ``pipe`` the commands that extend the leases of claimed jobs by ``lease_ms`` from now."""

@@ -7,6 +7,7 @@ Hierarchy::
 
     ServiceError            any failure a client may be told about; carries an ErrorKind
      └── ProtocolError      a queue message that cannot be decoded (bad bytes, unknown version)
+    ClientGone              not a failure: the client left before its answer; nobody is told anything
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class ErrorKind(enum.StrEnum):
     AUTHENTICATION = "invalid_api_key"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_READY = "job_not_completed"
     EXPIRED = "expired"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -47,3 +49,7 @@ class ProtocolError(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorKind.INTERNAL, message)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before it was answered: the request ends with no response (counted 499)."""

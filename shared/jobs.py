@@ -1,8 +1,8 @@
 """Asynchronous embedding jobs in Redis: the record the API creates, the progress workers report, the chunks.
 
 A job's inputs are split into chunks of ``job_chunk_size`` texts; each chunk is an arq job on
-``keys.CHUNK_QUEUE`` that any worker may take. A finished chunk's vectors are stored under
-``keys.job_chunk`` and the job's counters move, atomically and once per chunk (``_CHUNK_DONE``).
+``keys.CHUNK_QUEUE`` that any worker may take (``JobRecord`` names and measures them). A finished chunk's vectors
+are stored under ``keys.job_chunk`` and the job's counters move, atomically and once per chunk (``_CHUNK_DONE``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import cast
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
+from shared.arq_batch import queue_job_id
 
 #: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
 RECORD_GRACE_S = 86_400
@@ -62,13 +63,27 @@ class JobRecord:
     chunk_errors: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
-    def chunks(self) -> int:
+    def chunk_count(self) -> int:
         return -(-self.total // self.chunk_size)
 
     def chunk_span(self, chunk: int) -> tuple[int, int]:
         """First input index and number of inputs of ``chunk``."""
         start = chunk * self.chunk_size
         return start, min(self.chunk_size, self.total - start)
+
+    def chunks_between(self, start: int, end: int) -> range:
+        """The chunks holding inputs ``start`` to ``end`` (exclusive)."""
+        if start >= end:
+            return range(0)
+        return range(start // self.chunk_size, -(-end // self.chunk_size))
+
+    def chunk_request_id(self, chunk: int) -> str:
+        """How logs and the chunk's message name it."""
+        return f"{self.job_id}-{chunk}"
+
+    def chunk_queue_id(self, chunk: int) -> str:
+        """The chunk's arq job id in ``keys.CHUNK_QUEUE``."""
+        return queue_job_id(self.chunk_request_id(chunk), self.chunk_span(chunk)[1])
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -79,27 +94,6 @@ class JobRecord:
         if self.completed + self.failed >= self.total:
             return "completed" if self.completed else "failed"
         return "in_progress" if self.started else "queued"
-
-    def to_api(self) -> dict[str, Any]:
-        status = self.status()
-        errors = [
-            {"offset": self.chunk_span(c)[0], "count": self.chunk_span(c)[1], "message": message}
-            for c, message in sorted(self.chunk_errors.items())
-        ]
-        return {
-            "id": self.job_id,
-            "object": "embedding.job",
-            "status": status,
-            "model": self.model,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "expires_at": self.expires_at,
-            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
-            "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
-            "error": {"code": "job_failed", "message": errors[0]["message"]} if status == "failed" and errors else None,
-            "errors": errors,
-            "metadata": self.metadata,
-        }
 
 
 class JobStore:

@@ -1,4 +1,4 @@
-"""The OpenAI embeddings JSON, rendered straight from float32 bytes with orjson.
+"""The OpenAI embeddings JSON, rendered straight from float32 rows with orjson (no Python float per value).
 
 Workers render a synchronous request's ``data`` array (they scale out; the API is the one shared process),
 so the API only frames it. The API renders asynchronous jobs' pages from their stored vectors.
@@ -15,27 +15,20 @@ import orjson
 from shared.protocol import EncodingFormat
 
 
-def embedding_items(
-    vectors: bytes, count: int, dim: int, encoding_format: EncodingFormat, first_index: int = 0
-) -> list[dict[str, Any]]:
-    """The ``data`` items for ``count`` rows of float32 vectors; serialize with OPT_SERIALIZE_NUMPY."""
+def embedding_items(vectors: np.ndarray, encoding_format: EncodingFormat, first_index: int = 0) -> list[dict[str, Any]]:
+    """The ``data`` items for the rows of ``vectors`` (float32); serialize with OPT_SERIALIZE_NUMPY."""
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
     if encoding_format == "base64":
-        row_bytes = dim * 4
         return [
-            {
-                "object": "embedding",
-                "index": first_index + i,
-                "embedding": base64.b64encode(vectors[i * row_bytes : (i + 1) * row_bytes]).decode(),
-            }
-            for i in range(count)
+            {"object": "embedding", "index": first_index + i, "embedding": base64.b64encode(row.tobytes()).decode()}
+            for i, row in enumerate(rows)
         ]
-    rows = np.frombuffer(vectors, dtype="<f4").reshape(count, dim)
-    return [{"object": "embedding", "index": first_index + i, "embedding": rows[i]} for i in range(count)]
+    return [{"object": "embedding", "index": first_index + i, "embedding": row} for i, row in enumerate(rows)]
 
 
-def data_array(vectors: bytes, count: int, dim: int, encoding_format: EncodingFormat) -> bytes:
+def data_array(vectors: np.ndarray, encoding_format: EncodingFormat) -> bytes:
     """The whole ``data`` array, as JSON."""
-    return orjson.dumps(embedding_items(vectors, count, dim, encoding_format), option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(embedding_items(vectors, encoding_format), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def usage(prompt_tokens: int) -> dict[str, int]:

@@ -1,27 +1,37 @@
 """Wire protocol between the API and the workers: versioned msgpack messages, never pickle.
 
-A job travels API -> worker as the single argument of an arq job; a result travels worker -> API on the
-reply list named in the job. A synchronous request's result carries its OpenAI ``data`` array, rendered by the
-worker; an asynchronous job's chunk carries its vectors as one block of float32 little-endian bytes, row after row.
+Two kinds of job travel API -> worker, each as the single argument of an arq job on its own queue:
+
+- ``SyncJob`` (``keys.SYNC_QUEUE``): one ``POST /v1/embeddings`` request. The worker answers it with one
+  ``SyncReply`` pushed on the job's ``reply_to`` list; the reply carries the OpenAI ``data`` array already rendered
+  (JSON floats or base64), so the API only frames it.
+- ``ChunkJob`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job. No reply travels: the worker stores the
+  chunk's float32 vectors and counts it into its job's progress (``shared.jobs``), which the API reads when polled.
+
+Both carry what to embed (``EmbedJob``'s fields). Version 3: jobs split by kind; replies carry no raw vectors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 InputKind = Literal["text", "tokens"]
 EncodingFormat = Literal["float", "base64"]
 
+Job = TypeVar("Job", bound="EmbedJob")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EmbedJob:
+    """What to embed, and by when: the part both kinds of job share."""
+
     request_id: str
     model: str
     input_kind: InputKind
@@ -29,14 +39,24 @@ class EmbedJob:
     inputs: list[Any]
     dimensions: int | None
     truncate: bool
-    reply_to: str
     enqueued_ms: int
     deadline_ms: int
-    #: how the worker renders the vectors of a synchronous request ("float" or "base64")
-    encoding_format: EncodingFormat = "float"
-    #: set when this is one chunk of an asynchronous job: the job's id, and where the chunk starts
-    job_id: str | None = None
-    chunk: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncJob(EmbedJob):
+    """A synchronous request: answered with a ``SyncReply`` on ``reply_to``, rendered as ``encoding_format``."""
+
+    reply_to: str
+    encoding_format: EncodingFormat
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkJob(EmbedJob):
+    """Chunk ``chunk`` of the asynchronous job ``parent_job``: stored, not answered."""
+
+    parent_job: str
+    chunk: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,14 +67,12 @@ class EmbedError:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EmbedResult:
+class SyncReply:
+    """A worker's answer to a ``SyncJob``: the rendered ``data`` array, or an error."""
+
     request_id: str
-    #: ``count * dim`` float32 little-endian values (asynchronous jobs' chunks)
-    vectors: bytes = b""
-    #: the OpenAI ``data`` array as JSON (synchronous requests)
+    #: the OpenAI ``data`` array as JSON
     data: bytes = b""
-    count: int = 0
-    dim: int = 0
     prompt_tokens: int = 0
     error: EmbedError | None = None
     worker_id: str = ""
@@ -65,8 +83,7 @@ class EmbedResult:
     batch_requests: int = 0
 
 
-_JOB_FIELDS = tuple(field.name for field in dataclasses.fields(EmbedJob))
-_RESULT_FIELDS = tuple(field.name for field in dataclasses.fields(EmbedResult))
+_FIELDS = {cls: tuple(field.name for field in dataclasses.fields(cls)) for cls in (SyncJob, ChunkJob, SyncReply)}
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -94,40 +111,35 @@ def _build(cls: type[Any], fields: dict[str, Any], what: str) -> Any:
         raise ProtocolError(f"{what} has missing or unknown fields") from exc
 
 
-def encode_job(job: EmbedJob) -> bytes:
+def encode_job(job: SyncJob | ChunkJob) -> bytes:
     # built by hand: dataclasses.asdict deep-copies every input, and this runs once a request
-    return _pack({field: getattr(job, field) for field in _JOB_FIELDS})
+    return _pack({field: getattr(job, field) for field in _FIELDS[type(job)]})
 
 
-def decode_job(data: bytes) -> EmbedJob:
-    job: EmbedJob = _build(EmbedJob, _unpack(data, "job"), "job")
+def decode_job(data: bytes, kind: type[Job]) -> Job:
+    """A ``SyncJob`` or a ``ChunkJob``, as the queue it came from says; ProtocolError if it is not one."""
+    job: Job = _build(kind, _unpack(data, "job"), "job")
     if job.input_kind not in ("text", "tokens") or not isinstance(job.inputs, list):
         raise ProtocolError("job has malformed inputs")
-    if job.encoding_format not in ("float", "base64"):
+    if isinstance(job, SyncJob) and job.encoding_format not in ("float", "base64"):
         raise ProtocolError("job has an unknown encoding format")
     return job
 
 
-def encode_result(result: EmbedResult) -> bytes:
-    fields = {field: getattr(result, field) for field in _RESULT_FIELDS}
-    if result.error is not None:
-        fields["error"] = {
-            "kind": result.error.kind.value,
-            "message": result.error.message,
-            "param": result.error.param,
-        }
+def encode_reply(reply: SyncReply) -> bytes:
+    fields = {field: getattr(reply, field) for field in _FIELDS[SyncReply]}
+    if reply.error is not None:
+        fields["error"] = {"kind": reply.error.kind.value, "message": reply.error.message, "param": reply.error.param}
     return _pack(fields)
 
 
-def decode_result(data: bytes) -> EmbedResult:
-    fields = _unpack(data, "result")
+def decode_reply(data: bytes) -> SyncReply:
+    fields = _unpack(data, "reply")
     error = fields.get("error")
     if error is not None:
         try:
             fields["error"] = EmbedError(ErrorKind(error["kind"]), str(error["message"]), error.get("param"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError("result has a malformed error") from exc
-    result: EmbedResult = _build(EmbedResult, fields, "result")
-    if result.error is None and result.vectors and len(result.vectors) != result.count * result.dim * 4:
-        raise ProtocolError("result vectors do not match count and dim")
-    return result
+            raise ProtocolError("reply has a malformed error") from exc
+    reply: SyncReply = _build(SyncReply, fields, "reply")
+    return reply

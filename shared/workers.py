@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import msgpack
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.clock import now_ms
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -19,10 +19,6 @@ class WorkerInfo:
     models: list[str]
     started_ms: int
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def record_heartbeat(redis: Redis, info: WorkerInfo, ttl_s: float) -> None:

@@ -1,38 +1,104 @@
-"""Test doubles shared by unit tests: a fakeredis-backed arq client and a worker that answers without a model."""
+"""The test doubles of the unit tests, all here: fakeredis clients, a fake model, and a worker that runs the real
+``EmbeddingService`` over the fake model, claiming and finishing jobs through ``ArqBatch`` as the real worker does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Sequence
 
 import fakeredis
 import numpy as np
 from arq.connections import ArqRedis
 
-from shared import keys
-from shared.errors import ErrorKind
-from shared.openai_json import data_array
-from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
-from shared.queue import as_job_queue, deserialize_arq_job
-from shared.workers import WorkerInfo, now_ms, record_heartbeat
+from shared.arq_batch import ArqBatch
+from shared.clock import now_ms
+from shared.errors import ErrorKind, ServiceError
+from shared.protocol import ChunkJob, SyncJob
+from shared.queue import as_job_queue
+from shared.workers import WorkerInfo, record_heartbeat
+from worker.registry import ModelRegistry
+from worker.service import EmbeddingService
 
 FAKE_DIM = 4
+REPLY_TO = "emb:reply:test"
 
 
-def make_embed_job(**overrides: object) -> EmbedJob:
-    """A synchronous job for two short texts, due in ten seconds; any field can be overridden."""
-    fields: dict[str, object] = dict(
-        request_id="r1",
+class FakeEncoder:
+    """A text of n characters is one token, n; it encodes as [n, 1, 0, 0] (not normalized). One special token, 0,
+    goes before every sequence; token ids from 100 up are outside the vocabulary."""
+
+    device = "cpu"
+    dimension = FAKE_DIM
+    special_token_count = 1
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[len(text)] for text in texts]
+
+    def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]:
+        return [0, *ids]
+
+    def check_token_ids(self, sequences: Sequence[Sequence[int]]) -> None:
+        if any(token >= 100 for sequence in sequences for token in sequence):
+            raise ServiceError(ErrorKind.INVALID_REQUEST, "token id out of range", "input")
+
+    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+        return np.array([[ids[-1], 1, 0, 0] for ids in batch], dtype=np.float32)
+
+
+def fake_vector(text: str) -> list[float]:
+    """What ``FakeEncoder`` gives for ``text``."""
+    return [float(len(text)), 1.0, 0.0, 0.0]
+
+
+class Loader:
+    """Loads a ``FakeEncoder`` for any name but those in ``failing`` (404) and "crash" (an unexpected error);
+    clear ``release`` to hold loads until it is set."""
+
+    def __init__(self, failing: Sequence[str] = ()) -> None:
+        self.calls: list[str] = []
+        self.failing = set(failing)
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, name: str) -> FakeEncoder:
+        self.calls.append(name)
+        self.release.wait(5)
+        if name in self.failing:
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} was not found", "model")
+        if name == "crash":
+            raise RuntimeError("/secret/path exploded")
+        return FakeEncoder()
+
+
+def make_registry(loader: Loader, max_loaded: int = 2) -> ModelRegistry:
+    return ModelRegistry(loader, max_loaded=max_loaded, failure_ttl_s=60, max_batch_size=4, max_batch_tokens=100)
+
+
+def _what_to_embed() -> dict[str, object]:
+    """Two short texts for model "m", due in ten seconds."""
+    return dict(
         model="m",
         input_kind="text",
         inputs=["abc", "de"],
         dimensions=None,
         truncate=True,
-        reply_to="emb:reply:test",
         enqueued_ms=now_ms(),
         deadline_ms=now_ms() + 10_000,
     )
-    return EmbedJob(**{**fields, **overrides})
+
+
+def make_sync_job(**overrides: object) -> SyncJob:
+    """A synchronous job ("r1") answered on ``REPLY_TO``; any field can be overridden."""
+    fields = {**_what_to_embed(), "request_id": "r1", "reply_to": REPLY_TO, "encoding_format": "float"}
+    return SyncJob(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def make_chunk_job(**overrides: object) -> ChunkJob:
+    """Chunk 0 of job "embjob_1"; any field can be overridden."""
+    fields = {**_what_to_embed(), "request_id": "embjob_1-0", "parent_job": "embjob_1", "chunk": 0}
+    return ChunkJob(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 def fake_redis_factory(server: fakeredis.FakeServer):
@@ -42,28 +108,21 @@ def fake_redis_factory(server: fakeredis.FakeServer):
     return factory
 
 
-def fake_vector(text: str) -> list[float]:
-    return [float(len(text)), 1.0, 0.0, 0.0]
-
-
 async def run_fake_worker(redis: ArqRedis, worker_id: str = "fake") -> None:
-    """Answer every queued job: text -> [len, 1, 0, 0]; model 'missing' -> model_not_found."""
+    """Serve the sync queue with the real service over ``FakeEncoder``; model "missing" is not found."""
     await record_heartbeat(redis, WorkerInfo(worker_id, "cpu", ["fake-model"], 0), ttl_s=60)
-    while True:
-        popped = await redis.zpopmin(keys.SYNC_QUEUE)
-        if not popped:
-            await asyncio.sleep(0.005)
-            continue
-        job_id = popped[0][0].decode()
-        arq_job = deserialize_arq_job(await redis.get(f"arq:job:{job_id}"))
-        job = decode_job(arq_job["a"][0])
-        if job.model == "missing":
-            result = EmbedResult(job.request_id, error=EmbedError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
-        else:
-            vectors = np.array([fake_vector(t) for t in job.inputs], dtype="<f4").tobytes()
-            data = data_array(vectors, len(job.inputs), FAKE_DIM, job.encoding_format)
-            result = EmbedResult(job.request_id, data=data, count=len(job.inputs), dim=FAKE_DIM, prompt_tokens=7)
-        await redis.lpush(job.reply_to, encode_result(result))
+    registry = make_registry(Loader(failing={"missing"}))
+    service = EmbeddingService(registry, redis, worker_id, max_attempts=2)
+    queue = ArqBatch.sync(redis)
+    try:
+        while True:
+            claimed = await queue.claim(64, 1024, 10_000, now_ms())
+            if not claimed:
+                await asyncio.sleep(0.005)
+                continue
+            await asyncio.gather(*(service.handle(job.job_id, job.message, job.attempt) for job in claimed))
+    finally:
+        await registry.close()
 
 
 @contextlib.asynccontextmanager

@@ -1,8 +1,22 @@
-"""The arq side of a worker: ``WorkerSettings``, start-up and shutdown, and a worker that wakes on pub/sub.
+"""A worker process: arq's ``Worker`` for its lifecycle, with a claim loop of our own made for many short jobs.
 
-``python -m worker`` runs ``EmbeddingWorker``, which waits for the API's wake-up message instead of arq's
-fixed poll delay, so a job starts within a Redis round trip of being enqueued. ``arq worker.app.WorkerSettings``
-also works, polling every ``poll_delay``.
+What arq does here: the process's life (``Worker.run``: start-up and shutdown hooks, SIGTERM/SIGINT handling
+that stops taking jobs and waits up to ``shutdown_grace_s`` for the held ones, the health-check key), the job
+format and its keys (``arq:job:*``, ``arq:in-progress:*``, ``arq:retry:*``) and the job serializer hook.
+
+What the project does itself, and why (``EmbeddingWorker._poll_iteration`` replaces arq's poll):
+
+- It sleeps until woken (a job was enqueued, or capacity freed up: ``worker.wake_ups``), not for a fixed poll
+  delay, so a job starts within a Redis round trip of being enqueued.
+- It claims the jobs it can take with one script (``shared.arq_batch``), not a transaction each, and only as many
+  texts as it will encode soon (``worker_prefetch_texts``): the rest stay in Redis for other workers.
+- It claims jobs for a short lease (``job_lease_s``) and renews it while it runs them: a dead worker's jobs run
+  again elsewhere after the lease, not after arq's whole job timeout.
+- It claims chunks of asynchronous jobs by count (``worker_max_chunks``), and only when there may be some.
+- It survives Redis going away and coming back (empty), without a restart.
+
+arq is pinned (``pyproject.toml``): ``_poll_iteration``, ``tasks``, ``allow_pick_jobs`` and ``heart_beat`` are
+arq's internals, and ``tests/unit/test_app.py`` runs this class through arq's own ``main`` and signal handling.
 """
 
 from __future__ import annotations
@@ -13,18 +27,18 @@ import functools
 import logging
 import uuid
 from collections.abc import Coroutine
-from typing import Any, ClassVar, cast
+from typing import Any
 
-from arq import func
-from arq.worker import Worker, get_kwargs
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from shared import keys
 from shared.arq_batch import ArqBatch, ClaimedJob
+from shared.clock import now_ms
 from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
-from shared.settings import Settings, get_settings
-from shared.workers import WorkerInfo, now_ms, record_heartbeat, remove_worker
+from shared.settings import Settings
+from shared.workers import WorkerInfo, record_heartbeat, remove_worker
 from worker import metrics
 from worker.encoder import pick_device
 from worker.model_source import load_encoder
@@ -38,15 +52,165 @@ log = logging.getLogger(__name__)
 _NO_TEXT_BUDGET = 1 << 30
 
 
-async def embed(ctx: dict[str, Any], message: bytes) -> None:
-    """The job function, for a stock arq worker; ``EmbeddingWorker`` calls the service directly."""
-    service: EmbeddingService = ctx["service"]
-    await service.handle(ctx["job_id"], message, attempt=ctx.get("job_try", 1))
+async def _claimed_by_our_loop(ctx: dict[str, Any], message: bytes) -> None:
+    """arq needs a function registered under the name our jobs carry; ``EmbeddingWorker`` never calls it."""
+    raise RuntimeError(f"{EMBED_FUNCTION!r} jobs are run by worker.app.EmbeddingWorker (python -m worker)")
 
 
-async def startup(ctx: dict[str, Any]) -> None:
-    settings = get_settings()
-    worker_id = uuid.uuid4().hex[:12]
+class EmbeddingWorker(Worker):
+    def __init__(
+        self, settings: Settings, service: EmbeddingService, redis: ArqRedis, *, handle_signals: bool = True
+    ) -> None:
+        super().__init__(
+            functions=[func(_claimed_by_our_loop, name=EMBED_FUNCTION, keep_result=0)],
+            queue_name=keys.SYNC_QUEUE,
+            redis_pool=redis,
+            on_startup=self._startup,
+            on_shutdown=self._shutdown,
+            handle_signals=handle_signals,
+            max_jobs=settings.worker_max_jobs,
+            # a job never runs past its request's deadline; arq's limit is only a backstop
+            job_timeout=settings.request_timeout_s + 10,
+            keep_result=0,
+            poll_delay=0,
+            # arq types it int but waits with asyncio.wait_for, which takes fractions of a second too
+            job_completion_wait=settings.shutdown_grace_s,  # type: ignore[arg-type]
+            job_serializer=serialize_arq_job,
+            job_deserializer=deserialize_arq_job,
+        )
+        self.settings = settings
+        self.service = service
+        self.wake_ups = WakeUps()
+        self._lease_ms = int(settings.job_lease_s * 1000)
+        self._sync = ArqBatch.sync(redis)
+        self._chunks = ArqBatch.chunks(redis)
+        self._held_texts = 0
+        #: the held jobs that are chunks (their leases are renewed in the chunk queue)
+        self._chunk_ids: set[str] = set()
+        self._background: list[asyncio.Task[None]] = []
+
+    async def _startup(self, ctx: dict[str, Any]) -> None:
+        settings, registry = self.settings, self.service.registry
+        if settings.worker_metrics_port:
+            metrics.serve(settings.worker_metrics_port, settings.worker_metrics_address)
+        for name in settings.embed_models:
+            with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
+                model = await registry.get(name)
+                await model.batcher.submit([model.encoder.prepare([], truncate=True, param="input")])  # warm-up
+        self._background = [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self.wake_ups.listen(self.pool)),
+            asyncio.create_task(self._renew_leases()),
+        ]
+        names = ", ".join(registry.loaded_names()) or "none"
+        log.info("worker %s ready; models: %s", self.service.worker_id, names)
+
+    async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        for task in self._background:
+            task.cancel()
+        size, requests = self.service.largest_batch
+        log.info("largest batch: %d sequences from %d requests", size, requests)
+        await self.service.registry.close()
+        with contextlib.suppress(RedisError, OSError):
+            await remove_worker(self.pool, self.service.worker_id)
+
+    async def _poll_iteration(self) -> None:
+        self.wake_ups.event.clear()  # before reading the queue: a job enqueued meanwhile sets it again
+        try:
+            if self.allow_pick_jobs:
+                await self._claim_sync_jobs()
+                if self.wake_ups.look_at_chunks():
+                    await self._claim_chunks()
+            await self.heart_beat()
+        except (RedisError, OSError) as exc:
+            log.warning("reading the queue failed (%r); retrying", exc)
+            await asyncio.sleep(0.5)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake_ups.event.wait(), IDLE_POLL_S)
+
+    async def _claim_sync_jobs(self) -> None:
+        room = self.max_jobs - len(self.tasks)
+        prefetch = self.settings.worker_prefetch_texts
+        if room <= 0 or self._held_texts >= prefetch:
+            return
+        for job in await self._sync.claim(room, prefetch - self._held_texts, self._lease_ms, now_ms()):
+            self._held_texts += job.texts
+            self._start(job, self.service.handle(job.job_id, job.message, job.attempt), chunk=False)
+        metrics.HELD_TEXTS.set(self._held_texts)
+
+    async def _claim_chunks(self) -> None:
+        room = self.settings.worker_max_chunks - len(self._chunk_ids)
+        if room <= 0:
+            return
+        for job in await self._chunks.claim(room, _NO_TEXT_BUDGET, self._lease_ms, now_ms()):
+            self._start(job, self.service.handle_chunk(job.job_id, job.message, job.attempt), chunk=True)
+
+    def _start(self, job: ClaimedJob, work: Coroutine[Any, Any, None], *, chunk: bool) -> None:
+        if chunk:
+            self._chunk_ids.add(job.job_id)
+        task = asyncio.create_task(work)
+        self.tasks[job.job_id] = task
+        task.add_done_callback(functools.partial(self._job_done, job, chunk))
+
+    def _full(self) -> bool:
+        return (
+            len(self.tasks) >= self.max_jobs
+            or self._held_texts >= self.settings.worker_prefetch_texts
+            or len(self._chunk_ids) >= self.settings.worker_max_chunks
+        )
+
+    def _job_done(self, job: ClaimedJob, chunk: bool, task: asyncio.Task[None]) -> None:
+        was_full = self._full()
+        self.tasks.pop(job.job_id, None)
+        if chunk:
+            self._chunk_ids.discard(job.job_id)
+            self.wake_ups.chunks_may_wait()
+        else:
+            self._held_texts -= job.texts
+            metrics.HELD_TEXTS.set(self._held_texts)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s failed outside the service: %r", job.job_id, task.exception())
+        if was_full:
+            self.wake_ups.event.set()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.job_lease_s / 3)
+            if not self.tasks:
+                continue
+            now = now_ms()
+            chunk_ids = [job_id for job_id in self.tasks if job_id in self._chunk_ids]
+            sync_ids = [job_id for job_id in self.tasks if job_id not in self._chunk_ids]
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    self._sync.renew_in(pipe, sync_ids, self._lease_ms, now)
+                    self._chunks.renew_in(pipe, chunk_ids, self._lease_ms, now)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("renewing job leases failed (%r)", exc)
+
+    async def _heartbeat(self) -> None:
+        device = pick_device(self.settings.device)
+        started_ms = now_ms()
+        while True:
+            service = self.service
+            info = WorkerInfo(
+                service.worker_id,
+                device,
+                models=service.registry.loaded_names(),
+                started_ms=started_ms,
+                counters=dict(service.counters),
+            )
+            try:
+                await record_heartbeat(self.pool, info, self.settings.worker_ttl_s)
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat failed: %r", exc)
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
+
+
+def build_worker(settings: Settings) -> EmbeddingWorker:
+    redis = connect(settings)
     registry = ModelRegistry(
         functools.partial(load_encoder, settings=settings),
         max_loaded=settings.max_loaded_models,
@@ -56,197 +220,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     service = EmbeddingService(
         registry,
-        ctx["redis"],
-        worker_id,
+        redis,
+        uuid.uuid4().hex[:12],
         max_attempts=settings.max_job_attempts,
         max_tokens=settings.max_tokens_per_request,
     )
-    if settings.worker_metrics_port:
-        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_address)
-    ctx["service"] = service
-    for name in settings.embed_models:
-        with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
-            model = await registry.get(name)
-            await model.batcher.submit([model.encoder.prepare([], truncate=True, param="input")])  # warm-up
-    info = functools.partial(WorkerInfo, worker_id, pick_device(settings.device), started_ms=now_ms())
-    ctx["background"] = [
-        asyncio.create_task(
-            _heartbeat(
-                ctx["redis"], settings, lambda: info(models=registry.loaded_names(), counters=dict(service.counters))
-            )
-        ),
-    ]
-    wake_ups = ctx.get("wake_ups")
-    if isinstance(wake_ups, WakeUps):
-        ctx["background"].append(asyncio.create_task(wake_ups.listen(ctx["redis"])))
-    log.info("worker %s ready; models: %s", worker_id, ", ".join(registry.loaded_names()) or "none")
-
-
-async def shutdown(ctx: dict[str, Any]) -> None:
-    for task in ctx.get("background", []):
-        task.cancel()
-    service: EmbeddingService | None = ctx.get("service")
-    if service is None:
-        return
-    size, requests = service.largest_batch
-    log.info("largest batch: %d sequences from %d requests", size, requests)
-    await service.registry.close()
-    with contextlib.suppress(RedisError, OSError):
-        await remove_worker(ctx["redis"], service.worker_id)
-
-
-async def _heartbeat(redis: Redis, settings: Settings, describe: Any) -> None:
-    while True:
-        try:
-            await record_heartbeat(redis, describe(), settings.worker_ttl_s)
-        except (RedisError, OSError) as exc:
-            log.warning("heartbeat failed: %r", exc)
-        await asyncio.sleep(settings.worker_heartbeat_s)
-
-
-class WorkerSettings:
-    """arq settings; the values that depend on the deployment come from ``shared.settings`` at start-up."""
-
-    functions: ClassVar = [func(embed, name=EMBED_FUNCTION, keep_result=0)]
-    queue_name = keys.SYNC_QUEUE
-    job_serializer = staticmethod(serialize_arq_job)
-    job_deserializer = staticmethod(deserialize_arq_job)
-    on_startup = startup
-    on_shutdown = shutdown
-    keep_result = 0
-    poll_delay = 0.05
-
-
-class EmbeddingWorker(Worker):
-    """arq's worker (settings, start-up, signals, graceful shutdown), with a loop made for many short jobs.
-
-    - It sleeps until woken (a job was enqueued, or capacity freed up), not for a fixed poll delay.
-    - It claims the jobs it can take with one script (``shared.arq_batch``), not a transaction each, and only
-      as many texts as it will encode soon (``worker_prefetch_texts``): the rest stay for other workers.
-    - It claims jobs for a short lease and renews it while it runs them: when a worker dies, its jobs are run
-      again elsewhere after ``job_lease_s``, not after arq's whole job timeout.
-    - It looks at the chunk queue only when there may be something new there (``worker.wake_ups``).
-    - It survives Redis going away and coming back (empty), without a restart.
-    """
-
-    def __init__(
-        self, *, wake_ups: WakeUps, lease_s: float, prefetch_texts: int, max_chunks: int, **kwargs: Any
-    ) -> None:
-        super().__init__(**{**kwargs, "poll_delay": 0})
-        self._wake_ups = wake_ups
-        self._lease_s = lease_s
-        self._prefetch_texts = prefetch_texts
-        self._held_texts = 0
-        self.in_progress_timeout_s = lease_s
-        self._lease_task: asyncio.Task[None] | None = None
-        self._sync: ArqBatch | None = None
-        self._chunks: ArqBatch | None = None
-        self._max_chunks = max_chunks
-        self._held_chunks = 0
-        #: the held jobs that are chunks (their leases are renewed in the chunk queue)
-        self._chunk_ids: set[str] = set()
-
-    async def _poll_iteration(self) -> None:
-        if self._sync is None or self._chunks is None:
-            self._sync = ArqBatch.sync(self.pool)
-            self._chunks = ArqBatch.chunks(self.pool)
-            self._lease_task = asyncio.create_task(self._renew_leases())
-        self._wake_ups.event.clear()  # before reading the queue: a job enqueued meanwhile sets it again
-        try:
-            if self.allow_pick_jobs:
-                await self._claim_sync_jobs(self._sync)
-                if self._wake_ups.look_at_chunks():
-                    await self._claim_chunks(self._chunks)
-            await self.heart_beat()
-        except (RedisError, OSError) as exc:
-            log.warning("reading the queue failed (%r); retrying", exc)
-            await asyncio.sleep(0.5)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake_ups.event.wait(), IDLE_POLL_S)
-
-    async def _claim_sync_jobs(self, arq: ArqBatch) -> None:
-        room = self.max_jobs - len(self.tasks)
-        if room <= 0 or self._held_texts >= self._prefetch_texts:
-            return
-        service: EmbeddingService = self.ctx["service"]
-        claimed = await arq.claim(room, self._prefetch_texts - self._held_texts, int(self._lease_s * 1000), now_ms())
-        for job in claimed:
-            self._held_texts += job.texts
-            self._start(job, service.handle(job.job_id, job.message, job.attempt), chunk=False)
-        metrics.HELD_TEXTS.set(self._held_texts)
-
-    async def _claim_chunks(self, arq: ArqBatch) -> None:
-        room = self._max_chunks - self._held_chunks
-        if room <= 0:
-            return
-        service: EmbeddingService = self.ctx["service"]
-        for job in await arq.claim(room, _NO_TEXT_BUDGET, int(self._lease_s * 1000), now_ms()):
-            self._held_chunks += 1
-            self._start(job, service.handle_chunk(job.job_id, job.message, job.attempt), chunk=True)
-
-    def _start(self, job: ClaimedJob, work: Coroutine[Any, Any, None], *, chunk: bool) -> None:
-        if chunk:
-            self._chunk_ids.add(job.job_id)
-        task = asyncio.create_task(work)
-        self.tasks[job.job_id] = task
-        task.add_done_callback(functools.partial(self._job_done, job, chunk))
-
-    def _job_done(self, job: ClaimedJob, chunk: bool, task: asyncio.Task[None]) -> None:
-        was_full = (
-            len(self.tasks) >= self.max_jobs
-            or self._held_texts >= self._prefetch_texts
-            or self._held_chunks >= self._max_chunks
-        )
-        self.tasks.pop(job.job_id, None)
-        if chunk:
-            self._held_chunks -= 1
-            self._chunk_ids.discard(job.job_id)
-            self._wake_ups.chunks_may_wait()
-        else:
-            self._held_texts -= job.texts
-            metrics.HELD_TEXTS.set(self._held_texts)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("job %s failed outside the service: %r", job.job_id, task.exception())
-        if was_full:
-            self._wake_ups.event.set()
-
-    async def _renew_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            if not self.tasks or self._sync is None or self._chunks is None:
-                continue
-            lease_ms, now = int(self._lease_s * 1000), now_ms()
-            chunk_ids = [job_id for job_id in self.tasks if job_id in self._chunk_ids]
-            sync_ids = [job_id for job_id in self.tasks if job_id not in self._chunk_ids]
-            try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    self._sync.renew_in(pipe, sync_ids, lease_ms, now)
-                    self._chunks.renew_in(pipe, chunk_ids, lease_ms, now)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
-                log.warning("renewing job leases failed (%r)", exc)
-
-    async def close(self) -> None:
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-        await super().close()
-
-
-def build_worker(settings: Settings) -> EmbeddingWorker:
-    wake_ups = WakeUps()
-    return EmbeddingWorker(
-        **get_kwargs(cast(Any, WorkerSettings)),
-        wake_ups=wake_ups,
-        lease_s=settings.job_lease_s,
-        prefetch_texts=settings.worker_prefetch_texts,
-        max_chunks=settings.worker_max_chunks,
-        redis_pool=connect(settings),
-        max_jobs=settings.worker_max_jobs,
-        # a job never runs past its request's deadline; arq's limit is only a backstop
-        job_timeout=settings.request_timeout_s + 10,
-        # for a stock arq runner: one more try than the service's limit lets the service tell the client it gave up
-        max_tries=settings.max_job_attempts + 1,
-        job_completion_wait=int(settings.shutdown_grace_s),
-        ctx={"wake_ups": wake_ups},
-    )
+    return EmbeddingWorker(settings, service, redis)

@@ -22,8 +22,8 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.workers import now_ms
 from worker import metrics
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,11 @@
-"""What a worker does with one embedding job: decode, tokenize, batch, encode, publish the result.
+"""What a worker does with one job from either queue: decode, tokenize, batch, encode, and finish it.
 
-Results of jobs that finish together (a batch) are published together: one Redis round trip for all of them,
-which also drops the jobs from arq's keys and releases their texts from the backlog.
+- A ``SyncJob`` is answered with a ``SyncReply`` (its ``data`` array rendered here) on the API's reply list.
+- A ``ChunkJob`` has its vectors stored and is counted into its job's progress; a failure that may pass gives
+  it back to the queue, up to ``max_attempts`` runs.
+
+Jobs that finish together (a batch) are finished together (``shared.coalesce``): one pipeline that ends their arq
+jobs, releases their texts from the backlog and, for chunks, writes their results.
 """
 
 from __future__ import annotations
@@ -9,22 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 from collections.abc import Sequence
 
 import msgpack
 import numpy as np
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared.arq_batch import ArqBatch, FinishedJob
+from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.jobs import JobStore
 from shared.openai_json import data_array
-from shared.protocol import EmbedError, EmbedJob, EmbedResult, decode_job, encode_result
-from shared.workers import now_ms
+from shared.protocol import ChunkJob, EmbedError, EmbedJob, SyncJob, SyncReply, decode_job, encode_reply
 from worker import metrics
+from worker.batcher import BatchStats
 from worker.registry import Encoder, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -32,12 +37,34 @@ log = logging.getLogger(__name__)
 #: seconds an unread reply list lives (its API process may have died)
 REPLY_TTL_S = 60
 
-
-#: failures worth running a chunk again for
-_RETRYABLE = {ErrorKind.INTERNAL, ErrorKind.MODEL_UNAVAILABLE, ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.TIMEOUT}
+#: failures worth running a chunk again for; the others (bad input, unknown model) would fail again
+RETRYABLE = frozenset(
+    {ErrorKind.INTERNAL, ErrorKind.MODEL_UNAVAILABLE, ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.TIMEOUT}
+)
 
 #: jobs with fewer characters than this are tokenized on the event loop; a thread hop costs more than that
-_INLINE_TOKENIZE_CHARS = 4096
+INLINE_TOKENIZE_CHARS = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Embedded:
+    """A job's vectors (float32, one row per input), what the model read, and the batch that served it."""
+
+    vectors: np.ndarray
+    prompt_tokens: int
+    stats: BatchStats
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """What a finished chunk writes into its job."""
+
+    job: ChunkJob
+    vectors: np.ndarray | None = None
+    completed: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    error: str = ""
 
 
 class EmbeddingService:
@@ -45,130 +72,120 @@ class EmbeddingService:
         self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int, max_tokens: int = 1 << 62
     ) -> None:
         self.registry = registry
-        self._arq = ArqBatch.sync(redis)
-        self._finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._arq))
-        self._chunk_arq = ArqBatch.chunks(redis)
-        self._chunk_finisher: Coalescer[FinishedJob, None] = Coalescer(functools.partial(self._finish, self._chunk_arq))
+        self.worker_id = worker_id
+        self._redis = redis
+        self._sync_queue = ArqBatch.sync(redis)
+        self._chunk_queue = ArqBatch.chunks(redis)
         self._jobs = JobStore(redis)
+        self._finish_sync: Coalescer[tuple[FinishedJob, None], None] = Coalescer(self._finish_sync_batch, "finish")
+        self._finish_chunks: Coalescer[tuple[FinishedJob, ChunkOutcome | None], None] = Coalescer(
+            self._finish_chunk_batch, "finish-chunks"
+        )
         self._max_attempts = max_attempts
         self._max_tokens = max_tokens
-        self.worker_id = worker_id
         self.largest_batch = (0, 0)
         #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
         self.counters = {"answered": 0, "expired": 0, "abandoned": 0}
 
-    async def handle(self, job_id: str, message: bytes, attempt: int = 1) -> None:
-        """Run one arq job and publish its result; never raises, so work that was answered is not retried.
+    async def handle(self, queue_id: str, message: bytes, attempt: int = 1) -> None:
+        """Run one synchronous job and answer it; never raises, so work that was answered is not run again.
 
         ``attempt`` counts runs of this job: more than one means a worker died while holding it.
         """
         try:
-            job = decode_job(message)
+            job = decode_job(message, SyncJob)
         except ProtocolError as exc:
-            await self._reject_undecodable(job_id, message, exc)
+            await self._reject_undecodable(queue_id, message, exc)
             return
         if now_ms() > job.deadline_ms:
             log.info("job %s expired before it started; skipped", job.request_id)
             self.counters["expired"] += 1
             metrics.JOBS.labels("expired").inc()
-            await self._finisher.submit(FinishedJob(job_id, None, None, len(job.inputs)))
+            await self._finish_sync.add((FinishedJob(queue_id, len(job.inputs)), None))
             return
         if attempt > self._max_attempts:
             log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
             self.counters["abandoned"] += 1
             metrics.JOBS.labels("abandoned").inc()
             reason = f"processing this request failed {attempt - 1} times; it was abandoned"
-            await self._publish(job_id, job, self._error(job, ErrorKind.INTERNAL, reason))
+            await self._answer(queue_id, job, self._error_reply(job, ErrorKind.INTERNAL, reason))
             return
         started_ms = now_ms()
-        metrics.QUEUE_WAIT_SECONDS.observe(max(0, started_ms - job.enqueued_ms) / 1000)
+        queue_ms = float(started_ms - job.enqueued_ms)
+        metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
         try:
-            result = await self._embed(job, deadline_ms=job.deadline_ms)
+            embedded = await self._embed(job, deadline_ms=job.deadline_ms)
         except ServiceError as exc:
-            result = self._error(job, exc.kind, exc.message, exc.param)
+            reply = self._error_reply(job, exc.kind, exc.message, exc.param, queue_ms)
         except TimeoutError:
-            result = self._error(job, ErrorKind.TIMEOUT, "the request's deadline passed before it was encoded")
+            reason = "the request's deadline passed before it was encoded"
+            reply = self._error_reply(job, ErrorKind.TIMEOUT, reason, queue_ms=queue_ms)
         except Exception:
             log.exception("job %s failed", job.request_id)
-            result = self._error(job, ErrorKind.INTERNAL, "the worker failed to process this request")
-        vectors, data = result.vectors, result.data
-        if result.error is None:  # the API only frames the data array
-            vectors, data = b"", data_array(result.vectors, result.count, result.dim, job.encoding_format)
-        result = dataclasses.replace(result, queue_ms=float(started_ms - job.enqueued_ms), vectors=vectors, data=data)
-        await self._publish(job_id, job, result)
+            reason = "the worker failed to process this request"
+            reply = self._error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
+        else:
+            stats = embedded.stats
+            reply = SyncReply(
+                job.request_id,
+                data=data_array(embedded.vectors, job.encoding_format),
+                prompt_tokens=embedded.prompt_tokens,
+                worker_id=self.worker_id,
+                queue_ms=queue_ms,
+                inference_ms=stats.inference_ms,
+                batch_size=stats.batch_size,
+                batch_requests=stats.batch_requests,
+            )
+        await self._answer(queue_id, job, reply)
         self.counters["answered"] += 1
         metrics.JOBS.labels("answered").inc()
-        if result.error is not None:
-            metrics.ERRORS.labels(result.error.kind.value).inc()
+        if reply.error is not None:
+            metrics.ERRORS.labels(reply.error.kind.value).inc()
 
-    async def handle_chunk(self, arq_job_id: str, message: bytes, attempt: int = 1) -> None:
-        """Run one chunk of an asynchronous job: store its vectors and count its progress; retry it (give it
-        back to the queue) on a failure that may pass, a bounded number of times; never raises."""
+    async def handle_chunk(self, queue_id: str, message: bytes, attempt: int = 1) -> None:
+        """Run one chunk of an asynchronous job: store its vectors and count its progress; give it back to the queue
+        on a failure that may pass (``RETRYABLE``), until its ``max_attempts``-th run; never raises."""
         try:
-            job = decode_job(message)
+            job = decode_job(message, ChunkJob)
         except ProtocolError as exc:
-            log.error("undecodable chunk %s: %s", arq_job_id, exc.message)
-            await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, 0))
+            log.error("undecodable chunk %s: %s", queue_id, exc.message)
+            await self._finish_chunks.add((FinishedJob(queue_id, 0), None))
             return
-        owner = job.job_id or ""
-        if now_ms() > job.deadline_ms or await self._jobs.is_cancelled(owner):
-            await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, len(job.inputs)))
+        if now_ms() > job.deadline_ms or await self._jobs.is_cancelled(job.parent_job):
+            await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), None))
             return
         if attempt > self._max_attempts:
             self.counters["abandoned"] += 1
-            await self._chunk_failed(arq_job_id, job, f"this chunk failed {attempt - 1} times; it was abandoned")
+            await self._chunk_failed(queue_id, job, f"this chunk failed {attempt - 1} times; it was abandoned")
             return
-        await self._jobs.mark_started(owner, self.worker_id)
+        await self._jobs.mark_started(job.parent_job, self.worker_id)
         try:
-            result = await self._embed(job, urgent=False)
+            embedded = await self._embed(job, urgent=False)
         except ServiceError as exc:
             error = exc
         except Exception:
-            log.exception("chunk %s failed", arq_job_id)
+            log.exception("chunk %s failed", queue_id)
             error = ServiceError(ErrorKind.INTERNAL, "the worker failed to process this chunk")
         else:
             self.counters["answered"] += 1
             metrics.JOBS.labels("chunk").inc()
-            await self._finish_chunk(
-                arq_job_id, job, vectors=result.vectors, completed=result.count, prompt_tokens=result.prompt_tokens
+            outcome = ChunkOutcome(
+                job, vectors=embedded.vectors, completed=len(job.inputs), prompt_tokens=embedded.prompt_tokens
             )
+            await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), outcome))
             return
-        if error.kind in _RETRYABLE and attempt < self._max_attempts:
-            log.warning("chunk %s failed (%s); it goes back to the queue", arq_job_id, error.message)
-            await self._chunk_arq.unclaim(arq_job_id, now_ms())
+        if error.kind in RETRYABLE and attempt < self._max_attempts:
+            log.warning("chunk %s failed (%s); it goes back to the queue", queue_id, error.message)
+            await self._chunk_queue.unclaim(queue_id, now_ms())
             return
-        await self._chunk_failed(arq_job_id, job, error.message)
+        await self._chunk_failed(queue_id, job, error.message)
 
-    async def _chunk_failed(self, arq_job_id: str, job: EmbedJob, reason: str) -> None:
+    async def _chunk_failed(self, queue_id: str, job: ChunkJob, reason: str) -> None:
         metrics.JOBS.labels("chunk_failed").inc()
-        await self._finish_chunk(arq_job_id, job, failed=len(job.inputs), error=reason)
+        outcome = ChunkOutcome(job, failed=len(job.inputs), error=reason)
+        await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), outcome))
 
-    async def _finish_chunk(
-        self,
-        arq_job_id: str,
-        job: EmbedJob,
-        *,
-        vectors: bytes | None = None,
-        completed: int = 0,
-        failed: int = 0,
-        prompt_tokens: int = 0,
-        error: str = "",
-    ) -> None:
-        """Finish the chunk's arq job, storing its vectors and counting it into its job, in one round trip."""
-        also = functools.partial(
-            self._jobs.chunk_done_in,
-            job_id=job.job_id or "",
-            chunk=job.chunk,
-            vectors=vectors,
-            completed=completed,
-            failed=failed,
-            prompt_tokens=prompt_tokens,
-            expires_at_s=job.deadline_ms // 1000,
-            error=error,
-        )
-        await self._chunk_finisher.submit(FinishedJob(arq_job_id, None, None, len(job.inputs), also=also))
-
-    async def _embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> EmbedResult:
+    async def _embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> Embedded:
         """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
         one already in a running batch finishes with it."""
         timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
@@ -180,7 +197,7 @@ class EmbeddingService:
                 f"dimensions must be between 1 and {encoder.dimension} for this model",
                 "dimensions",
             )
-        if sum(map(len, job.inputs)) < _INLINE_TOKENIZE_CHARS:
+        if sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
             sequences = _model_inputs(encoder, job)
         else:
             sequences = await asyncio.to_thread(_model_inputs, encoder, job)
@@ -196,42 +213,70 @@ class EmbeddingService:
         stats = encoded.stats
         if stats.batch_size > self.largest_batch[0]:
             self.largest_batch = (stats.batch_size, stats.batch_requests)
-        return EmbedResult(
-            request_id=job.request_id,
-            vectors=np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
-            count=vectors.shape[0],
-            dim=vectors.shape[1],
-            prompt_tokens=sum(len(s) for s in sequences) - len(sequences) * encoder.special_token_count,
-            worker_id=self.worker_id,
-            inference_ms=stats.inference_ms,
-            batch_size=stats.batch_size,
-            batch_requests=stats.batch_requests,
+        prompt_tokens = tokens - len(sequences) * encoder.special_token_count
+        return Embedded(vectors.astype(np.float32, copy=False), prompt_tokens, stats)
+
+    def _error_reply(
+        self, job: SyncJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
+    ) -> SyncReply:
+        error = EmbedError(kind, message, param)
+        return SyncReply(job.request_id, error=error, worker_id=self.worker_id, queue_ms=queue_ms)
+
+    async def _answer(self, queue_id: str, job: SyncJob, reply: SyncReply) -> None:
+        await self._finish_sync.add((FinishedJob(queue_id, len(job.inputs), job.reply_to, encode_reply(reply)), None))
+
+    async def _finish_sync_batch(self, batch: list[tuple[tuple[FinishedJob, None], asyncio.Future[None]]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._sync_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
+            await pipe.execute()
+        _settle(batch)
+
+    async def _finish_chunk_batch(
+        self, batch: list[tuple[tuple[FinishedJob, ChunkOutcome | None], asyncio.Future[None]]]
+    ) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._chunk_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
+            for (_, outcome), _ in batch:
+                if outcome is not None:
+                    await self._write_chunk_in(pipe, outcome)
+            await pipe.execute()
+        _settle(batch)
+
+    async def _write_chunk_in(self, pipe: Pipeline, outcome: ChunkOutcome) -> None:
+        job = outcome.job
+        vectors = None if outcome.vectors is None else np.ascontiguousarray(outcome.vectors, dtype="<f4").tobytes()
+        await self._jobs.chunk_done_in(
+            pipe,
+            job.parent_job,
+            job.chunk,
+            vectors=vectors,
+            completed=outcome.completed,
+            failed=outcome.failed,
+            prompt_tokens=outcome.prompt_tokens,
+            expires_at_s=job.deadline_ms // 1000,
+            error=outcome.error,
         )
 
-    def _error(self, job: EmbedJob, kind: ErrorKind, message: str, param: str | None = None) -> EmbedResult:
-        return EmbedResult(job.request_id, error=EmbedError(kind, message, param), worker_id=self.worker_id)
-
-    async def _publish(self, job_id: str, job: EmbedJob, result: EmbedResult) -> None:
-        await self._finisher.submit(FinishedJob(job_id, job.reply_to, encode_result(result), len(job.inputs)))
-
-    async def _finish(self, arq: ArqBatch, jobs: list[FinishedJob]) -> list[None]:
-        await arq.finish(jobs, REPLY_TTL_S)
-        return [None] * len(jobs)
-
-    async def _reject_undecodable(self, job_id: str, message: bytes, exc: ProtocolError) -> None:
+    async def _reject_undecodable(self, queue_id: str, message: bytes, exc: ProtocolError) -> None:
         """Answer a job we cannot read, if it at least says where to answer; never crash on it."""
-        log.error("undecodable job %s: %s", job_id, exc.message)
+        log.error("undecodable job %s: %s", queue_id, exc.message)
         reply_to = reply = None
         with contextlib.suppress(Exception):
             fields = msgpack.unpackb(message, raw=False)
             error = EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job")
-            reply = encode_result(EmbedResult(str(fields["request_id"]), error=error))
+            reply = encode_reply(SyncReply(str(fields["request_id"]), error=error))
             reply_to = str(fields["reply_to"])
-        await self._finisher.submit(FinishedJob(job_id, reply_to, reply, 0))
+        await self._finish_sync.add((FinishedJob(queue_id, 0, reply_to, reply), None))
+
+
+def _settle(batch: Sequence[tuple[object, asyncio.Future[None]]]) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_result(None)
 
 
 def _model_inputs(encoder: Encoder, job: EmbedJob) -> list[list[int]]:
-    """Token ids with special tokens, cut or refused per ``job.truncate``. Runs in a thread: tokenizing is CPU work."""
+    """Token ids with special tokens, cut or refused per ``job.truncate``. CPU work: large jobs run it in a thread."""
     if job.input_kind == "text":
         token_ids: Sequence[list[int]] = encoder.tokenize(job.inputs)
     else:

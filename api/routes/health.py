@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api.errors import error_response
+from api.http import json_response
 from api.schemas import error_responses
 from shared.errors import ErrorKind
 from shared.settings import Settings
@@ -16,14 +16,10 @@ from shared.workers import live_workers
 router = APIRouter()
 
 
-def _json(body: object) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
 @router.get("/healthz")
 async def healthz() -> Response:
     """The process is alive."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @router.get("/readyz", responses=error_responses(503))
@@ -36,7 +32,7 @@ async def readyz(request: Request) -> Response:
         return error_response(ErrorKind.SERVICE_UNAVAILABLE, "Redis is unreachable")
     if not workers:
         return error_response(ErrorKind.SERVICE_UNAVAILABLE, "no embedding worker is running")
-    return _json({"status": "ready", "workers": len(workers)})
+    return json_response({"status": "ready", "workers": len(workers)})
 
 
 @router.get("/v1/models", responses=error_responses(401))
@@ -50,4 +46,4 @@ async def list_models(request: Request) -> Response:
     except (RedisError, OSError):
         pass  # the configured list is still true
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server"} for name in names]
-    return _json({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})

@@ -65,6 +65,24 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def assert_same_vectors(actual: np.ndarray, expected: np.ndarray, *, unit: bool = True) -> None:
+    """The same vectors as ``expected`` up to float32 noise (same weights, same CPU, other batches and padding):
+    cosine 1 within 1e-6 and every value within 1e-5, which also holds their lengths to ``expected``'s; with
+    ``unit``, each of unit length."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    assert cosines(actual, expected).min() >= 0.999999
+    assert np.abs(actual - expected).max() <= 1e-5
+    if unit:
+        assert np.abs(np.linalg.norm(actual, axis=1) - 1).max() <= 1e-5
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length: what a ``dimensions`` cut of a normalized model returns."""
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
 def vectors_of(body: dict) -> np.ndarray:
     data = sorted(body["data"], key=lambda d: d["index"])
     return np.array([d["embedding"] for d in data], dtype=np.float64)

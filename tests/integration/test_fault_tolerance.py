@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from shared import keys
-from shared.protocol import EmbedJob, encode_job
+from shared.clock import now_ms
+from shared.protocol import SyncJob, encode_job
 from shared.queue import EMBED_FUNCTION, serialize_arq_job
-from shared.workers import now_ms
-from tests.integration.conftest import MODEL, TEXTS, cosines, vectors_of
+from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, vectors_of
 from tests.stack import running_stack
 
 POISON_TOKEN = 30000
@@ -89,7 +89,7 @@ def queue_length(redis_url: str) -> int:
 def assert_right_vectors(responses, inputs, reference) -> None:
     for texts, response in zip(inputs, responses, strict=True):
         assert response.status_code == 200, response.text
-        assert cosines(vectors_of(response.json()), reference(texts)).min() >= 0.9999
+        assert_same_vectors(vectors_of(response.json()), reference(texts))
 
 
 def test_requests_of_a_worker_killed_mid_batch_are_rerun(stack_with, reference):
@@ -153,16 +153,17 @@ def test_past_the_deadline_the_client_gets_504_and_queued_work_is_withdrawn(stac
 
 def test_a_worker_skips_jobs_whose_deadline_has_passed(stack_with):
     stack = stack_with()
-    job = EmbedJob(
+    job = SyncJob(
         request_id="late",
         model=MODEL,
         input_kind="text",
         inputs=["nobody waits for this"],
         dimensions=None,
         truncate=True,
-        reply_to=keys.reply_list("gone"),
         enqueued_ms=now_ms() - 5000,
         deadline_ms=now_ms() - 1000,
+        reply_to=keys.reply_list("gone"),
+        encoding_format="float",
     )
     client = redis.Redis.from_url(stack.redis_url)
     arq_job = {"t": 1, "f": EMBED_FUNCTION, "a": [encode_job(job)], "k": {}, "et": now_ms()}

@@ -50,6 +50,7 @@ async def worker(server):
 
 def assert_openai_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict:
     assert response.status_code == status, response.text
+    assert len(response.headers["x-request-id"]) == 32  # every response, errors included, names its request
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == code
@@ -64,7 +65,7 @@ async def test_embeddings_float(client, worker):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["object"] == "list" and body["model"] == "fake-model"
-    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert body["usage"] == {"prompt_tokens": 2, "total_tokens": 2}  # one token a text
     assert [d["index"] for d in body["data"]] == [0, 1]
     assert [d["object"] for d in body["data"]] == ["embedding", "embedding"]
     assert [d["embedding"] for d in body["data"]] == [fake_vector("ab"), fake_vector("cde")]
@@ -131,7 +132,7 @@ async def test_unknown_route_is_openai_shaped_404(client):
 
 
 async def test_wrong_method_is_openai_shaped(client):
-    assert_openai_error(await client.get("/v1/embeddings"), 405, "invalid_request")
+    assert_openai_error(await client.get("/v1/embeddings"), 405, "method_not_allowed")
 
 
 async def test_health_and_readiness(client, worker):

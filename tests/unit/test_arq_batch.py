@@ -2,7 +2,7 @@ import fakeredis
 import pytest
 from arq.jobs import Job
 
-from shared.arq_batch import ArqBatch, FinishedJob, NewJob, job_id_for, texts_of
+from shared.arq_batch import ArqBatch, FinishedJob, NewJob, queue_job_id
 from shared.queue import deserialize_arq_job
 from tests.fakes import fake_redis_factory
 
@@ -91,8 +91,10 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
     arq = ArqBatch.sync(redis)
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
-    finished = [FinishedJob("j1", "emb:reply:a", b"r1", 2), FinishedJob("j2", None, None, 3)]
-    await arq.finish(finished, reply_ttl_s=60)
+    finished = [FinishedJob("j1", 2, "emb:reply:a", b"r1"), FinishedJob("j2", 3)]
+    async with redis.pipeline(transaction=False) as pipe:
+        await arq.finish_in(pipe, finished, reply_ttl_s=60)
+        await pipe.execute()
     assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
     assert await redis.zcard("emb:queue:sync") == 0
     assert await redis.exists("arq:job:j1", "arq:in-progress:j1", "arq:retry:j1", "arq:job:j2") == 0
@@ -101,15 +103,16 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
 
 async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
     arq = ArqBatch.sync(redis)
-    jobs = [NewJob(job_id_for(f"r{i}", 4), b"m", 1000 + i, 60_000, 4) for i in range(4)]
+    jobs = [NewJob(queue_job_id(f"r{i}", 4), b"m", 1000 + i, 60_000, 4) for i in range(4)]
     await arq.enqueue(jobs, backlog_limit=100, now_ms=5)
     assert [c.texts for c in await arq.claim(10, 9, lease_ms=10_000, now_ms=10)] == [4, 4]
     assert len(await arq.claim(10, 1, lease_ms=10_000, now_ms=10)) == 1
 
 
-def test_job_ids_carry_their_text_count():
-    assert texts_of(job_id_for("abc", 17)) == 17
-    assert texts_of("no-count") == 1
+async def test_claims_read_the_text_count_from_the_job_id(redis):
+    arq = ArqBatch.sync(redis)
+    await arq.enqueue([NewJob(queue_job_id("abc", 17), b"m", 1000, 60_000, 17), new_job(1)], 100, now_ms=5)
+    assert [(c.job_id, c.texts) for c in await arq.claim(10, 100, 10_000, now_ms=10)] == [("abc.17", 17), ("j1", 1)]
 
 
 async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
@@ -120,4 +123,4 @@ async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
     assert await arq.withdraw(["j1", "j2", "j9"]) == 1
     assert await redis.zrange("emb:queue:sync", 0, -1) == [b"j1"]  # the running one stays until it finishes
     assert await redis.exists("arq:job:j2") == 0
-    assert int(await redis.get("emb:queued-texts")) == 2 + 3 - 1  # texts_of("j2") is 1: no count in the id
+    assert int(await redis.get("emb:queued-texts")) == 2 + 3 - 1  # "j2" counts 1: no count in its id

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.workers import now_ms
 from worker.batcher import MicroBatcher
 
 

@@ -1,60 +1,68 @@
 import asyncio
 
-import pytest
-
 from shared.coalesce import Coalescer
 
 
-async def test_a_lone_call_is_flushed_alone():
-    flushed = []
+def doubling(flushed: list):
+    async def flush(batch):
+        flushed.append([item for item, _ in batch])
+        for item, future in batch:
+            future.set_result(item * 2)
 
-    async def flush(items):
-        flushed.append(items)
-        return [item * 2 for item in items]
+    return flush
 
-    coalescer = Coalescer(flush)
-    assert await coalescer.submit(3) == 6
+
+async def test_a_lone_item_is_flushed_alone():
+    flushed: list = []
+    coalescer = Coalescer(doubling(flushed), "test")
+    assert await coalescer.add(3) == 6
     assert flushed == [[3]]
 
 
-async def test_calls_made_during_a_flush_go_together_in_the_next():
+async def test_items_added_during_a_flush_go_together_in_the_next():
     flushed = []
     gate = asyncio.Event()
 
-    async def flush(items):
-        flushed.append(items)
+    async def flush(batch):
+        flushed.append([item for item, _ in batch])
         await gate.wait()
-        return items
+        for item, future in batch:
+            future.set_result(item)
 
-    coalescer = Coalescer(flush)
-    first = asyncio.create_task(coalescer.submit(0))
+    coalescer = Coalescer(flush, "test")
+    first = coalescer.add(0)
     await asyncio.sleep(0)
-    later = [asyncio.create_task(coalescer.submit(i)) for i in range(1, 5)]
+    later = [coalescer.add(i) for i in range(1, 5)]
     await asyncio.sleep(0)
     gate.set()
     assert await asyncio.gather(first, *later) == [0, 1, 2, 3, 4]
     assert flushed == [[0], [1, 2, 3, 4]]
 
 
-async def test_a_failed_flush_reaches_every_caller_and_the_next_flush_works():
+async def test_a_failed_flush_reaches_every_waiter_and_the_next_flush_works():
     calls = 0
 
-    async def flush(items):
+    async def flush(batch):
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ConnectionError("down")
-        return items
+        for item, future in batch:
+            future.set_result(item)
 
-    coalescer = Coalescer(flush)
-    results = await asyncio.gather(coalescer.submit(1), coalescer.submit(2), return_exceptions=True)
+    coalescer = Coalescer(flush, "test")
+    results = await asyncio.gather(coalescer.add(1), coalescer.add(2), return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
-    assert await coalescer.submit(3) == 3
+    assert await coalescer.add(3) == 3
 
 
-async def test_result_count_must_match():
-    async def flush(items):
-        return []
-
-    with pytest.raises(ValueError):
-        await Coalescer(flush).submit(1)
+async def test_a_future_given_by_the_caller_is_the_one_settled_and_done_ones_are_skipped():
+    flushed: list = []
+    coalescer = Coalescer(doubling(flushed), "test")
+    mine = asyncio.get_running_loop().create_future()
+    gone = asyncio.get_running_loop().create_future()
+    gone.cancel()
+    assert coalescer.add(5, mine) is mine
+    coalescer.add(7, gone)
+    assert await mine == 10
+    assert flushed == [[5]]

@@ -3,6 +3,7 @@ import time
 import fakeredis
 import pytest
 
+from api.routes.jobs import job_object
 from shared import keys
 from shared.jobs import JobRecord, JobStore
 
@@ -26,8 +27,16 @@ def record(**overrides) -> JobRecord:
 
 def test_chunks_and_spans():
     job = record()
-    assert job.chunks == 3
+    assert job.chunk_count == 3
     assert [job.chunk_span(c) for c in range(3)] == [(0, 4), (4, 4), (8, 2)]
+    assert [job.chunk_queue_id(c) for c in range(3)] == ["embjob_1-0.4", "embjob_1-1.4", "embjob_1-2.2"]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "chunks"), [(0, 10, [0, 1, 2]), (3, 5, [0, 1]), (4, 8, [1]), (9, 10, [2]), (5, 5, [])]
+)
+def test_the_chunks_a_page_touches(start, end, chunks):
+    assert list(record().chunks_between(start, end)) == chunks
 
 
 @pytest.mark.parametrize(
@@ -46,7 +55,7 @@ def test_status(overrides, status):
 
 
 def test_api_shape_lists_failed_ranges():
-    job = record(started=True, completed=6, failed=4, chunk_errors={1: "boom"}).to_api()
+    job = job_object(record(started=True, completed=6, failed=4, chunk_errors={1: "boom"}))
     assert job["object"] == "embedding.job" and job["status"] == "completed"
     assert job["request_counts"] == {"total": 10, "completed": 6, "failed": 4}
     assert job["errors"] == [{"offset": 4, "count": 4, "message": "boom"}]

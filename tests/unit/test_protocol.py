@@ -1,51 +1,55 @@
 import msgpack
-import numpy as np
 import pytest
 
 from shared.errors import ErrorKind, ProtocolError
 from shared.protocol import (
     PROTOCOL_VERSION,
+    ChunkJob,
     EmbedError,
-    EmbedJob,
-    EmbedResult,
+    SyncJob,
+    SyncReply,
     decode_job,
-    decode_result,
+    decode_reply,
     encode_job,
-    encode_result,
+    encode_reply,
 )
-from tests.fakes import make_embed_job
+from tests.fakes import make_chunk_job, make_sync_job
 
 
-def make_job(**overrides) -> EmbedJob:
-    return make_embed_job(**{"inputs": ["a", "ü"], **overrides})
+def make_job(**overrides) -> SyncJob:
+    return make_sync_job(**{"inputs": ["a", "ü"], **overrides})
 
 
-def test_job_round_trip():
+def test_sync_job_round_trip():
     for job in (make_job(), make_job(input_kind="tokens", inputs=[[1, 2], [3]], dimensions=8, truncate=False)):
-        assert decode_job(encode_job(job)) == job
+        assert decode_job(encode_job(job), SyncJob) == job
 
 
-def test_result_round_trip_keeps_float32_bytes():
-    vectors = np.arange(6, dtype="<f4").reshape(2, 3)
-    result = EmbedResult("r1", vectors=vectors.tobytes(), count=2, dim=3, prompt_tokens=5, batch_requests=2)
-    decoded = decode_result(encode_result(result))
-    assert decoded == result
-    assert np.frombuffer(decoded.vectors, dtype="<f4").reshape(2, 3).tolist() == vectors.tolist()
+def test_chunk_job_round_trip():
+    job = make_chunk_job(chunk=3, dimensions=2)
+    assert decode_job(encode_job(job), ChunkJob) == job
 
 
-def test_result_with_a_rendered_data_array_round_trips():
-    result = EmbedResult("r1", data=b'[{"object":"embedding","index":0,"embedding":[1.0]}]', count=1, dim=1)
-    assert decode_result(encode_result(result)) == result
+def test_a_job_of_one_kind_does_not_decode_as_the_other():
+    with pytest.raises(ProtocolError):
+        decode_job(encode_job(make_job()), ChunkJob)
+    with pytest.raises(ProtocolError):
+        decode_job(encode_job(make_chunk_job()), SyncJob)
+
+
+def test_reply_with_a_rendered_data_array_round_trips():
+    reply = SyncReply("r1", data=b'[{"object":"embedding","index":0,"embedding":[1.0]}]', prompt_tokens=5)
+    assert decode_reply(encode_reply(reply)) == reply
 
 
 def test_job_with_an_unknown_encoding_format_is_rejected():
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_job(encoding_format="hex")))
+        decode_job(encode_job(make_job(encoding_format="hex")), SyncJob)
 
 
-def test_error_result_round_trip():
-    result = EmbedResult("r1", error=EmbedError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
-    assert decode_result(encode_result(result)) == result
+def test_error_reply_round_trip():
+    reply = SyncReply("r1", error=EmbedError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
+    assert decode_reply(encode_reply(reply)) == reply
 
 
 def test_messages_are_msgpack_with_a_version():
@@ -65,20 +69,15 @@ def test_messages_are_msgpack_with_a_version():
 )
 def test_undecodable_job_raises_protocol_error(data):
     with pytest.raises(ProtocolError):
-        decode_job(data)
+        decode_job(data, SyncJob)
 
 
 def test_job_with_bad_input_kind_is_rejected():
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_job(input_kind="images")))
+        decode_job(encode_job(make_job(input_kind="images")), SyncJob)
 
 
-def test_result_whose_vectors_do_not_match_its_shape_is_rejected():
-    with pytest.raises(ProtocolError):
-        decode_result(encode_result(EmbedResult("r", vectors=b"\0" * 8, count=1, dim=3)))
-
-
-def test_result_with_unknown_error_kind_is_rejected():
+def test_reply_with_unknown_error_kind_is_rejected():
     fields = {"v": PROTOCOL_VERSION, "request_id": "r", "error": {"kind": "nope", "message": "m"}}
     with pytest.raises(ProtocolError):
-        decode_result(msgpack.packb(fields))
+        decode_reply(msgpack.packb(fields))

@@ -1,50 +1,9 @@
 import asyncio
-import threading
 
-import numpy as np
 import pytest
 
 from shared.errors import ErrorKind, ServiceError
-from worker.registry import ModelRegistry
-
-
-class StubEncoder:
-    device = "cpu"
-    dimension = 2
-    special_token_count = 0
-
-    def tokenize(self, texts):
-        return [[len(t)] for t in texts]
-
-    def prepare(self, ids, *, truncate, param):
-        return ids
-
-    def check_token_ids(self, sequences):
-        pass
-
-    def encode(self, batch):
-        return np.ones((len(batch), 2), dtype=np.float32)
-
-
-class Loader:
-    def __init__(self, failing=()):
-        self.calls: list[str] = []
-        self.failing = set(failing)
-        self.release = threading.Event()
-        self.release.set()
-
-    def __call__(self, name):
-        self.calls.append(name)
-        self.release.wait(5)
-        if name in self.failing:
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} was not found", "model")
-        if name == "crash":
-            raise RuntimeError("/secret/path exploded")
-        return StubEncoder()
-
-
-def make_registry(loader, max_loaded=2):
-    return ModelRegistry(loader, max_loaded=max_loaded, failure_ttl_s=60, max_batch_size=4, max_batch_tokens=100)
+from tests.fakes import FAKE_DIM, Loader, make_registry
 
 
 async def test_concurrent_requests_share_one_load():
@@ -95,5 +54,5 @@ async def test_loaded_model_encodes_through_its_batcher():
     registry = make_registry(Loader())
     model = await registry.get("a")
     encoded = await asyncio.wait_for(model.batcher.submit([[1], [2]]), 5)
-    assert encoded.vectors.shape == (2, 2)
+    assert encoded.vectors.shape == (2, FAKE_DIM)
     await registry.close()

@@ -4,7 +4,9 @@ from api.schemas import parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 
-SETTINGS = Settings(_env_file=None, max_inputs_per_request=3, max_input_chars=10, allow_any_model=True)
+SETTINGS = Settings(
+    _env_file=None, max_inputs_per_request=3, max_input_chars=10, max_tokens_per_request=12, allow_any_model=True
+)
 
 
 def parse(**body):
@@ -22,6 +24,10 @@ def parse(**body):
 )
 def test_accepted_input_shapes(value, expected):
     assert parse(input=value).input == expected
+
+
+def test_token_ids_are_bounded_by_the_token_limit_not_the_character_limit():
+    assert parse(input=[7] * 12).input == ("tokens", [[7] * 12])
 
 
 def test_defaults():
@@ -51,6 +57,7 @@ def test_unknown_fields_are_ignored():
         ({"input": None}, "input", "string"),
         ({"input": ["a", "b", "c", "d"]}, "input", "at most 3"),
         ({"input": "x" * 11}, "input", "at most 10"),
+        ({"input": [[1] * 7, [2] * 6]}, "input", "13 tokens; at most 12"),
         ({"input": "x", "encoding_format": "hex"}, "encoding_format", "float"),
         ({"input": "x", "dimensions": 0}, "dimensions", "greater"),
         ({"input": "x", "dimensions": "8"}, "dimensions", "integer"),

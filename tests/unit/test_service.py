@@ -8,35 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.errors import ErrorKind, ServiceError
-from shared.protocol import EmbedJob, decode_result, encode_job
-from shared.workers import now_ms
-from tests.fakes import fake_redis_factory, make_embed_job
-from tests.unit.test_registry import Loader, StubEncoder, make_registry
+from shared.clock import now_ms
+from shared.errors import ErrorKind
+from shared.protocol import SyncJob, decode_reply, encode_job
+from tests.fakes import REPLY_TO, Loader, fake_redis_factory, fake_vector, make_registry, make_sync_job
 from worker.service import EmbeddingService
-
-
-class WideEncoder(StubEncoder):
-    """Vectors [3, 4, 12, ...]: truncating to 2 dims and re-normalizing gives [0.6, 0.8]."""
-
-    dimension = 3
-    special_token_count = 1
-
-    def prepare(self, ids, *, truncate, param):
-        return [0, *ids]
-
-    def check_token_ids(self, sequences):
-        if any(t >= 100 for s in sequences for t in s):
-            raise ServiceError(ErrorKind.INVALID_REQUEST, "token id out of range", "input")
-
-    def encode(self, batch):
-        return np.tile(np.array([3, 4, 12], dtype=np.float32) / 13, (len(batch), 1))
-
-
-class WideLoader(Loader):
-    def __call__(self, name):
-        super().__call__(name)
-        return WideEncoder()
 
 
 @pytest.fixture
@@ -48,49 +24,49 @@ async def redis():
 
 @pytest.fixture
 async def service(redis):
-    registry = make_registry(WideLoader(failing={"missing"}))
+    registry = make_registry(Loader(failing={"missing"}))
     yield EmbeddingService(registry, redis, "w1", max_attempts=2)
     await registry.close()
 
 
-def job(**overrides) -> EmbedJob:
-    return make_embed_job(**overrides)
+def job(**overrides) -> SyncJob:
+    return make_sync_job(**overrides)
 
 
 async def reply(redis):
-    messages = await redis.lrange("emb:reply:test", 0, -1)
+    messages = await redis.lrange(REPLY_TO, 0, -1)
     assert len(messages) == 1
-    return decode_result(messages[0])
+    return decode_reply(messages[0])
 
 
 async def test_job_result_is_published_to_its_reply_list(service, redis):
     await service.handle("job-1", encode_job(job()))
     result = await reply(redis)
-    assert result.error is None and result.request_id == "r1"
-    assert (result.count, result.dim, result.worker_id) == (2, 3, "w1")
+    assert result.error is None and (result.request_id, result.worker_id) == ("r1", "w1")
+    assert [item["embedding"] for item in orjson.loads(result.data)] == [fake_vector("abc"), fake_vector("de")]
     assert result.prompt_tokens == 2  # one token per text; the special token is not counted
-    assert await redis.ttl("emb:reply:test") > 0
+    assert await redis.ttl(REPLY_TO) > 0
 
 
 async def test_dimensions_truncate_and_renormalize(service, redis):
     await service.handle("job-1", encode_job(job(dimensions=2)))
     result = await reply(redis)
-    vectors = [item["embedding"] for item in orjson.loads(result.data)]
-    assert np.allclose(vectors, [[0.6, 0.8], [0.6, 0.8]])
+    vectors = np.array([item["embedding"] for item in orjson.loads(result.data)])
+    expected = np.array([[3, 1], [2, 1]]) / np.sqrt([[10], [5]])  # [len, 1], re-normalized
+    assert np.allclose(vectors, expected, rtol=0, atol=1e-6)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, rtol=0, atol=1e-6)
 
 
 async def test_the_data_array_is_rendered_in_the_requested_format(service, redis):
     await service.handle("job-1", encode_job(job(encoding_format="base64")))
-    result = await reply(redis)
-    assert result.vectors == b""  # the API only frames the rendered array
-    items = orjson.loads(result.data)
+    items = orjson.loads((await reply(redis)).data)  # the API only frames the rendered array
     assert [item["index"] for item in items] == [0, 1]
     decoded = np.frombuffer(base64.b64decode(items[1]["embedding"]), dtype="<f4")
-    assert np.allclose(decoded, np.array([3, 4, 12]) / 13)
+    assert decoded.tolist() == fake_vector("de")
 
 
 async def test_dimensions_above_the_model_are_refused(service, redis):
-    await service.handle("job-1", encode_job(job(dimensions=4)))
+    await service.handle("job-1", encode_job(job(dimensions=5)))
     result = await reply(redis)
     assert result.error is not None
     assert (result.error.kind, result.error.param) == (ErrorKind.INVALID_REQUEST, "dimensions")
@@ -109,14 +85,14 @@ async def test_unknown_model_is_reported(service, redis):
 async def test_expired_job_is_skipped_and_leaves_the_backlog(service, redis):
     await redis.set("emb:queued-texts", 2)
     await service.handle("job-1", encode_job(job(deadline_ms=now_ms() - 1)))
-    assert await redis.llen("emb:reply:test") == 0
+    assert await redis.llen(REPLY_TO) == 0
     assert service.registry.loaded_names() == []  # not even the model was touched
     assert service.counters["expired"] == 1
     assert int(await redis.get("emb:queued-texts")) == 0
 
 
 async def test_job_whose_model_loads_past_its_deadline_times_out(redis):
-    loader = WideLoader()
+    loader = Loader()
     loader.release.clear()
     registry = make_registry(loader)
     service = EmbeddingService(registry, redis, "w1", max_attempts=2)
@@ -142,7 +118,7 @@ async def test_job_attempted_too_often_is_abandoned_with_an_error(service, redis
 
 
 async def test_undecodable_job_with_a_reply_address_gets_an_error(service, redis):
-    message = msgpack.packb({"v": 999, "request_id": "r1", "reply_to": "emb:reply:test"})
+    message = msgpack.packb({"v": 999, "request_id": "r1", "reply_to": REPLY_TO})
     await service.handle("job-1", message)
     result = await reply(redis)
     assert result.error.kind is ErrorKind.INTERNAL

@@ -2,6 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.settings import DEFAULT_MODEL, Settings
+from tests.stack import ROOT
 
 
 def test_defaults_serve_minilm():
@@ -33,3 +34,10 @@ def test_any_model_means_any_hub_id_never_a_path():
     for name in ("/etc", "../secrets", "owner/../x", "a/b/c", "owner/name with space", ""):
         assert not settings.model_allowed(name), name
     assert not Settings(_env_file=None).model_allowed("BAAI/bge-small-en-v1.5")
+
+
+def test_every_setting_is_in_the_readmes_configuration_table():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in table]
+    assert missing == []

@@ -1,0 +1,71 @@
+"""A route served as plain ASGI, ahead of FastAPI's request handling, yet documented by FastAPI like any other.
+
+``POST /v1/embeddings`` is the service's hottest path. FastAPI's per-request machinery (Request objects,
+dependency solving, exception middleware, exit stacks, included-router resolution) cost about as much CPU as the
+whole trip through the queue (bench/run.py, pipeline section), so the endpoint is a plain ASGI function and:
+
+- ``FastRoute`` declares it to FastAPI: an ``APIRoute`` whose OpenAPI entry comes from its declaration and whose
+  requests, should the router ever see one, go to the same function; the router still answers 405 for other
+  methods on the path.
+- ``FastRoutes`` (the innermost middleware: metrics, keys and body limit run before it) hands matching requests
+  straight to the function, and renders the ``ServiceError``s it raises with the app's one error renderer.
+
+``install`` puts both in place. A ``ClientGone`` raised by the function goes up to ``api.metrics.RequestTracking``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import service_error_response
+from shared.errors import ServiceError
+
+
+async def _declared_only() -> None:
+    raise AssertionError("a FastRoute's requests go to its ASGI function")
+
+
+class FastRoute(APIRoute):
+    """An APIRoute, documented from its declaration, whose requests go straight to a plain ASGI function."""
+
+    def __init__(self, path: str, endpoint: ASGIApp, *, method: str, **kwargs: Any) -> None:
+        super().__init__(path, _declared_only, methods=[method], **kwargs)
+        self.app = endpoint
+        self.method = method
+
+
+class FastRoutes:
+    """ASGI middleware, the innermost: sends each request for a ``FastRoute`` to its function."""
+
+    def __init__(self, app: ASGIApp, routes: list[FastRoute]) -> None:
+        self._app = app
+        self._routes = {(route.method, route.path): route for route in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get((scope["method"], _route_path(scope))) if scope["type"] == "http" else None
+        if route is None:
+            await self._app(scope, receive, send)
+            return
+        scope["route"] = route
+        try:
+            await route.app(scope, receive, send)
+        except ServiceError as exc:
+            response = service_error_response(exc, scope.get("state", {}).get("request_id"))
+            await response(scope, receive, send)
+
+
+def install(app: FastAPI, *routes: FastRoute) -> None:
+    """Document ``routes`` first in the app's router, and serve them through ``FastRoutes``; call before the
+    other middleware is added, so this one is the innermost."""
+    app.router.routes[:0] = routes
+    app.add_middleware(FastRoutes, routes=list(routes))
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
