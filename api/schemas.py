@@ -38,6 +38,20 @@ class EmbeddingRequest(BaseModel):
     truncate: bool | None = Field(
         None, description="Cut inputs longer than the model reads (default: the deployment's setting) or refuse them."
     )
+    prompt_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The model's prompt to put before each text, by name (a key of its `prompts`).",
+    )
+    input_type: Literal["query", "document"] | None = Field(
+        None,
+        description="The model's `query` or `document` prompt, as sentence-transformers' `encode_query` / "
+        "`encode_document` pick it. With neither this nor `prompt_name`, the model's default prompt applies.",
+    )
+    normalize: bool | None = Field(
+        None, description="Unit-length vectors (true) or raw ones (false); default: as the model gives them."
+    )
 
     @field_validator("input", mode="plain", json_schema_input_type=InputSchema)
     @classmethod

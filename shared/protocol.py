@@ -8,7 +8,8 @@ Two kinds of job travel API -> worker, each as the single argument of an arq job
 - ``ChunkJob`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job. No reply travels: the worker stores the
   chunk's float32 vectors and counts it into its job's progress (``shared.jobs``), which the API reads when polled.
 
-Both carry what to embed (``EmbedJob``'s fields). Version 3: jobs split by kind; replies carry no raw vectors.
+Both carry what to embed (``EmbedJob``'s fields). Version 3: jobs split by kind; replies carry no raw vectors;
+prompts and normalization chosen per request.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class EmbedJob:
     inputs: list[Any]
     dimensions: int | None
     truncate: bool
+    #: the prompt to put before each text: by name, or by input type ("query" / "document"); neither: the default
+    prompt_name: str | None
+    input_type: str | None
+    #: unit-length vectors or raw ones; None: as the model gives them
+    normalize: bool | None
     enqueued_ms: int
     deadline_ms: int
 

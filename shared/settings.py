@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(4, ge=1)
     #: seconds a model that failed to load keeps failing fast before a new attempt
     model_failure_ttl_s: float = Field(30.0, ge=0)
+    #: models served from a folder, by name: "acme/minilm=/models/minilm,..." (a client's name never becomes a path)
+    model_paths: Annotated[dict[str, Path], NoDecode] = {}
+    #: what token-id input means: OpenAI's cl100k_base ids (as OpenAI and LangChain send them), or the model's own
+    token_ids: Literal["openai", "model"] = "openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: half precision on CUDA
     fp16: bool = False
@@ -130,9 +134,22 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("model_paths", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"MODEL_PATHS entries are name=/path/to/folder, not {item!r}")
+            pairs[name.strip()] = path.strip()
+        return pairs
+
     def model_allowed(self, name: str) -> bool:
         """Configured models always; with ``allow_any_model``, any hub id too, but never a local path."""
-        if name in self.embed_models or name in self.allowed_models:
+        if name in self.embed_models or name in self.allowed_models or name in self.model_paths:
             return True
         return self.allow_any_model and _HUB_ID.fullmatch(name) is not None and ".." not in name
 

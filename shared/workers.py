@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
@@ -19,6 +20,8 @@ class WorkerInfo:
     models: list[str]
     started_ms: int
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: what ``GET /v1/models`` says of each loaded model (dimensions, max tokens, prompts, normalized)
+    model_cards: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 async def record_heartbeat(redis: Redis, info: WorkerInfo, ttl_s: float) -> None:

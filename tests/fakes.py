@@ -26,12 +26,25 @@ REPLY_TO = "emb:reply:test"
 
 
 class FakeEncoder:
-    """A text of n characters is one token, n; it encodes as [n, 1, 0, 0] (not normalized). One special token, 0,
-    goes before every sequence; token ids from 100 up are outside the vocabulary."""
+    """A text of n characters is one token, n; it encodes as [n, 1, 0, 0], raw (the model does not normalize).
+    One special token, 0, goes before every sequence; token ids from 100 up are outside the vocabulary. Its one
+    prompt, "q", is "Q: "; a prompt's length (its characters) reaches ``encode`` as the batch's prompt length."""
 
     device = "cpu"
     dimension = FAKE_DIM
     special_token_count = 1
+    normalizes = False
+    default_prompt_name: str | None = None
+
+    def __init__(self) -> None:
+        self.prompts = {"q": "Q: ", "query": "", "document": ""}
+        self.prompt_lengths: list[int] = []
+
+    def describe(self) -> dict[str, object]:
+        return {"dimensions": FAKE_DIM, "max_tokens": 100, "prompt_names": list(self.prompts), "normalized": False}
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(prompt)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [[len(text)] for text in texts]
@@ -43,7 +56,8 @@ class FakeEncoder:
         if any(token >= 100 for sequence in sequences for token in sequence):
             raise ServiceError(ErrorKind.INVALID_REQUEST, "token id out of range", "input")
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+    def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
+        self.prompt_lengths.append(prompt_length)
         return np.array([[ids[-1], 1, 0, 0] for ids in batch], dtype=np.float32)
 
 
@@ -84,6 +98,9 @@ def _what_to_embed() -> dict[str, object]:
         inputs=["abc", "de"],
         dimensions=None,
         truncate=True,
+        prompt_name=None,
+        input_type=None,
+        normalize=None,
         enqueued_ms=now_ms(),
         deadline_ms=now_ms() + 10_000,
     )

@@ -201,6 +201,7 @@ class EmbeddingWorker(Worker):
                 models=service.registry.loaded_names(),
                 started_ms=started_ms,
                 counters=dict(service.counters),
+                model_cards=service.registry.describe_loaded(),
             )
             try:
                 await record_heartbeat(self.pool, info, self.settings.worker_ttl_s)
@@ -224,5 +225,6 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         uuid.uuid4().hex[:12],
         max_attempts=settings.max_job_attempts,
         max_tokens=settings.max_tokens_per_request,
+        openai_token_ids=settings.token_ids == "openai",
     )
     return EmbeddingWorker(settings, service, redis)

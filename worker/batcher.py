@@ -8,6 +8,10 @@ A batch that fails is retried in halves down to single sequences, so a poisonous
 for the GPU's memory) fails only the request it belongs to; a failure that persists reaches every request in
 the batch. Requests whose caller has gone (their future cancelled) or whose deadline has passed are dropped when
 the next batch is formed (one clock read a batch, not a timer a request). The loop restarts itself if it ever dies.
+
+Sequences carry a ``group``: only sequences of one group share a batch, and the encoder is told the group. Models
+whose pooling leaves a prompt's tokens out group sequences by the prompt's length, which their pooling needs for a
+whole batch; for every other model all sequences are in group 0.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from worker import metrics
 
 log = logging.getLogger(__name__)
 
-EncodeFn = Callable[[Sequence[list[int]]], np.ndarray]
+#: encodes a batch of sequences of one group: (sequences, group) -> one row per sequence
+EncodeFn = Callable[[Sequence[list[int]], int], np.ndarray]
 
 #: how far past the oldest waiting sequence a batch may look for sequences of similar length
 _LOOKAHEAD_BATCHES = 4
@@ -88,6 +93,7 @@ class _Sequence:
     tokens: list[int]
     request: _Request
     index: int
+    group: int
 
 
 class MicroBatcher:
@@ -118,7 +124,7 @@ class MicroBatcher:
         return len(self._urgent) + len(self._background)
 
     async def submit(
-        self, sequences: Sequence[list[int]], *, urgent: bool = True, deadline_ms: int | None = None
+        self, sequences: Sequence[list[int]], *, group: int = 0, urgent: bool = True, deadline_ms: int | None = None
     ) -> Encoded:
         """Vectors for ``sequences`` (model inputs, special tokens included), in order; a TIMEOUT ServiceError
         if no batch took them by ``deadline_ms`` (epoch milliseconds)."""
@@ -129,7 +135,7 @@ class MicroBatcher:
         self._ensure_loop()
         request = _Request(len(sequences), deadline_ms)
         waiting = self._urgent if urgent else self._background
-        waiting.extend(_Sequence(tokens, request, i) for i, tokens in enumerate(sequences))
+        waiting.extend(_Sequence(tokens, request, i, group) for i, tokens in enumerate(sequences))
         self._work.set()
         try:
             return await request.future
@@ -172,7 +178,9 @@ class MicroBatcher:
             self.busy = True
             started = time.perf_counter()
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._encode_isolating, [s.tokens for s in batch])
+                outcomes = await loop.run_in_executor(
+                    self._executor, self._encode_isolating, [s.tokens for s in batch], batch[0].group
+                )
             except Exception:  # not the model: the executor itself failed
                 log.exception("running a batch of %d for %s failed", len(batch), self._name)
                 error = ServiceError(ErrorKind.INTERNAL, "the worker failed to encode this batch")
@@ -199,23 +207,23 @@ class MicroBatcher:
                 else:
                     sequence.request.deliver(sequence.index, outcome)
 
-    def _encode_isolating(self, batch: Sequence[list[int]]) -> Sequence[np.ndarray | Exception]:
+    def _encode_isolating(self, batch: Sequence[list[int]], group: int) -> Sequence[np.ndarray | Exception]:
         """Encode ``batch``; if that fails, encode its halves, down to single sequences.
 
         So a poisonous input fails alone, and an out-of-memory batch is retried smaller. Runs in the executor.
         """
         try:
-            return list(self._encode(batch))
+            return list(self._encode(batch, group))
         except Exception as exc:
             if len(batch) == 1:
                 log.warning("%s failed to encode a sequence of %d tokens: %r", self._name, len(batch[0]), exc)
                 return [exc]
             log.warning("%s failed a batch of %d (%r); retrying it in halves", self._name, len(batch), exc)
             middle = len(batch) // 2
-            return [*self._encode_isolating(batch[:middle]), *self._encode_isolating(batch[middle:])]
+            return [*self._encode_isolating(batch[:middle], group), *self._encode_isolating(batch[middle:], group)]
 
     def _take_batch(self) -> list[_Sequence]:
-        """The oldest waiting sequence, plus the waiting ones nearest it in length that fit the bounds.
+        """The oldest waiting sequence, plus the waiting ones of its group nearest it in length that fit the bounds.
 
         Synchronous sequences go first, in batches of their own: a request someone waits on is never slowed by
         background work beyond the batch already running.
@@ -233,6 +241,8 @@ class MicroBatcher:
         batch = [head]
         width = len(head.tokens)
         for sequence in sorted(window, key=lambda s: abs(len(s.tokens) - len(head.tokens))):
+            if sequence.group != head.group:
+                continue
             if len(batch) >= self._max_batch_size:
                 break
             new_width = max(width, len(sequence.tokens))

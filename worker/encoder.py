@@ -1,17 +1,21 @@
-"""A sentence-transformers model behind the narrow interface the batcher needs: token ids in, unit vectors out.
+"""A sentence-transformers model behind the narrow interface the batcher needs: token ids in, vectors out.
 
-Texts are tokenized once, when a job arrives (while the model is busy with the previous batch); a batch is
-then just padded token ids, whether the client sent texts or token ids.
+Texts are tokenized once, when a job arrives (while the model is busy with the previous batch); a batch is then
+just padded token ids, whether the client sent texts or token ids. The vectors are the model's own output up to a
+trailing ``Normalize`` module, which is left to the service (``normalizes`` says whether the model has one), so a
+request may ask for raw or unit vectors from any model and ``dimensions`` cuts before normalizing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize
 
 from shared.errors import ErrorKind, ServiceError
 
@@ -29,13 +33,30 @@ class SentenceTransformerEncoder:
             )
         self._model = model
         self._tokenizer = tokenizer
+        modules = list(model)
+        self.normalizes = bool(modules) and isinstance(modules[-1], Normalize)
+        #: what runs on a batch: every module but a trailing Normalize
+        self._modules = modules[:-1] if self.normalizes else modules
+        #: False when a pooling module leaves the prompt's tokens out (``include_prompt=False``)
+        self._pools_prompt = all(getattr(module, "include_prompt", True) for module in modules)
         self.device = str(model.device)
         self.max_seq_length: int = model.max_seq_length
         self.vocab_size: int = len(tokenizer)
         self.dimension: int = int(model.get_embedding_dimension() or 0)
+        self.prompts: dict[str, str] = {name: prompt or "" for name, prompt in model.prompts.items()}
+        self.default_prompt_name: str | None = model.default_prompt_name
         self._pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._prefix, self._suffix = _special_tokens(tokenizer)
         self.special_token_count = len(self._prefix) + len(self._suffix)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dimensions": self.dimension,
+            "max_tokens": self.max_seq_length,
+            "prompt_names": list(self.prompts),
+            "default_prompt_name": self.default_prompt_name,
+            "normalized": self.normalizes,
+        }
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens and without truncation."""
@@ -43,6 +64,17 @@ class SentenceTransformerEncoder:
             "input_ids"
         ]
         return ids
+
+    def prompt_length(self, prompt: str) -> int:
+        """How many leading tokens the pooling must leave out for ``prompt``: 0 when the pooling reads them.
+
+        Measured as sentence-transformers does: the prompt tokenized with special tokens, less a trailing one.
+        """
+        if not prompt or self._pools_prompt:
+            return 0
+        ids: list[int] = self._tokenizer(prompt)["input_ids"]
+        special = set(getattr(self._tokenizer, "all_special_ids", ()))
+        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
 
     def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]:
         """Model input for one sequence: special tokens added, cut to the model's maximum length."""
@@ -68,27 +100,32 @@ class SentenceTransformerEncoder:
                         "input",
                     )
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
-        """Unit-length float32 vectors, one row per sequence of ``batch``."""
+    def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
+        """float32 vectors, one row per sequence of ``batch``, before any trailing Normalize. ``prompt_length``:
+        leading tokens of every sequence that the pooling leaves out (see ``prompt_length``)."""
         width = max(len(ids) for ids in batch)
         input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
-        features = {
+        features: dict[str, Any] = {
             "input_ids": torch.from_numpy(input_ids).to(self._model.device),
             "attention_mask": torch.from_numpy(attention_mask).to(self._model.device),
         }
+        if prompt_length:
+            features["prompt_length"] = prompt_length
         try:
             with torch.inference_mode():
-                embeddings = self._model(features)["sentence_embedding"]
-                embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
+                for module in self._modules:
+                    features = module(features)
+                embeddings = features["sentence_embedding"].float()
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # so the smaller retries the batcher makes can fit
             raise
-        return embeddings.cpu().numpy()
+        vectors: np.ndarray = embeddings.cpu().numpy()
+        return vectors
 
 
 def _special_tokens(tokenizer: object) -> tuple[list[int], list[int]]:

@@ -31,7 +31,7 @@ class FaultInjectingEncoder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+    def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
         time.sleep(self._delay_s)
         if self._crash is not None and any(self._crash in ids for ids in batch):
             log.error("injected crash")
@@ -40,7 +40,7 @@ class FaultInjectingEncoder:
             raise RuntimeError("injected poisonous input")
         if self._oom_above is not None and len(batch) > self._oom_above:
             raise torch.OutOfMemoryError("injected out of memory")
-        return self._inner.encode(batch)
+        return self._inner.encode(batch, prompt_length)
 
 
 def with_faults(encoder: Encoder, settings: Settings) -> Encoder:

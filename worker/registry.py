@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,17 +21,28 @@ log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
+    """A model as the worker uses it (``worker.encoder.SentenceTransformerEncoder`` is the real one)."""
+
     device: str
     dimension: int
     special_token_count: int
+    #: the model's prompts by name, and the one it applies by default
+    prompts: dict[str, str]
+    default_prompt_name: str | None
+    #: whether the model's output is unit length (it ends in a Normalize module, which ``encode`` leaves out)
+    normalizes: bool
+
+    def describe(self) -> dict[str, Any]: ...
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def prompt_length(self, prompt: str) -> int: ...
 
     def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]: ...
 
     def check_token_ids(self, sequences: Sequence[Sequence[int]]) -> None: ...
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray: ...
+    def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,6 +78,10 @@ class ModelRegistry:
 
     def loaded_names(self) -> list[str]:
         return list(self._loaded)
+
+    def describe_loaded(self) -> dict[str, dict[str, Any]]:
+        """What ``GET /v1/models`` says of each loaded model."""
+        return {name: model.encoder.describe() for name, model in self._loaded.items()}
 
     async def get(self, name: str, timeout_s: float | None = None) -> LoadedModel:
         """The model, loaded if need be; TimeoutError if loading takes longer than ``timeout_s`` (it goes on)."""

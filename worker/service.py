@@ -28,8 +28,9 @@ from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.jobs import JobStore
 from shared.openai_json import data_array
 from shared.protocol import ChunkJob, EmbedError, EmbedJob, SyncJob, SyncReply, decode_job, encode_reply
-from worker import metrics
+from worker import metrics, openai_tokens
 from worker.batcher import BatchStats
+from worker.prompts import resolve_prompt
 from worker.registry import Encoder, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,16 @@ class ChunkOutcome:
 
 class EmbeddingService:
     def __init__(
-        self, registry: ModelRegistry, redis: Redis, worker_id: str, *, max_attempts: int, max_tokens: int = 1 << 62
+        self,
+        registry: ModelRegistry,
+        redis: Redis,
+        worker_id: str,
+        *,
+        max_attempts: int,
+        max_tokens: int = 1 << 62,
+        openai_token_ids: bool = False,
     ) -> None:
+        """``openai_token_ids``: token-id input is OpenAI's cl100k_base ids (``TOKEN_IDS=openai``), not the model's."""
         self.registry = registry
         self.worker_id = worker_id
         self._redis = redis
@@ -83,6 +92,7 @@ class EmbeddingService:
         )
         self._max_attempts = max_attempts
         self._max_tokens = max_tokens
+        self._openai_token_ids = openai_token_ids
         self.largest_batch = (0, 0)
         #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
         self.counters = {"answered": 0, "expired": 0, "abandoned": 0}
@@ -197,18 +207,21 @@ class EmbeddingService:
                 f"dimensions must be between 1 and {encoder.dimension} for this model",
                 "dimensions",
             )
+        prompt = resolve_prompt(encoder.prompts, encoder.default_prompt_name, job.prompt_name, job.input_type)
         if sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
-            sequences = _model_inputs(encoder, job)
+            sequences = _model_inputs(encoder, job, prompt, self._openai_token_ids)
         else:
-            sequences = await asyncio.to_thread(_model_inputs, encoder, job)
+            sequences = await asyncio.to_thread(_model_inputs, encoder, job, prompt, self._openai_token_ids)
         tokens = sum(map(len, sequences))
         if tokens > self._max_tokens:
             message = f"this request has {tokens} tokens; at most {self._max_tokens} are allowed in one request"
             raise ServiceError(ErrorKind.INVALID_REQUEST, message, "input")
-        encoded = await model.batcher.submit(sequences, urgent=urgent, deadline_ms=deadline_ms)
+        group = encoder.prompt_length(prompt)  # sequences whose pooling leaves out prompts of one length batch together
+        encoded = await model.batcher.submit(sequences, group=group, urgent=urgent, deadline_ms=deadline_ms)
         vectors = encoded.vectors
         if job.dimensions is not None and job.dimensions < vectors.shape[1]:
             vectors = vectors[:, : job.dimensions]
+        if encoder.normalizes if job.normalize is None else job.normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         stats = encoded.stats
         if stats.batch_size > self.largest_batch[0]:
@@ -275,11 +288,17 @@ def _settle(batch: Sequence[tuple[object, asyncio.Future[None]]]) -> None:
             future.set_result(None)
 
 
-def _model_inputs(encoder: Encoder, job: EmbedJob) -> list[list[int]]:
-    """Token ids with special tokens, cut or refused per ``job.truncate``. CPU work: large jobs run it in a thread."""
-    if job.input_kind == "text":
-        token_ids: Sequence[list[int]] = encoder.tokenize(job.inputs)
+def _model_inputs(encoder: Encoder, job: EmbedJob, prompt: str, openai_token_ids: bool) -> list[list[int]]:
+    """Token ids with the prompt and special tokens, cut or refused per ``job.truncate``. CPU work: large jobs run
+    it in a thread. A text and its prompt are tokenized as one string, as sentence-transformers does.
+    ``openai_token_ids``: token-id input is cl100k_base ids, decoded to text first."""
+    texts: Sequence[str] | None = job.inputs if job.input_kind == "text" else None
+    if texts is None and openai_token_ids:
+        texts = openai_tokens.decode(job.inputs)
+    if texts is not None:
+        token_ids: Sequence[list[int]] = encoder.tokenize([prompt + text for text in texts])
     else:
         encoder.check_token_ids(job.inputs)
-        token_ids = job.inputs
+        prompt_ids = encoder.tokenize([prompt])[0] if prompt else []
+        token_ids = [prompt_ids + list(ids) for ids in job.inputs]
     return [encoder.prepare(list(ids), truncate=job.truncate, param="input") for ids in token_ids]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,18 @@ class StubEncoder:
     device = "stub"
     dimension = DIMENSION
     special_token_count = 2
+    normalizes = True
+    default_prompt_name: str | None = None
 
     def __init__(self) -> None:
         self._vector = np.full(DIMENSION, 1 / np.sqrt(DIMENSION), dtype=np.float32)
+        self.prompts: dict[str, str] = {"query": "", "document": ""}
+
+    def describe(self) -> dict[str, Any]:
+        return {"dimensions": DIMENSION, "max_tokens": MAX_SEQ_LENGTH, "prompt_names": list(self.prompts)}
+
+    def prompt_length(self, prompt: str) -> int:
+        return 0
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [[1000] * max(1, text.count(" ") + 1) for text in texts]
@@ -39,7 +49,7 @@ class StubEncoder:
         if any(not 0 <= token < VOCAB_SIZE for sequence in sequences for token in sequence):
             raise ServiceError(ErrorKind.INVALID_REQUEST, "a token id is outside the vocabulary", "input")
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+    def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
         return np.broadcast_to(self._vector, (len(batch), DIMENSION))
 
 
@@ -51,7 +61,7 @@ class SimulatedGpuEncoder(StubEncoder):
         self._batch_s = batch_ms / 1000
         self._s_per_token = ms_per_1k_tokens / 1_000_000
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+    def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
         padded_tokens = len(batch) * max(len(ids) for ids in batch)
         time.sleep(self._batch_s + padded_tokens * self._s_per_token)
         return super().encode(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
@@ -37,13 +39,18 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/v1/models", responses=error_responses(401))
 async def list_models(request: Request) -> Response:
-    """The configured models, and any other model a live worker has loaded."""
+    """The configured models, and any other model a live worker has loaded; for a loaded one also its dimensions,
+    maximum tokens, prompt names, default prompt and whether its vectors are normalized."""
     settings: Settings = request.app.state.settings
-    names = dict.fromkeys(settings.embed_models)
+    cards: dict[str, dict[str, Any]] = {name: {} for name in [*settings.embed_models, *settings.model_paths]}
     try:
         for worker in await live_workers(request.app.state.redis, settings.worker_ttl_s):
-            names.update(dict.fromkeys(worker.models))
+            for name in worker.models:
+                cards.setdefault(name, {}).update(worker.model_cards.get(name, {}))
     except (RedisError, OSError):
         pass  # the configured list is still true
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server"} for name in names]
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server", **card}
+        for name, card in cards.items()
+    ]
     return json_response({"object": "list", "data": data})

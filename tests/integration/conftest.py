@@ -30,8 +30,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def base_url(tmp_path_factory: pytest.TempPathFactory):
-    # any hub model may be asked for, so unknown names reach the worker's loader (and fail there, offline)
-    with running_stack(tmp_path_factory.mktemp("stack"), ALLOW_ANY_MODEL="true") as stack:
+    # any hub model may be asked for, so unknown names reach the worker's loader (and fail there, offline); token
+    # ids are MiniLM's own here (test_models.py runs the default, OpenAI's)
+    with running_stack(tmp_path_factory.mktemp("stack"), ALLOW_ANY_MODEL="true", TOKEN_IDS="model") as stack:
         yield stack.base_url
 
 

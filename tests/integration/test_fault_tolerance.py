@@ -33,7 +33,8 @@ def stack_with(tmp_path):
     stacks = []
 
     def start(workers: int = 1, **env: str):
-        context = running_stack(tmp_path / f"stack-{len(stacks)}", workers=workers, **env)
+        # the poison and crash tokens are MiniLM ids
+        context = running_stack(tmp_path / f"stack-{len(stacks)}", workers=workers, TOKEN_IDS="model", **env)
         stacks.append(context)
         return context.__enter__()
 
@@ -160,6 +161,9 @@ def test_a_worker_skips_jobs_whose_deadline_has_passed(stack_with):
         inputs=["nobody waits for this"],
         dimensions=None,
         truncate=True,
+        prompt_name=None,
+        input_type=None,
+        normalize=None,
         enqueued_ms=now_ms() - 5000,
         deadline_ms=now_ms() - 1000,
         reply_to=keys.reply_list("gone"),

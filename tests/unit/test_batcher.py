@@ -16,6 +16,7 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.batches: list[list[list[int]]] = []
+        self.groups: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
@@ -23,8 +24,9 @@ class FakeModel:
         self.poison = -1
         self.max_fitting_batch = 1_000_000
 
-    def encode(self, batch: Sequence[list[int]]) -> np.ndarray:
+    def encode(self, batch: Sequence[list[int]], group: int) -> np.ndarray:
         self.batches.append([list(s) for s in batch])
+        self.groups.append(group)
         self.started.set()
         self.gate.wait(5)
         if self.broken or any(self.poison in s for s in batch):
@@ -79,6 +81,19 @@ async def test_requests_arriving_while_busy_share_the_next_batch(model, executor
     for i, encoded in enumerate(results):
         assert encoded.vectors.tolist() == [[i, 2]]
         assert encoded.stats.batch_requests == 5
+    await batcher.close()
+
+
+async def test_only_sequences_of_one_group_share_a_batch_and_the_encoder_learns_the_group(model, executor):
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    waiters = [asyncio.create_task(batcher.submit([[i, i]], group=i % 2)) for i in range(6)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    await blocker
+    assert [sorted(s[0] for s in b) for b in model.batches[1:]] == [[0, 2, 4], [1, 3, 5]]
+    assert model.groups[1:] == [0, 1]
     await batcher.close()
 
 

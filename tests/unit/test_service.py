@@ -48,13 +48,42 @@ async def test_job_result_is_published_to_its_reply_list(service, redis):
     assert await redis.ttl(REPLY_TO) > 0
 
 
-async def test_dimensions_truncate_and_renormalize(service, redis):
-    await service.handle("job-1", encode_job(job(dimensions=2)))
-    result = await reply(redis)
-    vectors = np.array([item["embedding"] for item in orjson.loads(result.data)])
+async def test_dimensions_cut_and_normalize_when_asked(service, redis):
+    await service.handle("job-1", encode_job(job(dimensions=2, normalize=True)))
+    vectors = np.array([item["embedding"] for item in orjson.loads((await reply(redis)).data)])
     expected = np.array([[3, 1], [2, 1]]) / np.sqrt([[10], [5]])  # [len, 1], re-normalized
     assert np.allclose(vectors, expected, rtol=0, atol=1e-6)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, rtol=0, atol=1e-6)
+
+
+async def test_a_model_that_does_not_normalize_gives_raw_vectors_and_cuts_stay_raw(service, redis):
+    await service.handle("job-1", encode_job(job(dimensions=2)))
+    vectors = [item["embedding"] for item in orjson.loads((await reply(redis)).data)]
+    assert vectors == [[3.0, 1.0], [2.0, 1.0]]
+
+
+async def test_a_prompt_goes_before_each_text_and_its_length_reaches_the_model(service, redis):
+    await service.handle("job-1", encode_job(job(prompt_name="q")))
+    result = await reply(redis)
+    assert [item["embedding"] for item in orjson.loads(result.data)] == [fake_vector("Q: abc"), fake_vector("Q: de")]
+    encoder = (await service.registry.get("m")).encoder
+    assert encoder.prompt_lengths[-1] == len("Q: ")
+
+
+async def test_an_unknown_prompt_is_a_400_naming_the_models_prompts(service, redis):
+    await service.handle("job-1", encode_job(job(prompt_name="nope")))
+    error = (await reply(redis)).error
+    assert (error.kind, error.param) == (ErrorKind.INVALID_REQUEST, "prompt_name") and "'q'" in error.message
+
+
+async def test_openai_token_ids_are_read_as_cl100k_text(redis):
+    registry = make_registry(Loader())
+    service = EmbeddingService(registry, redis, "w1", max_attempts=2, openai_token_ids=True)
+    ids = [[1820, 8415], [1820]]  # cl100k_base: "the cat", "the"
+    await service.handle("job-1", encode_job(job(input_kind="tokens", inputs=ids)))
+    result = await reply(redis)
+    assert [item["embedding"] for item in orjson.loads(result.data)] == [fake_vector("the cat"), fake_vector("the")]
+    await registry.close()
 
 
 async def test_the_data_array_is_rendered_in_the_requested_format(service, redis):
@@ -66,7 +95,7 @@ async def test_the_data_array_is_rendered_in_the_requested_format(service, redis
 
 
 async def test_dimensions_above_the_model_are_refused(service, redis):
-    await service.handle("job-1", encode_job(job(dimensions=5)))
+    await service.handle("job-1", encode_job(job(dimensions=5)))  # FakeEncoder has 4
     result = await reply(redis)
     assert result.error is not None
     assert (result.error.kind, result.error.param) == (ErrorKind.INVALID_REQUEST, "dimensions")

