@@ -40,7 +40,8 @@ class Dispatcher:
         self._listener = listener
         self._queue = ArqBatch.sync(redis)
         self._max_queued_texts = max_queued_texts
-        self._enqueuer: Coalescer[NewJob, SyncReply] = Coalescer(self._enqueue_many, "enqueue")
+        #: items: a request's id and its job
+        self._enqueuer: Coalescer[tuple[str, NewJob], SyncReply] = Coalescer(self._enqueue_many, "enqueue")
         self._worker_ttl_s = worker_ttl_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
@@ -55,7 +56,8 @@ class Dispatcher:
         yet is taken off the queue.
         """
         await self._require_workers()
-        future = self._enqueuer.add(self._new_job(job, timeout_s), self._listener.expect(job.request_id))
+        new_job = self._new_job(job, timeout_s)
+        future = self._enqueuer.add((job.request_id, new_job), self._listener.expect(job.request_id))
         timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future, timeout_s)
         try:
             return await future
@@ -80,12 +82,13 @@ class Dispatcher:
             texts=len(job.inputs),
         )
 
-    async def _enqueue_many(self, jobs: list[tuple[NewJob, asyncio.Future[SyncReply]]]) -> None:
+    async def _enqueue_many(self, jobs: list[tuple[tuple[str, NewJob], asyncio.Future[SyncReply]]]) -> None:
         """Enqueue in one script call; a refusal (backlog full, Redis unreachable) completes the job's future.
         An admitted job's future is completed by the result listener, or by its timer."""
         refusals: list[Callable[[], ServiceError] | None]
         try:
-            admitted = await self._queue.enqueue([new_job for new_job, _ in jobs], self._max_queued_texts, now_ms())
+            new_jobs = [new_job for (_, new_job), _ in jobs]
+            enqueued = await self._queue.enqueue(new_jobs, self._max_queued_texts, now_ms())
         except (RedisError, OSError) as exc:
             log.warning("enqueueing %d jobs failed: %r", len(jobs), exc)
             refusals = [_unreachable] * len(jobs)
@@ -93,7 +96,10 @@ class Dispatcher:
             log.exception("enqueueing %d jobs failed", len(jobs))
             refusals = [_enqueue_failed] * len(jobs)
         else:
-            refusals = [None if ok else _backlog_full for ok in admitted]
+            refusals = [None if ok else _backlog_full for ok in enqueued.admitted]
+            for ((request_id, new_job), _), ok in zip(jobs, enqueued.admitted, strict=True):
+                if ok:
+                    self._listener.written(request_id, enqueued.epoch, new_job.job_id)
         for (_, future), refusal in zip(jobs, refusals, strict=True):
             if refusal is not None and not future.done():
                 future.set_exception(refusal())

@@ -12,6 +12,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import ERRORS
@@ -29,6 +30,7 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
     ErrorKind.NOT_READY: (409, "invalid_request_error"),
     ErrorKind.EXPIRED: (410, "invalid_request_error"),
+    ErrorKind.JOB_LOST: (410, "server_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
@@ -76,6 +78,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(kind, str(exc.detail))
 
 
+async def _redis_unreachable(request: Request, exc: Exception) -> Response:
+    """Redis down or failing over: a retryable 503 on every route, not a 500 and a dropped connection."""
+    request_id = getattr(request.state, "request_id", "-")
+    log.warning("request %s on %s %s: Redis failed (%r)", request_id, request.method, request.url.path, exc)
+    unreachable = ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the job store is unreachable; retry shortly")
+    return service_error_response(unreachable, request_id)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "-")
     log.error("request %s on %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
@@ -86,4 +96,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisError, _redis_unreachable)
+    app.add_exception_handler(ConnectionError, _redis_unreachable)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -21,6 +21,7 @@ from api.results import BLOCK_S, ResultListener
 from api.routes import embeddings, health, jobs
 from shared import keys
 from shared.arq_batch import ArqBatch
+from shared.epoch import Epochs
 from shared.jobs import JobStore
 from shared.queue import connect
 from shared.settings import Settings, get_settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
         app.state.redis = redis
         app.state.jobs = JobStore(redis)
         app.state.chunk_queue = ArqBatch.chunks(redis)
+        app.state.epochs = Epochs(redis)
         app.state.dispatcher = Dispatcher(
             redis, listener, worker_ttl_s=settings.worker_ttl_s, max_queued_texts=settings.max_queued_texts
         )

@@ -119,8 +119,8 @@ def _invalid(message: str) -> PydanticCustomError:
 class JobRequest(EmbeddingRequest):
     """``POST /v1/embeddings/jobs``: the embeddings request, with a larger input limit and metadata."""
 
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(
-        None, max_length=16, description="Up to 16 string pairs, returned with the job."
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16, description="Up to 16 string pairs (keys up to 64 characters), returned with the job."
     )
 
 

@@ -22,12 +22,16 @@ trap cleanup EXIT INT TERM
 if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
     echo "using the Redis already at $REDIS_URL"
 else
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no &
+    # jobs live here: an append-only file under .venv, fsynced every second, so a restart loses at most a second
+    mkdir -p .venv/redis-data
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \
+        --dir .venv/redis-data &
     pids+=($!)
 fi
 "$PY" -m worker &
 pids+=($!)
-"$PY" -m uvicorn api.main:create_app --factory --host 127.0.0.1 --port "$API_PORT" &
+# no access log: it would print query strings, where a client may put a secret; the API logs its own lines
+"$PY" -m uvicorn api.main:create_app --factory --host 127.0.0.1 --port "$API_PORT" --no-access-log &
 pids+=($!)
 echo "API on http://127.0.0.1:${API_PORT} (docs at /docs); Ctrl-C stops everything"
 wait -n  # if any one of them exits, stop the others

@@ -22,6 +22,7 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.backlog import Backlog
+from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
 from shared.queue import EMBED_FUNCTION, deserialize_arq_job, serialize_arq_job
 
 #: how long arq keeps a job's retry counter, as arq itself does
@@ -36,32 +37,37 @@ local function texts_of(id)
 end
 """
 
-# KEYS: queue, backlog counter, then one job key per job.
-# ARGV: backlog limit, wake channel, now (ms), then per job: id, payload, expiry (ms), texts.
-# Returns one flag per job: 1 enqueued, 0 refused because the backlog is full. Publishes the queue's name.
-_ENQUEUE = """
+# KEYS: queue, backlog counter, epoch, then one job key per job.
+# ARGV: backlog limit, wake channel, now (ms), candidate epoch id, then per job: id, payload, expiry (ms), texts.
+# Returns the epoch the jobs were written in, then one flag per job: 1 enqueued, 0 refused because the backlog is
+# full. Publishes the queue's name.
+_ENQUEUE = (
+    CURRENT_EPOCH_LUA
+    + """
+local epoch = current_epoch(KEYS[3], ARGV[4], ARGV[3])
 local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
 local limit = tonumber(ARGV[1])
 local added = 0
-local flags = {}
-for i = 0, (#ARGV - 3) / 4 - 1 do
-    local base = 4 + 4 * i
+local result = {epoch}
+for i = 0, (#ARGV - 4) / 4 - 1 do
+    local base = 5 + 4 * i
     local texts = tonumber(ARGV[base + 3])
     if queued + added > 0 and queued + added + texts > limit then
-        flags[i + 1] = 0
+        result[i + 2] = 0
     else
-        redis.call('PSETEX', KEYS[3 + i], ARGV[base + 2], ARGV[base + 1])
+        redis.call('PSETEX', KEYS[4 + i], ARGV[base + 2], ARGV[base + 1])
         redis.call('ZADD', KEYS[1], ARGV[3], ARGV[base])
         added = added + texts
-        flags[i + 1] = 1
+        result[i + 2] = 1
     end
 end
 if added > 0 then
     redis.call('INCRBY', KEYS[2], added)
     redis.call('PUBLISH', ARGV[2], KEYS[1])
 end
-return flags
+return result
 """
+)
 
 # KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, most texts to claim, entries to scan, arq's key
 # prefixes (in-progress, job, retry), retry key TTL. Returns id, job, try, texts for each claimed job, flattened.
@@ -134,11 +140,29 @@ class NewJob:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Enqueued:
+    epoch: str
+    #: per job: written, or refused because the backlog is full
+    admitted: list[bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ClaimedJob:
     job_id: str
     message: bytes
     attempt: int
     texts: int
+
+
+def _message_of(arq_job: bytes) -> bytes:
+    """Our message inside an arq job; the raw bytes when they are not an arq job carrying one, so the worker's
+    undecodable-message path moves them aside instead of a decoding error stopping the worker."""
+    try:
+        _, job_args, _, _, _ = deserialize_job_raw(arq_job, deserializer=deserialize_arq_job)
+    except Exception:  # arq raises DeserializationError, but a hostile entry may break its unpacking otherwise
+        return arq_job
+    message = job_args[0] if isinstance(job_args, (list, tuple)) and job_args else None
+    return message if isinstance(message, bytes) else arq_job
 
 
 def queue_job_id(request_id: str, texts: int) -> str:
@@ -177,17 +201,18 @@ class ArqBatch:
         """The queue of asynchronous jobs' chunks, bounded apart from the synchronous one."""
         return cls(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
 
-    async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> list[bool]:
-        """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows; whether each one was."""
-        args: list[str | bytes | int] = [backlog_limit, keys.WAKE_CHANNEL, now_ms]
+    async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> Enqueued:
+        """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows: whether each one was, and in which
+        epoch of Redis (``shared.epoch``)."""
+        args: list[str | bytes | int] = [backlog_limit, keys.WAKE_CHANNEL, now_ms, candidate_id()]
         for job in jobs:
             payload = serialize_job(
                 EMBED_FUNCTION, (job.message,), {}, None, job.enqueued_ms, serializer=serialize_arq_job
             )
             args += [job.job_id, payload, job.expires_ms, job.texts]
         job_keys = [job_key_prefix + job.job_id for job in jobs]
-        flags = await self._enqueue(keys=[self._queue, self._backlog_key, *job_keys], args=args)
-        return [bool(flag) for flag in flags]
+        epoch, *flags = await self._enqueue(keys=[self._queue, self._backlog_key, keys.EPOCH, *job_keys], args=args)
+        return Enqueued(epoch.decode(), [bool(flag) for flag in flags])
 
     async def claim(self, most_jobs: int, most_texts: int, lease_ms: int, now_ms: int) -> list[ClaimedJob]:
         """Claim due jobs no worker holds, each for ``lease_ms``: up to ``most_jobs`` jobs and ``most_texts``
@@ -195,12 +220,10 @@ class ArqBatch:
         limits: list[str | int] = [now_ms, lease_ms, most_jobs, most_texts, _CLAIM_SCAN_LIMIT]
         prefixes: list[str | int] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, _RETRY_KEY_TTL_S]
         flat = await self._claim(keys=[self._queue], args=[*limits, *prefixes])
-        claimed = []
-        for i in range(0, len(flat), 4):
-            _, job_args, _, _, _ = deserialize_job_raw(flat[i + 1], deserializer=deserialize_arq_job)
-            message = job_args[0] if job_args else b""
-            claimed.append(ClaimedJob(flat[i].decode(), message, int(flat[i + 2]), int(flat[i + 3])))
-        return claimed
+        return [
+            ClaimedJob(flat[i].decode(), _message_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        ]
 
     async def finish_in(self, pipe: Pipeline, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
         """Add to ``pipe`` what ends ``jobs``: deliver their replies, drop them from arq's keys and release their

@@ -26,6 +26,7 @@ class ErrorKind(enum.StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_READY = "job_not_completed"
     EXPIRED = "expired"
+    JOB_LOST = "job_lost"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limit_exceeded"
     INTERNAL = "internal_error"

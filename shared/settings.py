@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_connect_timeout_s: float = Field(2.0, gt=0)
     redis_op_timeout_s: float = Field(5.0, gt=0)
+    #: Redis Sentinel: the sentinels ("host:port,host:port"); with them, the primary is found through the sentinels
+    #: by ``redis_sentinel_master``, and ``redis_url`` gives only its password and database
+    redis_sentinels: Annotated[list[str], NoDecode] = []
+    redis_sentinel_master: str = "mymaster"
 
     # Models
     #: models workers load and warm up at start; also what ``/v1/models`` lists before any request
@@ -126,7 +130,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator(
-        "embed_models", "api_keys", "cors_allow_origins", "allowed_models", "trust_remote_code_models", mode="before"
+        "embed_models",
+        "api_keys",
+        "cors_allow_origins",
+        "allowed_models",
+        "trust_remote_code_models",
+        "redis_sentinels",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -50,14 +50,39 @@ def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) ->
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_redis(port: int, log_dir: Path, password: str | None = None) -> subprocess.Popen[bytes]:
+def _redis_server() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    return binary
+
+
+def start_redis(
+    port: int, log_dir: Path, password: str | None = None, *, replica_of: int | None = None
+) -> subprocess.Popen[bytes]:
+    """A Redis without persistence on 127.0.0.1:``port``; with ``replica_of``, a replica of the one on that port."""
+    args = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--daemonize", "no"]
     if password is not None:
         args += ["--requirepass", password]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
     process = spawn(args, log_dir / f"redis-{port}.log")
+    wait_for_port(port, 10)
+    return process
+
+
+def start_sentinel(port: int, primary_port: int, log_dir: Path, master: str = "mymaster") -> subprocess.Popen[bytes]:
+    """A Redis Sentinel on 127.0.0.1:``port`` watching the primary on ``primary_port``; quorum 2, fast failover."""
+    config = log_dir / f"sentinel-{port}.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {log_dir}\n"
+        f"sentinel monitor {master} 127.0.0.1 {primary_port} 2\n"
+        f"sentinel down-after-milliseconds {master} 1000\n"
+        f"sentinel failover-timeout {master} 5000\n"
+        f"sentinel parallel-syncs {master} 1\n"
+    )
+    process = spawn([_redis_server(), str(config), "--sentinel"], log_dir / f"sentinel-{port}.log")
     wait_for_port(port, 10)
     return process
 

@@ -20,7 +20,9 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
+from shared import keys
 from shared.arq_batch import ArqBatch, FinishedJob
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
@@ -42,6 +44,9 @@ REPLY_TTL_S = 60
 RETRYABLE = frozenset(
     {ErrorKind.INTERNAL, ErrorKind.MODEL_UNAVAILABLE, ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.TIMEOUT}
 )
+
+#: entries kept in the dead-letter list
+DEAD_LETTER_CAP = 1000
 
 #: jobs with fewer characters than this are tokenized on the event loop; a thread hop costs more than that
 INLINE_TOKENIZE_CHARS = 4096
@@ -158,7 +163,7 @@ class EmbeddingService:
         try:
             job = decode_job(message, ChunkJob)
         except ProtocolError as exc:
-            log.error("undecodable chunk %s: %s", queue_id, exc.message)
+            await self._dead_letter(queue_id, message, exc)
             await self._finish_chunks.add((FinishedJob(queue_id, 0), None))
             return
         if now_ms() > job.deadline_ms or await self._jobs.is_cancelled(job.parent_job):
@@ -270,9 +275,25 @@ class EmbeddingService:
             error=outcome.error,
         )
 
+    async def _dead_letter(self, queue_id: str, message: bytes, exc: ProtocolError) -> None:
+        """Move a queue entry no worker can read aside, with why, where an operator can look at it."""
+        log.error("queue entry %s cannot be read (%s); moved to %s", queue_id, exc.message, keys.DEAD_LETTER)
+        metrics.JOBS.labels("dead_letter").inc()
+        entry = msgpack.packb(
+            {"id": queue_id, "reason": exc.message, "worker": self.worker_id, "at_ms": now_ms(), "payload": message},
+            use_bin_type=True,
+        )
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(keys.DEAD_LETTER, entry)
+                pipe.ltrim(keys.DEAD_LETTER, 0, DEAD_LETTER_CAP - 1)
+                await pipe.execute()
+        except (RedisError, OSError) as redis_error:
+            log.warning("could not keep queue entry %s aside: %r", queue_id, redis_error)
+
     async def _reject_undecodable(self, queue_id: str, message: bytes, exc: ProtocolError) -> None:
-        """Answer a job we cannot read, if it at least says where to answer; never crash on it."""
-        log.error("undecodable job %s: %s", queue_id, exc.message)
+        """Move aside a job we cannot read and answer it, if it at least says where to answer; never crash on it."""
+        await self._dead_letter(queue_id, message, exc)
         reply_to = reply = None
         with contextlib.suppress(Exception):
             fields = msgpack.unpackb(message, raw=False)

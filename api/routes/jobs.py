@@ -19,6 +19,7 @@ from api.schemas import EmbeddingResponse, JobObject, JobRequest, error_response
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob
 from shared.clock import now_ms
+from shared.epoch import Epochs
 from shared.errors import ErrorKind, ServiceError
 from shared.jobs import JobRecord, JobStore
 from shared.openai_json import embedding_items, usage
@@ -59,9 +60,26 @@ def job_object(record: JobRecord, now: float | None = None) -> dict[str, Any]:
     }
 
 
+def new_job_id() -> str:
+    """``embjob_``, the time it was made (ms, 12 hex digits), 128 random bits."""
+    return f"embjob_{now_ms():012x}{secrets.token_hex(16)}"
+
+
+def _made_at_ms(job_id: str) -> int | None:
+    stamp = job_id.removeprefix("embjob_")[:12]
+    return int(stamp, 16) if len(job_id) == 51 and all(c in "0123456789abcdef" for c in stamp) else None
+
+
 async def _job_of(request: Request, job_id: str) -> JobRecord:
     store: JobStore = request.app.state.jobs
     record = await store.get(job_id)
+    if record is None:
+        made_at = _made_at_ms(job_id)
+        epochs: Epochs = request.app.state.epochs
+        if made_at is not None and made_at < (await epochs.current()).started_ms:
+            # made before this Redis began: the restart lost it (shared.epoch)
+            message = f"job {job_id!r} was lost: the job store restarted without it; submit it again"
+            raise ServiceError(ErrorKind.JOB_LOST, message)
     if record is None or record.owner != owner_of(request.state):  # another key's job is not there for you
         raise ServiceError(ErrorKind.NOT_FOUND, f"no job with id {job_id!r}")
     return record
@@ -72,7 +90,7 @@ async def _job_of(request: Request, job_id: str) -> JobRecord:
     status_code=202,
     openapi_extra=_JOB_BODY,
     response_class=Response,
-    responses={202: {"model": JobObject}, **error_responses(400, 401, 404, 413, 429, 503)},
+    responses={202: {"model": JobObject}, **error_responses(400, 401, 404, 410, 413, 429, 503)},
 )
 async def create_job(request: Request) -> Response:
     """Queue a job; answers 202 at once. The same ``Idempotency-Key`` again returns the same job."""
@@ -80,7 +98,7 @@ async def create_job(request: Request) -> Response:
     redis: Redis = request.app.state.redis
     job_request = parse_job_request(parse_json(await request.body()), settings)
     owner = owner_of(request.state)
-    job_id = "embjob_" + secrets.token_hex(16)
+    job_id = new_job_id()
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:
         return json_response(job_object(await _submit(request, owner, job_id, job_request)), 202)
@@ -139,7 +157,7 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
             chunk=chunk,
         )
         chunks.append(NewJob(record.chunk_queue_id(chunk), encode_job(message), enqueued, expires_ms, count))
-    admitted = await queue.enqueue(chunks, settings.max_queued_job_texts, enqueued)
+    admitted = (await queue.enqueue(chunks, settings.max_queued_job_texts, enqueued)).admitted
     if not all(admitted):
         await queue.withdraw([chunk.job_id for chunk, ok in zip(chunks, admitted, strict=True) if ok])
         await store.delete(job_id)
@@ -147,14 +165,18 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
     return record
 
 
-@router.get("/{job_id}", response_class=Response, responses={200: {"model": JobObject}, **error_responses(401, 404)})
+@router.get(
+    "/{job_id}", response_class=Response, responses={200: {"model": JobObject}, **error_responses(401, 404, 410, 503)}
+)
 async def get_job(request: Request, job_id: str) -> Response:
     """The job, with its status and progress."""
     return json_response(job_object(await _job_of(request, job_id)))
 
 
 @router.post(
-    "/{job_id}/cancel", response_class=Response, responses={200: {"model": JobObject}, **error_responses(401, 404)}
+    "/{job_id}/cancel",
+    response_class=Response,
+    responses={200: {"model": JobObject}, **error_responses(401, 404, 410, 503)},
 )
 async def cancel_job(request: Request, job_id: str) -> Response:
     """Stop the chunks not yet started; a finished job stays as it is."""
@@ -171,7 +193,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
 @router.get(
     "/{job_id}/result",
     response_class=StreamingResponse,
-    responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 409, 410)},
+    responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 409, 410, 503)},
 )
 async def get_result(
     request: Request,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import httpx
 import numpy as np
 import pytest
@@ -87,3 +91,42 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 def vectors_of(body: dict) -> np.ndarray:
     data = sorted(body["data"], key=lambda d: d["index"])
     return np.array([d["embedding"] for d in data], dtype=np.float64)
+
+
+@pytest.fixture
+def stack_with(tmp_path):
+    stacks = []
+
+    def start(workers: int = 1, **env: str):
+        # the poison and crash tokens are MiniLM ids
+        context = running_stack(tmp_path / f"stack-{len(stacks)}", workers=workers, TOKEN_IDS="model", **env)
+        stacks.append(context)
+        return context.__enter__()
+
+    yield start
+    for context in reversed(stacks):
+        context.__exit__(None, None, None)
+
+
+def post_all(base_url: str, bodies: list[dict], timeout: float = 120) -> list[httpx.Response]:
+    async def send():
+        async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+            return await asyncio.gather(*(client.post("/v1/embeddings", json=body) for body in bodies))
+
+    return asyncio.run(send())
+
+
+def in_background(function, *args) -> Future:
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
+def wait_until(condition, timeout_s: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -5,12 +5,10 @@ Each test runs its own stack, with faults injected through the worker's FAULT_* 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import msgpack
@@ -21,50 +19,18 @@ from shared import keys
 from shared.clock import now_ms
 from shared.protocol import SyncJob, encode_job
 from shared.queue import EMBED_FUNCTION, serialize_arq_job
-from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, vectors_of
-from tests.stack import running_stack
+from tests.integration.conftest import (
+    MODEL,
+    TEXTS,
+    assert_same_vectors,
+    in_background,
+    post_all,
+    vectors_of,
+    wait_until,
+)
 
 POISON_TOKEN = 30000
 CRASH_TOKEN = 30001
-
-
-@pytest.fixture
-def stack_with(tmp_path):
-    stacks = []
-
-    def start(workers: int = 1, **env: str):
-        # the poison and crash tokens are MiniLM ids
-        context = running_stack(tmp_path / f"stack-{len(stacks)}", workers=workers, TOKEN_IDS="model", **env)
-        stacks.append(context)
-        return context.__enter__()
-
-    yield start
-    for context in reversed(stacks):
-        context.__exit__(None, None, None)
-
-
-def post_all(base_url: str, bodies: list[dict], timeout: float = 120) -> list[httpx.Response]:
-    async def send():
-        async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
-            return await asyncio.gather(*(client.post("/v1/embeddings", json=body) for body in bodies))
-
-    return asyncio.run(send())
-
-
-def in_background(function, *args) -> Future:
-    pool = ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(function, *args)
-    pool.shutdown(wait=False)
-    return future
-
-
-def wait_until(condition, timeout_s: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker_counters(redis_url: str) -> dict[str, int]:

@@ -16,17 +16,8 @@ from shared.queue import connect
 from shared.settings import Settings
 from shared.workers import live_workers
 from tests.fakes import REPLY_TO, Loader, make_registry, make_sync_job
-from tests.stack import free_port, start_redis, stop
 from worker.app import EmbeddingWorker
 from worker.service import EmbeddingService
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    port = free_port()
-    server = start_redis(port, tmp_path)
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(server)
 
 
 def settings(redis_url: str) -> Settings:
@@ -43,7 +34,7 @@ def settings(redis_url: str) -> Settings:
 async def enqueue(redis, request_id: str) -> None:
     job = make_sync_job(request_id=request_id)
     new_job = NewJob(queue_job_id(request_id, 2), encode_job(job), now_ms(), 60_000, 2)
-    assert await ArqBatch.sync(redis).enqueue([new_job], 100, now_ms()) == [True]
+    assert (await ArqBatch.sync(redis).enqueue([new_job], 100, now_ms())).admitted == [True]
 
 
 async def next_reply(redis):

@@ -19,7 +19,9 @@ def new_job(i: int, texts: int = 1) -> NewJob:
 
 
 async def test_enqueued_jobs_are_arq_jobs(redis):
-    assert await ArqBatch.sync(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5) == [True, True]
+    enqueued = await ArqBatch.sync(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5)
+    assert enqueued.admitted == [True, True]
+    assert enqueued.epoch == (await redis.hget("emb:epoch", "id")).decode()  # the first write made this Redis's epoch
     info = await Job("j1", redis, _queue_name="emb:queue:sync", _deserializer=deserialize_arq_job).info()
     assert info is not None
     assert (info.function, list(info.args), info.enqueue_time.timestamp()) == ("embed", [b"m1"], 1.001)
@@ -27,19 +29,31 @@ async def test_enqueued_jobs_are_arq_jobs(redis):
     assert int(await redis.get("emb:queued-texts")) == 2
 
 
+async def test_every_enqueue_of_one_redis_life_names_the_same_epoch(redis):
+    arq = ArqBatch.sync(redis)
+    first = await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=5)
+    assert (await ArqBatch.chunks(redis).enqueue([new_job(2)], backlog_limit=100, now_ms=6)).epoch == first.epoch
+    await redis.flushall()  # a restart without persistence
+    assert (await arq.enqueue([new_job(3)], backlog_limit=100, now_ms=7)).epoch != first.epoch
+
+
+async def test_an_entry_that_is_no_arq_job_is_claimed_as_its_raw_bytes(redis):
+    await redis.set("arq:job:evil.1", b"garbage")
+    await redis.zadd("emb:queue:sync", {"evil.1": 1})
+    [claimed] = await ArqBatch.sync(redis).claim(10, 100, lease_ms=1000, now_ms=10)
+    assert (claimed.job_id, claimed.message, claimed.texts) == ("evil.1", b"garbage", 1)
+
+
 async def test_enqueue_refuses_past_the_backlog_bound(redis):
     arq = ArqBatch.sync(redis)
-    assert await arq.enqueue([new_job(1, 6), new_job(2, 3), new_job(3, 2)], backlog_limit=10, now_ms=5) == [
-        True,
-        True,
-        False,
-    ]
+    enqueued = await arq.enqueue([new_job(1, 6), new_job(2, 3), new_job(3, 2)], backlog_limit=10, now_ms=5)
+    assert enqueued.admitted == [True, True, False]
     assert await redis.exists("arq:job:j3") == 0
     assert int(await redis.get("emb:queued-texts")) == 9
 
 
 async def test_a_request_larger_than_the_bound_passes_when_nothing_is_queued(redis):
-    assert await ArqBatch.sync(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5) == [True]
+    assert (await ArqBatch.sync(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5)).admitted == [True]
 
 
 async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):

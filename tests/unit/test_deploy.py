@@ -19,7 +19,8 @@ def dockerfile(name: str) -> str:
 def test_compose_services():
     services = compose()["services"]
     assert set(services) == {"redis", "api", "worker"}
-    assert services["api"]["ports"] == ["${API_PORT:-8000}:8000"]
+    assert services["api"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]  # loopback by default
+    assert "--appendonly" in services["redis"]["command"] and "redis-data:/data" in services["redis"]["volumes"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "--requirepass" in services["redis"]["command"]
     for name in ("api", "worker"):
@@ -66,5 +67,11 @@ def test_env_example_names_only_real_settings():
     for line in (ROOT / ".env.example").read_text().splitlines():
         match = re.match(r"#?\s*([A-Z_]+)=", line)
         # compose's own variables, and huggingface_hub's
-        if match and match.group(1) not in {"WORKER_REPLICAS", "API_PORT", "REDIS_PASSWORD", "HF_HUB_OFFLINE"}:
+        if match and match.group(1) not in {
+            "WORKER_REPLICAS",
+            "API_PORT",
+            "API_BIND",
+            "REDIS_PASSWORD",
+            "HF_HUB_OFFLINE",
+        }:
             assert match.group(1).lower() in names, match.group(1)

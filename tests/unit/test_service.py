@@ -153,9 +153,11 @@ async def test_undecodable_job_with_a_reply_address_gets_an_error(service, redis
     assert result.error.kind is ErrorKind.INTERNAL
 
 
-async def test_garbage_job_does_not_crash_the_worker(service, redis):
+async def test_garbage_job_is_moved_aside_and_the_worker_goes_on(service, redis):
     await service.handle("job-1", b"\xc1\xc1")
-    await service.handle("job-1", encode_job(job()))
+    [entry] = [msgpack.unpackb(raw) for raw in await redis.lrange("emb:dead-letter", 0, -1)]
+    assert (entry["id"], entry["payload"], entry["worker"]) == ("job-1", b"\xc1\xc1", "w1")
+    await service.handle("job-2", encode_job(job()))
     assert (await reply(redis)).error is None
 
 
