@@ -1,9 +1,12 @@
-"""Steady load while workers are killed and restarted and Redis restarts; prints one line of counts.
+"""Steady load while workers are killed and restarted, Redis restarts and unreadable entries land in the queues;
+prints one line of counts.
 
     .venv/bin/python -m bench.soak [--seconds 90] [--clients 8]
 
-Starts its own redis-server, two workers and the API on 127.0.0.1, and stops them all at the end.
-Every 200 response is checked against a direct in-process encode of the same texts.
+Starts its own redis-server, two workers and the API on 127.0.0.1, and stops them all at the end. Every 200
+response is checked against a direct in-process encode of the same texts; asynchronous jobs run alongside and
+are counted when they complete with every vector right. (The Sentinel failover has its own test:
+tests/integration/test_failover.py.)
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import redis
 
+from shared import keys
 from tests.stack import Stack, running_stack
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -77,9 +83,7 @@ async def drive(base_url: str, pool: list[str], expected: np.ndarray, seconds: f
                 if response.status_code == 200:
                     data = sorted(response.json()["data"], key=lambda d: d["index"])
                     got = np.array([d["embedding"] for d in data])
-                    right = got.shape == (len(picks), expected.shape[1]) and bool(
-                        ((got * expected[picks]).sum(1) >= 0.9999).all()
-                    )
+                    right = got.shape == (len(picks), expected.shape[1]) and _same(got, expected[picks])
                     counts["succeeded" if right else "wrong_or_missing"] += 1
                 elif response.status_code in RETRYABLE:
                     counts["failed_retryable"] += 1
@@ -87,18 +91,71 @@ async def drive(base_url: str, pool: list[str], expected: np.ndarray, seconds: f
                 else:
                     counts["failed_otherwise"] += 1
 
-    await asyncio.gather(*(client_loop(i) for i in range(clients)))
+    async def job_loop() -> None:
+        """One asynchronous job after another, each checked whole when it completes."""
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            while time.monotonic() < stop_at - 10:
+                try:
+                    job = (await client.post("/v1/embeddings/jobs", json={"model": MODEL, "input": pool})).json()
+                    status = await _finished(client, job["id"])
+                    result = (await client.get(f"/v1/embeddings/jobs/{job['id']}/result")).json()
+                except (httpx.HTTPError, KeyError, ValueError):
+                    counts["jobs_interrupted"] += 1  # a Redis restart took the job: a client submits it again
+                    await asyncio.sleep(1)
+                    continue
+                got = np.array([d["embedding"] for d in sorted(result["data"], key=lambda d: d["index"])])
+                whole = status["request_counts"]["completed"] == len(pool) and got.shape == expected.shape
+                counts["jobs_completed" if whole and _same(got, expected) else "jobs_wrong"] += 1
+
+    await asyncio.gather(*(client_loop(i) for i in range(clients)), job_loop())
     return counts
 
 
+async def _finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    """The job once it has ended, polled every half second."""
+    for _ in range(600):
+        status: dict[str, Any] = (await client.get(f"/v1/embeddings/jobs/{job_id}")).json()
+        if status.get("status") in ("completed", "failed", "cancelled", "expired"):
+            return status
+        await asyncio.sleep(0.5)
+    raise ValueError(f"job {job_id} did not end")
+
+
+def _same(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal to float32 noise: cosine 1 within 1e-6, every value within 1e-5."""
+    cosines = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    return bool(cosines.min() >= 0.999999 and np.abs(got - expected).max() <= 1e-5)
+
+
+def poison(stack: Stack, number: int) -> None:
+    """An entry no worker can read, in each queue."""
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        for queue in (keys.SYNC_QUEUE, keys.CHUNK_QUEUE):
+            entry = f"poison-{number}-{queue.rsplit(':', 1)[-1]}.1"
+            client.set(f"arq:job:{entry}", b"\xc1 not an arq job")
+            client.zadd(queue, {entry: 0})
+            client.publish(keys.WAKE_CHANNEL, queue)
+    finally:
+        client.close()
+
+
 def chaos(stack: Stack, seconds: float, counts: Counter[str], done: threading.Event) -> None:
-    """Kill a worker every ~12 s (and start a new one); restart Redis twice."""
+    """Kill a worker every ~12 s (and start a new one); restart Redis twice; poison the queues every ~15 s."""
     rng = random.Random(11)
     start = time.monotonic()
     redis_restarts_at = [seconds * 0.35, seconds * 0.7]
     next_kill = 8.0
+    next_poison = 5.0
     while not done.wait(0.5):
         elapsed = time.monotonic() - start
+        if elapsed >= next_poison:
+            next_poison += 15
+            try:
+                poison(stack, counts["poison_entries"])
+                counts["poison_entries"] += 2
+            except redis.RedisError:
+                pass  # Redis is restarting
         if redis_restarts_at and elapsed >= redis_restarts_at[0]:
             redis_restarts_at.pop(0)
             stack.stop_redis()
@@ -141,8 +198,12 @@ def main() -> None:
         "failed_retryable",
         "failed_otherwise",
         "wrong_or_missing",
+        "jobs_completed",
+        "jobs_interrupted",
+        "jobs_wrong",
         "worker_kills",
         "redis_restarts",
+        "poison_entries",
     ]
     print(" ".join(f"{name}={counts[name]}" for name in fields))
 

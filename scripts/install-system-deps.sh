@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Debian/Ubuntu packages the project needs: redis-server, and venv support for Python, plus any named as arguments
-# (the benchmark asks for wrk). Installs only what is missing.
+# Debian/Ubuntu packages the project needs: redis-server, nginx (the tests run the compose file's proxy config),
+# and venv support for Python, plus any named as arguments (the benchmark asks for wrk). Installs only what is missing.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 missing=()
@@ -8,6 +8,7 @@ for package in "$@"; do
     command -v "$package" >/dev/null || missing+=("$package")
 done
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

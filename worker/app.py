@@ -109,7 +109,14 @@ class EmbeddingWorker(Worker):
         for task in self._background:
             task.cancel()
         size, requests = self.service.largest_batch
-        log.info("largest batch: %d sequences from %d requests", size, requests)
+        counters = ", ".join(f"{name} {count}" for name, count in self.service.counters.items())
+        log.info(
+            "worker %s stopped: %s; largest batch: %d sequences from %d requests",
+            self.service.worker_id,
+            counters,
+            size,
+            requests,
+        )
         await self.service.registry.close()
         with contextlib.suppress(RedisError, OSError):
             await remove_worker(self.pool, self.service.worker_id)

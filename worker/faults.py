@@ -45,12 +45,12 @@ class FaultInjectingEncoder:
 
 def with_faults(encoder: Encoder, settings: Settings) -> Encoder:
     faults = (
-        settings.fault_encode_delay_s,
+        settings.fault_encode_delay_s or None,
         settings.fault_poison_token,
         settings.fault_crash_token,
         settings.fault_oom_above,
     )
-    if not any(faults):
+    if all(fault is None for fault in faults):  # token 0 is a token: only an unset fault is off
         return encoder
     log.warning("fault injection is on: %s", faults)
     injecting: Encoder = FaultInjectingEncoder(encoder, settings)

@@ -6,6 +6,7 @@ Each test runs its own stack, with faults injected through the worker's FAULT_* 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -146,7 +147,7 @@ def test_a_worker_skips_jobs_whose_deadline_has_passed(stack_with):
 
 
 def test_a_client_that_disconnects_has_its_queued_work_dropped(stack_with):
-    stack = stack_with(FAULT_ENCODE_DELAY_S="1", WORKER_MAX_JOBS="1")
+    stack = stack_with(FAULT_ENCODE_DELAY_S="1", WORKER_MAX_JOBS="1", WORKER_HEARTBEAT_S="0.2")
     kept = in_background(post_all, stack.base_url, [{"model": MODEL, "input": "kept"}])
     time.sleep(0.3)
     with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=stack.base_url, timeout=0.5) as client:
@@ -154,7 +155,8 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(stack_with):
     wait_until(lambda: queue_length(stack.redis_url) <= 1, 5, "the abandoned job to leave the queue")
     [response] = kept.result(timeout=30)
     assert response.status_code == 200
-    time.sleep(1.5)
+    wait_until(lambda: worker_counters(stack.redis_url).get("answered") == 1, 10, "the kept job's count")
+    time.sleep(2.5)  # time enough for the abandoned one to be encoded (1 s) had it stayed, and counted (0.2 s)
     assert worker_counters(stack.redis_url)["answered"] == 1
 
 
@@ -189,14 +191,18 @@ def test_poisonous_input_fails_only_its_request_and_oversized_batches_are_split(
 
 
 def test_sigterm_lets_a_worker_finish_its_batches_and_a_rolling_restart_loses_nothing(stack_with, reference):
-    stack = stack_with(FAULT_ENCODE_DELAY_S="0.3")
+    # a long lease: a job the stopping worker dropped would come back only after it, far slower than any answer
+    stack = stack_with(FAULT_ENCODE_DELAY_S="0.3", JOB_LEASE_S="30")
     inputs = [[f"{TEXTS[i % len(TEXTS)]} #{i}"] for i in range(30)]
     results: list[httpx.Response] = []
+    seconds: list[float] = []
 
     def steady_load():
         with httpx.Client(base_url=stack.base_url, timeout=60) as client:
             for texts in inputs:
+                started = time.monotonic()
                 results.append(client.post("/v1/embeddings", json={"model": MODEL, "input": texts}))
+                seconds.append(time.monotonic() - started)
                 time.sleep(0.05)
 
     load = threading.Thread(target=steady_load)
@@ -209,6 +215,24 @@ def test_sigterm_lets_a_worker_finish_its_batches_and_a_rolling_restart_loses_no
     assert old.wait(30) == 0
     load.join(120)
     assert_right_vectors(results, inputs, reference)
+    assert max(seconds) < 15, "a job the stopping worker held waited for its lease: it was dropped, not finished"
+    answered = worker_counters(stack.redis_url).get("answered", 0)  # the new worker's; the old one is gone
+    stopped_log = (stack.log_dir / "worker-0.log").read_text()
+    answered_by_old = int(re.search(r"stopped: answered (\d+)", stopped_log).group(1))
+    assert answered + answered_by_old == len(inputs), "some job ran twice (or never)"
+
+
+def test_shutdown_grace_bounds_how_long_a_stopping_worker_waits(stack_with):
+    stack = stack_with(FAULT_ENCODE_DELAY_S="20", SHUTDOWN_GRACE_S="0.5", WORKER_HEARTBEAT_S="0.2")
+    [worker] = stack.workers
+    pending = in_background(post_all, stack.base_url, [{"model": MODEL, "input": "slow"}], 30)
+    wait_until(lambda: queue_length(stack.redis_url) == 1, 10, "the job to be queued")
+    time.sleep(0.5)  # the job is in its 20 s batch
+    worker.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    worker.wait(30)
+    assert time.monotonic() - started < 6  # 0.5 s of grace, then the held job is cancelled (not 20 s)
+    pending.cancel()
 
 
 def _live_workers(stack) -> int:

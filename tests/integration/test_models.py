@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 from sentence_transformers import SentenceTransformer
 
-from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, unit_rows, vectors_of
+from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, unit_rows, vectors_of, wait_until
 from tests.model_fixtures import build_all, model_paths_setting
 from tests.stack import running_stack
 
@@ -133,9 +133,16 @@ def test_jobs_give_the_same_vectors(client, reference, name, body, encode, unit)
 
 
 def test_models_lists_what_a_worker_loaded(client):
-    for name in ("test/minilm-dense", "test/minilm-cls-raw", "test/minilm-prompts"):
+    names = ("test/minilm-dense", "test/minilm-cls-raw", "test/minilm-prompts")
+    for name in names:
         embed(client, name)
-    cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+
+    def current_cards() -> dict[str, dict]:
+        return {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+
+    # workers describe their models on their heartbeat (every WORKER_HEARTBEAT_S)
+    wait_until(lambda: all("dimensions" in current_cards()[name] for name in names), 10, "the worker's heartbeat")
+    cards = current_cards()
     assert cards["test/minilm-dense"]["dimensions"] == 128 and cards["test/minilm-dense"]["normalized"] is True
     assert cards["test/minilm-cls-raw"]["normalized"] is False
     assert cards["test/minilm-cls-raw"]["max_tokens"] == 256

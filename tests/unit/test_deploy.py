@@ -18,8 +18,11 @@ def dockerfile(name: str) -> str:
 
 def test_compose_services():
     services = compose()["services"]
-    assert set(services) == {"redis", "api", "worker"}
-    assert services["api"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]  # loopback by default
+    assert set(services) == {"redis", "proxy", "api", "worker"}
+    assert "ports" not in services["api"]  # clients reach it through the proxy
+    assert services["proxy"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8080"]  # loopback by default
+    template = services["proxy"]["volumes"][0].split(":")[0]
+    assert (ROOT / template).exists() and services["proxy"]["environment"]["PROXY_UPSTREAM"] == "api:8000"
     assert "--appendonly" in services["redis"]["command"] and "redis-data:/data" in services["redis"]["volumes"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "--requirepass" in services["redis"]["command"]

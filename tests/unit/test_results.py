@@ -73,3 +73,17 @@ async def test_after_a_failover_a_request_whose_job_is_not_on_the_new_primary_fa
     assert not kept.done()
     with pytest.raises(ServiceError):
         gone.result()
+
+
+async def test_a_duplicate_reply_is_dropped_and_the_first_one_kept(redis):
+    listener = ResultListener(redis, "emb:reply:api")
+    future = listener.expect("r1")
+    listener.start()
+    # a job re-run after its worker seemed dead answers twice; the first answer wins
+    await redis.lpush(
+        "emb:reply:api", encode_reply(SyncReply("r1", data=b"[1]")), encode_reply(SyncReply("r1", data=b"[2]"))
+    )
+    assert (await asyncio.wait_for(future, 5)).data == b"[1]"
+    await asyncio.sleep(0.1)
+    assert await redis.llen("emb:reply:api") == 0  # the second was read and dropped
+    await listener.stop()

@@ -1,0 +1,46 @@
+"""Which failures to load a model are the client's (404) and which may pass (503); fault injection turns on for any
+FAULT_* that is set, zero included."""
+
+import huggingface_hub.errors as hub_errors
+import pytest
+
+from shared.errors import ErrorKind
+from shared.settings import Settings
+from tests.fakes import FakeEncoder
+from worker.faults import FaultInjectingEncoder, with_faults
+from worker.model_source import classify_load_failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (hub_errors.HFValidationError("not a repo id"), ErrorKind.MODEL_NOT_FOUND),
+        (FileNotFoundError("config.json"), ErrorKind.MODEL_NOT_FOUND),
+        (ConnectionError("the hub is unreachable"), ErrorKind.MODEL_UNAVAILABLE),
+        (TimeoutError("read timed out"), ErrorKind.MODEL_UNAVAILABLE),
+        (RuntimeError("CUDA error: out of memory"), ErrorKind.MODEL_UNAVAILABLE),
+    ],
+)
+def test_load_failures_are_classified(failure, kind):
+    assert classify_load_failure(failure) is kind
+
+
+def test_a_cause_deep_in_the_chain_counts():
+    try:
+        try:
+            raise hub_errors.HFValidationError("not a repo id")
+        except hub_errors.HFValidationError as inner:
+            raise OSError("could not load") from inner
+    except OSError as outer:
+        assert classify_load_failure(outer) is ErrorKind.MODEL_NOT_FOUND
+
+
+@pytest.mark.parametrize("setting", ["fault_poison_token", "fault_crash_token"])
+def test_a_fault_on_token_zero_is_on(setting):
+    encoder = FakeEncoder()
+    assert isinstance(with_faults(encoder, Settings(_env_file=None, **{setting: 0})), FaultInjectingEncoder)
+
+
+def test_no_fault_set_leaves_the_encoder_alone():
+    encoder = FakeEncoder()
+    assert with_faults(encoder, Settings(_env_file=None)) is encoder
