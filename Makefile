@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 
-.PHONY: run test install lint bench
+.PHONY: run test install lint bench lock
 
 run: $(VENV)/.installed
 	./scripts/run-local.sh
@@ -33,3 +33,14 @@ bench: $(VENV)/.installed
 	./scripts/install-system-deps.sh wrk
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.run
+
+# the images' locked dependencies (deploy/*.lock); TORCH_INDEX_URL: where the worker image's torch comes from
+TORCH_INDEX_URL ?=
+lock: $(VENV)/.installed
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra api --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		-o deploy/api.lock -q
+	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
+	$(BIN)/uv pip compile pyproject.toml --extra worker --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		-c $(VENV)/torch-constraint.txt $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL) --index-strategy unsafe-best-match) \
+		-o deploy/worker.lock -q

@@ -1,12 +1,13 @@
 """Steady load while workers are killed and restarted, Redis restarts and unreadable entries land in the queues;
 prints one line of counts.
 
-    .venv/bin/python -m bench.soak [--seconds 90] [--clients 8]
+    .venv/bin/python -m bench.soak [--seconds 90] [--clients 8] [--sentinel]
 
 Starts its own redis-server, two workers and the API on 127.0.0.1, and stops them all at the end. Every 200
 response is checked against a direct in-process encode of the same texts; asynchronous jobs run alongside and
-are counted when they complete with every vector right. (The Sentinel failover has its own test:
-tests/integration/test_failover.py.)
+are counted when they complete with every vector right. Redis is restarted (empty) twice; with ``--sentinel``
+it has a replica and three sentinels instead, and twice the primary is SIGKILLed (a failover) and brought back
+as a replica.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ import numpy as np
 import redis
 
 from shared import keys
-from tests.stack import Stack, running_stack
+from tests.stack import (
+    Stack,
+    free_port,
+    sentinel_primary_port,
+    sentinels_ready,
+    start_redis,
+    start_sentinel,
+    stop,
+)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 RETRYABLE = {429, 503, 504}
@@ -127,9 +136,52 @@ def _same(got: np.ndarray, expected: np.ndarray) -> bool:
     return bool(cosines.min() >= 0.999999 and np.abs(got - expected).max() <= 1e-5)
 
 
-def poison(stack: Stack, number: int) -> None:
+class Failovers:
+    """A replica and three sentinels beside the stack's Redis; ``fail_over`` SIGKILLs the primary, waits for the
+    sentinels to promote the replica, and brings the old primary back as the new one's replica."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._log_dir = stack.log_dir
+        assert stack.redis is not None
+        self.servers = {stack.redis_port: stack.redis}
+        replica_port = free_port()
+        self.servers[replica_port] = start_redis(replica_port, self._log_dir, replica_of=stack.redis_port)
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self._sentinels = [start_sentinel(port, stack.redis_port, self._log_dir) for port in self.sentinel_ports]
+        _wait(lambda: sentinels_ready(replica_port, self.sentinel_ports[0]), 30)
+
+    def env(self) -> dict[str, str]:
+        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)}
+
+    def primary_url(self) -> str:
+        return f"redis://127.0.0.1:{sentinel_primary_port(self.sentinel_ports[0])}/0"
+
+    def fail_over(self) -> None:
+        old = sentinel_primary_port(self.sentinel_ports[0])
+        assert old is not None
+        self.servers[old].kill()
+        self.servers[old].wait()
+        _wait(lambda: sentinel_primary_port(self.sentinel_ports[0]) not in (old, None), 30)
+        new = sentinel_primary_port(self.sentinel_ports[0])
+        self.servers[old] = start_redis(old, self._log_dir, replica_of=new)
+        _wait(lambda: sentinels_ready(old, self.sentinel_ports[0]), 30)
+
+    def stop(self) -> None:
+        for process in [*self.servers.values(), *self._sentinels]:
+            stop(process)
+
+
+def _wait(condition: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the Redis topology did not settle")
+        time.sleep(0.1)
+
+
+def poison(redis_url: str, number: int) -> None:
     """An entry no worker can read, in each queue."""
-    client = redis.Redis.from_url(stack.redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
         for queue in (keys.SYNC_QUEUE, keys.CHUNK_QUEUE):
             entry = f"poison-{number}-{queue.rsplit(':', 1)[-1]}.1"
@@ -140,8 +192,11 @@ def poison(stack: Stack, number: int) -> None:
         client.close()
 
 
-def chaos(stack: Stack, seconds: float, counts: Counter[str], done: threading.Event) -> None:
-    """Kill a worker every ~12 s (and start a new one); restart Redis twice; poison the queues every ~15 s."""
+def chaos(
+    stack: Stack, failovers: Failovers | None, seconds: float, counts: Counter[str], done: threading.Event
+) -> None:
+    """Kill a worker every ~12 s (and start a new one); restart Redis twice, or fail it over twice; poison the queues
+    every ~15 s."""
     rng = random.Random(11)
     start = time.monotonic()
     redis_restarts_at = [seconds * 0.35, seconds * 0.7]
@@ -152,16 +207,20 @@ def chaos(stack: Stack, seconds: float, counts: Counter[str], done: threading.Ev
         if elapsed >= next_poison:
             next_poison += 15
             try:
-                poison(stack, counts["poison_entries"])
+                poison(stack.redis_url if failovers is None else failovers.primary_url(), counts["poison_entries"])
                 counts["poison_entries"] += 2
             except redis.RedisError:
                 pass  # Redis is restarting
         if redis_restarts_at and elapsed >= redis_restarts_at[0]:
             redis_restarts_at.pop(0)
-            stack.stop_redis()
-            time.sleep(1.0)
-            stack.start_redis()
-            counts["redis_restarts"] += 1
+            if failovers is None:
+                stack.stop_redis()
+                time.sleep(1.0)
+                stack.start_redis()
+                counts["redis_restarts"] += 1
+            else:
+                failovers.fail_over()
+                counts["failovers"] += 1
         if elapsed >= next_kill:
             next_kill += 12
             alive = [w for w in stack.workers if w.poll() is None]
@@ -177,20 +236,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--sentinel", action="store_true", help="a replica and sentinels; failovers, not restarts")
     args = parser.parse_args()
     pool = text_pool()
     expected = reference_vectors(pool)
     chaos_counts: Counter[str] = Counter()
-    env = {"JOB_LEASE_S": "3", "REQUEST_TIMEOUT_S": "20"}
-    with tempfile.TemporaryDirectory() as logs, running_stack(Path(logs), workers=2, **env) as stack:
-        done = threading.Event()
-        chaos_thread = threading.Thread(target=chaos, args=(stack, args.seconds, chaos_counts, done))
-        chaos_thread.start()
+    with tempfile.TemporaryDirectory() as logs:
+        stack = Stack(Path(logs), {"JOB_LEASE_S": "3", "REQUEST_TIMEOUT_S": "20"})
+        failovers = None
         try:
-            counts = asyncio.run(drive(stack.base_url, pool, expected, args.seconds, args.clients))
+            stack.start_redis()
+            if args.sentinel:
+                failovers = Failovers(stack)
+                stack.env.update(failovers.env())
+            for _ in range(2):
+                stack.start_worker()
+            stack.start_api()
+            stack.wait_ready()
+            done = threading.Event()
+            chaos_thread = threading.Thread(target=chaos, args=(stack, failovers, args.seconds, chaos_counts, done))
+            chaos_thread.start()
+            try:
+                counts = asyncio.run(drive(stack.base_url, pool, expected, args.seconds, args.clients))
+            finally:
+                done.set()
+                chaos_thread.join()
         finally:
-            done.set()
-            chaos_thread.join()
+            stack.stop_all()
+            if failovers is not None:
+                failovers.stop()
     counts.update(chaos_counts)
     fields = [
         "sent",
@@ -203,6 +277,7 @@ def main() -> None:
         "jobs_wrong",
         "worker_kills",
         "redis_restarts",
+        "failovers",
         "poison_entries",
     ]
     print(" ".join(f"{name}={counts[name]}" for name in fields))

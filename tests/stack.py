@@ -87,6 +87,37 @@ def start_sentinel(port: int, primary_port: int, log_dir: Path, master: str = "m
     return process
 
 
+def sentinel_primary_port(sentinel_port: int, master: str = "mymaster") -> int | None:
+    """The port of the primary the sentinel on ``sentinel_port`` names, if it answers."""
+    import redis
+
+    client = redis.Redis(port=sentinel_port, socket_timeout=1)
+    try:
+        address = client.sentinel_get_master_addr_by_name(master)
+        return int(address[1]) if address else None
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+def sentinels_ready(replica_port: int, sentinel_port: int, master: str = "mymaster") -> bool:
+    """The replica has synced and the sentinels know it and each other: a failover can happen."""
+    import redis
+
+    replica = redis.Redis(port=replica_port, socket_timeout=1)
+    sentinel = redis.Redis(port=sentinel_port, socket_timeout=1)
+    try:
+        synced = replica.info("replication").get("master_link_status") == "up"
+        state = sentinel.sentinel_master(master)
+        return synced and state["num-slaves"] >= 1 and state["num-other-sentinels"] == 2
+    except redis.RedisError:
+        return False
+    finally:
+        replica.close()
+        sentinel.close()
+
+
 def python_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     env.update(extra)

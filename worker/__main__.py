@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 
 import uvloop
 
@@ -16,6 +17,10 @@ def main() -> None:
     # arq runs on the thread's event loop; uvloop's socket I/O costs a fraction of asyncio's, per Redis round trip
     asyncio.set_event_loop(uvloop.new_event_loop())
     build_worker(settings).run()
+    logging.shutdown()
+    # past SHUTDOWN_GRACE_S a model thread may still be inside a forward pass for jobs the worker already gave up
+    # (their leases lapse and another worker runs them): leave now rather than join that thread at exit
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -11,37 +11,21 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import redis
 
 from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, vectors_of, wait_until
-from tests.stack import free_port, start_api, start_redis, start_sentinel, start_worker, stop, wait_ready
+from tests.stack import (
+    free_port,
+    sentinel_primary_port,
+    sentinels_ready,
+    start_api,
+    start_redis,
+    start_sentinel,
+    start_worker,
+    stop,
+    wait_ready,
+)
 
 MASTER = "mymaster"
-
-
-def _primary_port(sentinel_port: int) -> int | None:
-    client = redis.Redis(port=sentinel_port, socket_timeout=1)
-    try:
-        address = client.sentinel_get_master_addr_by_name(MASTER)
-        return int(address[1]) if address else None
-    except redis.RedisError:
-        return None
-    finally:
-        client.close()
-
-
-def _ready_to_fail_over(replica_port: int, sentinel_port: int) -> bool:
-    replica = redis.Redis(port=replica_port, socket_timeout=1)
-    sentinel = redis.Redis(port=sentinel_port, socket_timeout=1)
-    try:
-        synced = replica.info("replication").get("master_link_status") == "up"
-        state = sentinel.sentinel_master(MASTER)
-        return synced and state["num-slaves"] == 1 and state["num-other-sentinels"] == 2
-    except redis.RedisError:
-        return False
-    finally:
-        replica.close()
-        sentinel.close()
 
 
 def test_a_killed_primary_fails_over_and_nothing_is_wrong(tmp_path: Path, reference):
@@ -54,7 +38,7 @@ def test_a_killed_primary_fails_over_and_nothing_is_wrong(tmp_path: Path, refere
         processes.append(primary)
         processes.append(start_redis(replica_port, tmp_path, replica_of=primary_port))
         processes += [start_sentinel(port, primary_port, tmp_path, MASTER) for port in sentinel_ports]
-        wait_until(lambda: _ready_to_fail_over(replica_port, sentinel_ports[0]), 30, "the replica and sentinels")
+        wait_until(lambda: sentinels_ready(replica_port, sentinel_ports[0], MASTER), 30, "the replica and sentinels")
         env = {
             "REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in sentinel_ports),
             "REDIS_SENTINEL_MASTER": MASTER,
@@ -91,7 +75,7 @@ def test_a_killed_primary_fails_over_and_nothing_is_wrong(tmp_path: Path, refere
             time.sleep(3)
             primary.kill()  # SIGKILL: no goodbye to anyone
             killed = time.monotonic()
-            wait_until(lambda: _primary_port(sentinel_ports[0]) == replica_port, 30, "the failover")
+            wait_until(lambda: sentinel_primary_port(sentinel_ports[0], MASTER) == replica_port, 30, "the failover")
             failed_over = time.monotonic()
             time.sleep(8)
             stopping.set()

@@ -216,10 +216,15 @@ def test_sigterm_lets_a_worker_finish_its_batches_and_a_rolling_restart_loses_no
     load.join(120)
     assert_right_vectors(results, inputs, reference)
     assert max(seconds) < 15, "a job the stopping worker held waited for its lease: it was dropped, not finished"
-    answered = worker_counters(stack.redis_url).get("answered", 0)  # the new worker's; the old one is gone
     stopped_log = (stack.log_dir / "worker-0.log").read_text()
     answered_by_old = int(re.search(r"stopped: answered (\d+)", stopped_log).group(1))
-    assert answered + answered_by_old == len(inputs), "some job ran twice (or never)"
+
+    def answered() -> int:  # the new worker's count, as its heartbeat reports it, and the old one's last word
+        return worker_counters(stack.redis_url).get("answered", 0) + answered_by_old
+
+    wait_until(lambda: answered() >= len(inputs), 10, "the new worker's heartbeat")
+    time.sleep(1)
+    assert answered() == len(inputs), "some job ran twice"
 
 
 def test_shutdown_grace_bounds_how_long_a_stopping_worker_waits(stack_with):

@@ -38,17 +38,32 @@ def test_worker_reserves_a_gpu_and_scales():
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
 
 
+def locked(name: str) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (ROOT / "deploy" / name).read_text(), re.M)
+    return {package.lower(): version for package, version in pins}
+
+
 def test_api_image_has_no_torch():
     text = dockerfile("Dockerfile.api")
     assert not re.search(r"pip install[^\n]*torch", text)
     assert "'torch' not in sys.modules" in text  # the build itself checks the import
-    assert '".[api]"' in text
+    assert "pip install --no-deps -r deploy/api.lock" in text and '--no-deps ".[api]"' in text
+    assert not {"torch", "onnxruntime", "openvino", "tiktoken"} & set(locked("api.lock"))
 
 
-def test_worker_image_is_cuda_with_torch():
+def test_worker_image_is_cuda_with_torch_from_its_lock():
     text = dockerfile("Dockerfile.worker")
     assert re.search(r"^FROM nvidia/cuda:\S+-runtime", text, re.M)
-    assert "torch==" in text and '".[worker]"' in text
+    assert "pip install --no-deps -r deploy/worker.lock" in text and '--no-deps ".[worker]"' in text
+    assert locked("worker.lock")["torch"] == "2.13.0"
+
+
+def test_the_locks_hold_the_projects_pins():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for lock in ("api.lock", "worker.lock"):
+        pins = locked(lock)
+        assert pins["arq"] == "0.28.0" and '"arq==0.28.0"' in pyproject
+        assert {"redis", "msgpack", "orjson", "pydantic"} <= set(pins)
 
 
 def cmd(text: str) -> list[str]:
