@@ -44,7 +44,7 @@ end
 _ENQUEUE = (
     CURRENT_EPOCH_LUA
     + """
-local epoch = current_epoch(KEYS[3], ARGV[4], ARGV[3])
+local epoch = current_epoch(KEYS[3], ARGV[4])
 local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
 local limit = tonumber(ARGV[1])
 local added = 0

@@ -24,7 +24,7 @@ QUEUED_TEXTS = PREFIX + "queued-texts"
 #: The same for the chunks of asynchronous jobs, bounded apart so they never crowd out synchronous requests.
 QUEUED_CHUNK_TEXTS = PREFIX + "queued-chunk-texts"
 
-#: Hash: the id of this life of Redis and when it began (``shared.epoch``).
+#: String: the id of this life of Redis, which says when it began (``shared.epoch``).
 EPOCH = PREFIX + "epoch"
 
 #: List: queue entries no worker could read, moved aside (newest first, capped), with why.
