@@ -106,7 +106,7 @@ async def drive(base_url: str, pool: list[str], expected: np.ndarray, seconds: f
             while time.monotonic() < stop_at - 10:
                 try:
                     job = (await client.post("/v1/embeddings/jobs", json={"model": MODEL, "input": pool})).json()
-                    status = await _finished(client, job["id"])
+                    status = await _finished(client, job["id"], stop_at + 15)
                     result = (await client.get(f"/v1/embeddings/jobs/{job['id']}/result")).json()
                 except (httpx.HTTPError, KeyError, ValueError):
                     counts["jobs_interrupted"] += 1  # a Redis restart took the job: a client submits it again
@@ -120,9 +120,9 @@ async def drive(base_url: str, pool: list[str], expected: np.ndarray, seconds: f
     return counts
 
 
-async def _finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    """The job once it has ended, polled every half second."""
-    for _ in range(600):
+async def _finished(client: httpx.AsyncClient, job_id: str, give_up_at: float) -> dict[str, Any]:
+    """The job once it has ended, polled every half second, until ``give_up_at`` (monotonic seconds)."""
+    while time.monotonic() < give_up_at:
         status: dict[str, Any] = (await client.get(f"/v1/embeddings/jobs/{job_id}")).json()
         if status.get("status") in ("completed", "failed", "cancelled", "expired"):
             return status
