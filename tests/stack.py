@@ -62,7 +62,9 @@ def start_redis(
 ) -> subprocess.Popen[bytes]:
     """A Redis without persistence on 127.0.0.1:``port``; with ``replica_of``, a replica of the one on that port."""
     args = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--daemonize", "no"]
+    # its own files, in the log folder: a replica writes the primary's data to disk, and a Redis started later in
+    # the same folder would load it
+    args += ["--daemonize", "no", "--dir", str(log_dir), "--dbfilename", f"redis-{port}.rdb"]
     if password is not None:
         args += ["--requirepass", password]
     if replica_of is not None:
