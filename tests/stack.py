@@ -57,11 +57,22 @@ def _redis_server() -> str:
     return binary
 
 
+#: how the compose file and ``make run`` persist Redis: an append-only file written every second
+PERSISTENT = ["--appendonly", "yes", "--appendfsync", "everysec"]
+
+
 def start_redis(
-    port: int, log_dir: Path, password: str | None = None, *, replica_of: int | None = None
+    port: int,
+    log_dir: Path,
+    password: str | None = None,
+    *,
+    replica_of: int | None = None,
+    persistent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """A Redis without persistence on 127.0.0.1:``port``; with ``replica_of``, a replica of the one on that port."""
-    args = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    """A Redis on 127.0.0.1:``port``, persistent as deployed or not at all; with ``replica_of``, a replica of the one
+    on that port."""
+    args = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += [*PERSISTENT, "--appenddirname", f"aof-{port}"] if persistent else ["--appendonly", "no"]
     # its own files, in the log folder: a replica writes the primary's data to disk, and a Redis started later in
     # the same folder would load it
     args += ["--daemonize", "no", "--dir", str(log_dir), "--dbfilename", f"redis-{port}.rdb"]
@@ -165,8 +176,8 @@ class Stack:
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
 
-    def start_redis(self) -> None:
-        self.redis = start_redis(self.redis_port, self.log_dir, self.redis_password)
+    def start_redis(self, *, persistent: bool = False) -> None:
+        self.redis = start_redis(self.redis_port, self.log_dir, self.redis_password, persistent=persistent)
 
     def stop_redis(self) -> None:
         if self.redis is not None:

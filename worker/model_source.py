@@ -80,15 +80,22 @@ def load_encoder(name: str, settings: Settings) -> Encoder:
 
 
 def classify_load_failure(exc: BaseException) -> ErrorKind:
-    """404 when the model does not exist for us (unknown, gated, bad id, offline and not cached); else 503."""
+    """404 when the model does not exist for us (unknown, gated, bad id, offline and not cached); else 503.
+
+    huggingface_hub reports a hub it could not reach (refused, rate limited, 5xx) as ``LocalEntryNotFoundError``, a
+    ``FileNotFoundError``: it must be looked at before the not-found kinds, or an outage reads as a missing model.
+    """
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ServiceError):
-            return seen.kind
-        if isinstance(seen, _NOT_FOUND):
-            return ErrorKind.MODEL_NOT_FOUND
-        if isinstance(seen, hub_errors.LocalEntryNotFoundError):
+    while seen is not None and len(chain) < 32:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for link in chain:
+        if isinstance(link, ServiceError):
+            return link.kind
+        if isinstance(link, hub_errors.LocalEntryNotFoundError):
             offline = huggingface_hub.constants.HF_HUB_OFFLINE
             return ErrorKind.MODEL_NOT_FOUND if offline else ErrorKind.MODEL_UNAVAILABLE
-        seen = seen.__cause__ or seen.__context__
+        if isinstance(link, _NOT_FOUND):
+            return ErrorKind.MODEL_NOT_FOUND
     return ErrorKind.MODEL_UNAVAILABLE

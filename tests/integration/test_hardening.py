@@ -4,6 +4,7 @@ and model names that are local folders."""
 
 from __future__ import annotations
 
+import http.server
 import socket
 import time
 
@@ -121,3 +122,60 @@ def test_a_model_name_that_is_a_local_folder_is_refused_like_an_unknown_one(stac
             assert response.status_code == 404, response.text
             assert response.json()["error"]["message"] == f"model {name!r} was not found or cannot be loaded"
         assert {m["id"] for m in client.get("/v1/models").json()["data"]} == {MODEL}
+
+
+def test_a_finished_job_survives_a_redis_kill_with_the_deployed_persistence(stack_with, reference):
+    stack = stack_with()
+    stack.stop_redis()
+    stack.start_redis(persistent=True)
+    texts = [f"kept across a crash {i}" for i in range(5)]
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, 30, "readiness on the persistent Redis")
+        job = client.post("/v1/embeddings/jobs", json={"model": MODEL, "input": texts}).json()
+        wait_until(lambda: client.get(f"/v1/embeddings/jobs/{job['id']}").json()["status"] == "completed", 60, "job")
+        time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
+        assert stack.redis is not None
+        stack.redis.kill()
+        stack.redis.wait()
+        stack.start_redis(persistent=True)
+        wait_until(lambda: client.get("/readyz").status_code == 200, 30, "readiness after the crash")
+        result = client.get(f"/v1/embeddings/jobs/{job['id']}/result")
+        assert result.status_code == 200, result.text
+        assert_same_vectors(vectors_of(result.json()), reference(texts))
+
+
+class RateLimitingHub(http.server.BaseHTTPRequestHandler):
+    """A hub that answers every request with 429 (retry at once), as an overloaded or rate-limiting hub does."""
+
+    def reply(self) -> None:
+        self.send_response(429)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET = reply
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+def test_a_model_the_hub_cannot_serve_now_is_503_model_unavailable_not_404(stack_with, tmp_path):
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RateLimitingHub)
+    in_background(hub.serve_forever)
+    try:
+        stack = stack_with(
+            HF_HUB_OFFLINE="0",
+            HF_ENDPOINT=f"http://127.0.0.1:{hub.server_port}",
+            HF_HOME=str(tmp_path / "empty-hf-home"),
+            ALLOWED_MODELS="acme/not-cached-here",
+        )
+        with httpx.Client(base_url=stack.base_url, timeout=120) as client:
+            # huggingface_hub retries each file five times, a second apart, before it gives up
+            response = client.post("/v1/embeddings", json={"model": "acme/not-cached-here", "input": "x"})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "model_unavailable"
+            assert response.headers["retry-after"]
+            assert client.post("/v1/embeddings", json={"model": MODEL, "input": "x"}).status_code == 200
+    finally:
+        hub.shutdown()
+        hub.server_close()

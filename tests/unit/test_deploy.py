@@ -5,7 +5,7 @@ import re
 import yaml
 
 from shared.settings import Settings
-from tests.stack import ROOT
+from tests.stack import PERSISTENT, ROOT
 
 
 def compose() -> dict:
@@ -23,7 +23,9 @@ def test_compose_services():
     assert services["proxy"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8080"]  # loopback by default
     template = services["proxy"]["volumes"][0].split(":")[0]
     assert (ROOT / template).exists() and services["proxy"]["environment"]["PROXY_UPSTREAM"] == "api:8000"
-    assert "--appendonly" in services["redis"]["command"] and "redis-data:/data" in services["redis"]["volumes"]
+    command = " ".join(services["redis"]["command"])
+    assert " ".join(PERSISTENT) in command and "redis-data:/data" in services["redis"]["volumes"]
+    assert " ".join(PERSISTENT) in (ROOT / "scripts" / "run-local.sh").read_text().replace("\\\n", "")
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "--requirepass" in services["redis"]["command"]
     for name in ("api", "worker"):

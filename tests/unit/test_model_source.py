@@ -1,6 +1,7 @@
 """Which failures to load a model are the client's (404) and which may pass (503); fault injection turns on for any
 FAULT_* that is set, zero included."""
 
+import huggingface_hub.constants
 import huggingface_hub.errors as hub_errors
 import pytest
 
@@ -33,6 +34,22 @@ def test_a_cause_deep_in_the_chain_counts():
             raise OSError("could not load") from inner
     except OSError as outer:
         assert classify_load_failure(outer) is ErrorKind.MODEL_NOT_FOUND
+
+
+@pytest.mark.parametrize(("offline", "kind"), [(False, ErrorKind.MODEL_UNAVAILABLE), (True, ErrorKind.MODEL_NOT_FOUND)])
+def test_a_hub_out_of_reach_is_unavailable_unless_offline(monkeypatch, offline, kind):
+    # how huggingface_hub reports a refused connection: a LocalEntryNotFoundError, which is a FileNotFoundError
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as refused:
+            raise hub_errors.LocalEntryNotFoundError("cannot find the requested files") from refused
+    except hub_errors.LocalEntryNotFoundError as failure:
+        try:
+            raise OSError("We couldn't connect to the hub") from failure
+        except OSError as outer:
+            assert classify_load_failure(outer) is kind
 
 
 @pytest.mark.parametrize("setting", ["fault_poison_token", "fault_crash_token"])
