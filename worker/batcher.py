@@ -96,6 +96,17 @@ class _Sequence:
     group: int
 
 
+#: (sequences, padded tokens) per forward pass. CPU: the long-text rate falls past a few thousand padded tokens
+#: (bench/run.py's in-process section); GPU: TEI's token budget and the batch size Infinity and TEI default to
+_BATCH_LIMITS = {"cpu": (32, 4096), "cuda": (32, 16_384)}
+
+
+def batch_limits(device: str, max_batch_size: int | None, max_batch_tokens: int | None) -> tuple[int, int]:
+    """The batch limits for a model on ``device``: the settings where given, else the device's defaults."""
+    size, tokens = _BATCH_LIMITS["cpu" if device == "cpu" else "cuda"]
+    return max_batch_size or size, max_batch_tokens or tokens
+
+
 class MicroBatcher:
     def __init__(
         self,

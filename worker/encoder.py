@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize
+from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
 
 from shared.errors import ErrorKind, ServiceError
+from worker.runtimes import Forward
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,10 @@ _PROBE_TEXT = "probe"
 
 
 class SentenceTransformerEncoder:
-    def __init__(self, model: SentenceTransformer) -> None:
+    """``forward``: the transformer's forward pass on another runtime (``worker.runtimes``), named by ``backend``;
+    the modules after the transformer run in torch either way."""
+
+    def __init__(self, model: SentenceTransformer, forward: Forward | None = None, backend: str = "torch") -> None:
         tokenizer = model.tokenizer
         if tokenizer is None or model.max_seq_length is None:
             raise ServiceError(
@@ -37,6 +41,12 @@ class SentenceTransformerEncoder:
         self.normalizes = bool(modules) and isinstance(modules[-1], Normalize)
         #: what runs on a batch: every module but a trailing Normalize
         self._modules = modules[:-1] if self.normalizes else modules
+        self._forward = forward
+        self.backend = backend
+        if forward is not None:
+            if not isinstance(modules[0], Transformer):
+                raise ValueError("only a model that starts with a Transformer module can run on another runtime")
+            self._modules = self._modules[1:]
         #: False when a pooling module leaves the prompt's tokens out (``include_prompt=False``)
         self._pools_prompt = all(getattr(module, "include_prompt", True) for module in modules)
         self.device = str(model.device)
@@ -56,6 +66,7 @@ class SentenceTransformerEncoder:
             "prompt_names": list(self.prompts),
             "default_prompt_name": self.default_prompt_name,
             "normalized": self.normalizes,
+            "backend": self.backend,
         }
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -113,6 +124,8 @@ class SentenceTransformerEncoder:
             "input_ids": torch.from_numpy(input_ids).to(self._model.device),
             "attention_mask": torch.from_numpy(attention_mask).to(self._model.device),
         }
+        if self._forward is not None:
+            features["token_embeddings"] = torch.from_numpy(self._forward(input_ids, attention_mask))
         if prompt_length:
             features["prompt_length"] = prompt_length
         try:

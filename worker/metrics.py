@@ -30,6 +30,7 @@ QUEUE_WAIT_SECONDS = Histogram(
 JOBS = Counter("embeddings_worker_jobs_total", "Jobs handled", ["outcome"])
 ERRORS = Counter("embeddings_worker_errors_total", "Jobs answered with an error, by kind", ["kind"])
 MODEL_LOADS = Counter("embeddings_model_loads_total", "Model loads", ["model", "outcome"])
+MODEL_BACKEND = Gauge("embeddings_model_backend", "1 for the runtime each loaded model runs on", ["model", "backend"])
 LOADED_MODELS = Gauge("embeddings_loaded_models", "Models loaded in this worker")
 HELD_TEXTS = Gauge("embeddings_worker_held_texts", "Texts of the jobs this worker holds")
 

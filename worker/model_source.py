@@ -20,8 +20,9 @@ from sentence_transformers import SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
-from worker.encoder import SentenceTransformerEncoder, pick_device
+from worker.encoder import pick_device
 from worker.faults import with_faults
+from worker.placement import place
 from worker.registry import Encoder
 from worker.stand_ins import SimulatedGpuEncoder, StubEncoder
 
@@ -74,9 +75,7 @@ def load_encoder(name: str, settings: Settings) -> Encoder:
             raise ServiceError(kind, f"model {name!r} was not found or cannot be loaded", "model") from exc
         raise ServiceError(kind, f"model {name!r} is unavailable right now; retry later", "model") from exc
     model.eval()
-    if settings.fp16 and device == "cuda":
-        model.half()
-    return with_faults(SentenceTransformerEncoder(model), settings)
+    return with_faults(place(model, name, settings), settings)
 
 
 def classify_load_failure(exc: BaseException) -> ErrorKind:

@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.errors import ErrorKind, ServiceError
 from worker import metrics
-from worker.batcher import MicroBatcher
+from worker.batcher import MicroBatcher, batch_limits
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class ModelRegistry:
         *,
         max_loaded: int,
         failure_ttl_s: float,
-        max_batch_size: int,
-        max_batch_tokens: int,
+        max_batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         self._load = load
         self._max_loaded = max_loaded
@@ -122,18 +122,20 @@ class ModelRegistry:
             self._failures.pop(name, None)
             await self._make_room()
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{name}")
+            size, tokens = batch_limits(encoder.device, self._max_batch_size, self._max_batch_tokens)
             batcher = MicroBatcher(
-                encoder.encode,
-                executor=executor,
-                max_batch_size=self._max_batch_size,
-                max_batch_tokens=self._max_batch_tokens,
-                name=name,
+                encoder.encode, executor=executor, max_batch_size=size, max_batch_tokens=tokens, name=name
             )
             model = LoadedModel(name, encoder, batcher, executor)
             self._loaded[name] = model
             metrics.MODEL_LOADS.labels(name, "loaded").inc()
             metrics.LOADED_MODELS.set(len(self._loaded))
-            log.info("model %r loaded on %s in %.1fs", name, encoder.device, time.perf_counter() - started)
+            backend = encoder.describe().get("backend", "torch")
+            metrics.MODEL_BACKEND.labels(name, backend).set(1)
+            log.info(
+                "model %r loaded on %s (%s, batches of up to %d sequences and %d tokens) in %.1fs",
+                *(name, encoder.device, backend, size, tokens, time.perf_counter() - started),
+            )
             loading.set_result(model)
         finally:
             del self._loading[name]
@@ -149,4 +151,5 @@ class ModelRegistry:
             if model.batcher.pending == 0 and not model.batcher.busy:
                 del self._loaded[name]
                 await model.unload()
+                metrics.MODEL_BACKEND.remove(name, model.encoder.describe().get("backend", "torch"))
                 log.info("model %r unloaded to make room", name)

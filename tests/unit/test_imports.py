@@ -5,7 +5,7 @@ import sys
 
 from tests.stack import ROOT
 
-HEAVY = ("torch", "sentence_transformers", "transformers", "worker")
+HEAVY = ("torch", "sentence_transformers", "transformers", "onnxruntime", "openvino", "worker")
 
 
 def imported_after(code: str) -> set[str]:

