@@ -18,7 +18,7 @@ def dockerfile(name: str) -> str:
 
 def test_compose_services():
     services = compose()["services"]
-    assert set(services) == {"redis", "proxy", "api", "worker"}
+    assert set(services) == {"redis", "proxy", "api", "worker", "worker-cpu"}
     assert "ports" not in services["api"]  # clients reach it through the proxy
     assert services["proxy"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8080"]  # loopback by default
     template = services["proxy"]["volumes"][0].split(":")[0]
@@ -38,6 +38,15 @@ def test_worker_reserves_a_gpu_and_scales():
     assert deploy["replicas"] == "${WORKER_REPLICAS:-1}"
     device = deploy["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_cpu_workers_are_the_worker_with_a_cpu_share_instead_of_a_gpu():
+    services = compose()["services"]
+    cpu, gpu = services["worker-cpu"], services["worker"]
+    assert cpu["profiles"] == ["cpu"] and cpu["deploy"]["resources"] == {"limits": {"cpus": "${WORKER_CPUS:-2}"}}
+    assert {k: v for k, v in cpu.items() if k not in ("profiles", "deploy")} == {
+        k: v for k, v in gpu.items() if k != "deploy"
+    }
 
 
 def locked(name: str) -> dict[str, str]:
@@ -89,6 +98,7 @@ def test_env_example_names_only_real_settings():
         # compose's own variables, and huggingface_hub's
         if match and match.group(1) not in {
             "WORKER_REPLICAS",
+            "WORKER_CPUS",
             "API_PORT",
             "API_BIND",
             "REDIS_PASSWORD",
