@@ -176,6 +176,8 @@ def _openvino_forward(path: Path, threads: int) -> Forward:
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, as the batcher runs them
+        # OpenVINO pins its threads to cores; two workers of one thread each were both pinned to core 0
+        "ENABLE_CPU_PINNING": False,
     }
     compiled = core.compile_model(core.read_model(path), "CPU", config)
     request = compiled.create_infer_request()
