@@ -46,6 +46,10 @@ _ENQUEUE = (
     + """
 local epoch = current_epoch(KEYS[3], ARGV[4])
 local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
+if queued < 0 then
+    redis.call('SET', KEYS[2], 0)
+    queued = 0
+end
 local limit = tonumber(ARGV[1])
 local added = 0
 local result = {epoch}
@@ -225,7 +229,7 @@ class ArqBatch:
             for i in range(0, len(flat), 4)
         ]
 
-    async def finish_in(self, pipe: Pipeline, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
+    def finish_in(self, pipe: Pipeline, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
         """Add to ``pipe`` what ends ``jobs``: deliver their replies, drop them from arq's keys and release their
         texts, in a few commands (one push per reply list, one delete for every job)."""
         replies: dict[str, list[bytes]] = {}
@@ -245,7 +249,7 @@ class ArqBatch:
         pipe.zrem(self._queue, *[job.job_id for job in jobs])
         released = sum(job.texts for job in jobs)
         if released:
-            await self.backlog.release_in(pipe, released)
+            self.backlog.release_in(pipe, released)
 
     async def withdraw(self, job_ids: Sequence[str]) -> int:
         """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken.

@@ -245,7 +245,7 @@ class EmbeddingService:
 
     async def _finish_sync_batch(self, batch: list[tuple[tuple[FinishedJob, None], asyncio.Future[None]]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._sync_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
+            self._sync_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
             await pipe.execute()
         _settle(batch)
 
@@ -253,7 +253,7 @@ class EmbeddingService:
         self, batch: list[tuple[tuple[FinishedJob, ChunkOutcome | None], asyncio.Future[None]]]
     ) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._chunk_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
+            self._chunk_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
             for (_, outcome), _ in batch:
                 if outcome is not None:
                     await self._write_chunk_in(pipe, outcome)

@@ -2,6 +2,7 @@ import fakeredis
 import pytest
 from arq.jobs import Job
 
+from shared import keys
 from shared.arq_batch import ArqBatch, FinishedJob, NewJob, queue_job_id
 from shared.queue import deserialize_arq_job
 from tests.fakes import fake_redis_factory
@@ -107,7 +108,7 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
     await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     finished = [FinishedJob("j1", 2, "emb:reply:a", b"r1"), FinishedJob("j2", 3)]
     async with redis.pipeline(transaction=False) as pipe:
-        await arq.finish_in(pipe, finished, reply_ttl_s=60)
+        arq.finish_in(pipe, finished, reply_ttl_s=60)
         await pipe.execute()
     assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
     assert await redis.zcard("emb:queue:sync") == 0
@@ -138,3 +139,11 @@ async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
     assert await redis.zrange("emb:queue:sync", 0, -1) == [b"j1"]  # the running one stays until it finishes
     assert await redis.exists("arq:job:j2") == 0
     assert int(await redis.get("emb:queued-texts")) == 2 + 3 - 1  # "j2" counts 1: no count in its id
+
+
+async def test_a_backlog_count_below_zero_is_put_back_to_zero_by_the_next_enqueue(redis):
+    # releases of work an emptied Redis no longer counted
+    await redis.set(keys.QUEUED_TEXTS, -7)
+    arq = ArqBatch.sync(redis)
+    assert (await arq.enqueue([new_job(1, 3)], backlog_limit=10, now_ms=5)).admitted == [True]
+    assert int(await redis.get(keys.QUEUED_TEXTS)) == 3
