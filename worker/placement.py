@@ -69,7 +69,8 @@ def place(model: SentenceTransformer, name: str, settings: Settings) -> Sentence
     quantize = settings.quantize if backend == "onnx" else "none"
     try:
         transformer = model[0].auto_model
-        assert isinstance(transformer, torch.nn.Module)
+        if not isinstance(transformer, torch.nn.Module):
+            raise TypeError(f"the first module holds no torch model but {type(transformer).__name__}")
         folder = export_folder(_export_root(settings), name, backend, quantize, transformer)
         forward = load_forward(backend, transformer, folder, threads=runtime_threads(settings), quantize=quantize)
         candidate = SentenceTransformerEncoder(model, forward, backend + "-int8" * (quantize == "int8"))
