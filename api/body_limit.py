@@ -9,30 +9,32 @@ from shared.errors import ErrorKind, ServiceError
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """``larger``: paths with a limit of their own (file uploads)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        max_bytes = self._larger.get(scope["path"], self._max_bytes)
+        message = f"the request body is larger than {max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-            await error_response(ErrorKind.PAYLOAD_TOO_LARGE, self._message())(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await error_response(ErrorKind.PAYLOAD_TOO_LARGE, message)(scope, receive, send)
             return
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self._max_bytes:
-                    raise ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, self._message())
-            return message
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > max_bytes:
+                    raise ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, message)
+            return event
 
         await self._app(scope, limited_receive, send)
-
-    def _message(self) -> str:
-        return f"the request body is larger than {self._max_bytes} bytes"

@@ -45,10 +45,15 @@ _HTTP_ERROR_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED
 RETRY_AFTER_S: dict[int, int] = {429: 1, 503: 1}
 
 
+def error_body(kind: ErrorKind, message: str, param: str | None = None) -> dict[str, dict[str, str | None]]:
+    """The OpenAI error body."""
+    return {"error": {"message": message, "type": ERROR_TABLE[kind][1], "param": param, "code": kind.value}}
+
+
 def error_response(kind: ErrorKind, message: str, param: str | None = None) -> Response:
     ERRORS.labels(kind.value).inc()
-    status, error_type = ERROR_TABLE[kind]
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": kind.value}}
+    status = ERROR_TABLE[kind][0]
+    body = error_body(kind, message, param)
     headers = {"retry-after": str(RETRY_AFTER_S[status])} if status in RETRY_AFTER_S else None
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 

@@ -13,12 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import fast_route, metrics
 from api.auth import ApiKeyAuth, KeyRing
+from api.batch_store import BatchStore
 from api.body_limit import BodySizeLimit
 from api.dispatch import Dispatcher
 from api.errors import install_error_handlers
+from api.files import FileStore
 from api.metrics import RequestTracking
 from api.results import BLOCK_S, ResultListener
-from api.routes import embeddings, health, jobs
+from api.routes import batches, embeddings, files, health, jobs
 from shared import keys
 from shared.arq_batch import ArqBatch
 from shared.epoch import Epochs
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
         listener.start()
         app.state.redis = redis
         app.state.jobs = JobStore(redis)
+        app.state.files = FileStore(redis, settings.job_result_ttl_s)
+        app.state.batches = BatchStore(redis)
         app.state.chunk_queue = ArqBatch.chunks(redis)
         app.state.epochs = Epochs(redis)
         app.state.dispatcher = Dispatcher(
@@ -69,9 +73,13 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     install_error_handlers(app)
     fast_route.install(app, embeddings.ROUTE)
     app.include_router(jobs.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # a batch input file is larger than any request body; the multipart framing around it is small
+    upload_limit = settings.max_batch_file_bytes + 64 * 1024
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, larger={"/v1/files": upload_limit})
     app.add_middleware(ApiKeyAuth, ring=key_ring, protect_metrics=settings.protect_metrics)
     if settings.cors_allow_origins:
         app.add_middleware(

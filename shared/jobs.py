@@ -3,6 +3,9 @@
 A job's inputs are split into chunks of ``job_chunk_size`` texts; each chunk is an arq job on
 ``keys.CHUNK_QUEUE`` that any worker may take (``JobRecord`` names and measures them). A finished chunk's vectors
 are stored under ``keys.job_chunk`` and the job's counters move, atomically and once per chunk (``_CHUNK_DONE``).
+
+A batch (``/v1/batches``) is counted the same way, in units of requests rather than inputs: its chunks hold whole
+requests, and each request's outcome (``PartResult``) is stored beside the chunk's vectors.
 """
 
 from __future__ import annotations
@@ -12,21 +15,30 @@ import time
 from collections.abc import Awaitable
 from typing import cast
 
+import msgpack
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.arq_batch import queue_job_id
+from shared.errors import ErrorKind
+from shared.protocol import EmbedError
 
 #: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
 RECORD_GRACE_S = 86_400
 
-# KEYS: job hash. ARGV: chunk, texts completed, texts failed, prompt tokens, now (s), error message or "".
-# Counts each chunk once, however many workers ran it; stamps completed_at when the last one lands.
+# KEYS: job hash. ARGV: chunk, units completed, units failed, prompt tokens, now (s), error message or "".
+# Counts each chunk once, however many workers ran it (a chunk skipped, cancelled or expired, counts with zeros);
+# stamps completed_at when the last unit lands, and finished_at when every chunk has (for records that say how many).
 _CHUNK_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HSETNX', KEYS[1], 'done:' .. ARGV[1], 1) == 0 then
     return 0
+end
+local chunks_done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+local chunks = redis.call('HGET', KEYS[1], 'chunks')
+if chunks and chunks_done >= tonumber(chunks) then
+    redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[5])
 end
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', ARGV[2])
 local failed = redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
@@ -39,6 +51,32 @@ if completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
 end
 return 1
 """
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartResult:
+    """How one request of a batch chunk ended: its prompt tokens, or the error it failed with."""
+
+    prompt_tokens: int = 0
+    error: EmbedError | None = None
+
+
+def encode_parts(parts: list[PartResult]) -> bytes:
+    packed: bytes = msgpack.packb(
+        [
+            [part.prompt_tokens, None if part.error is None else [part.error.kind.value, part.error.message]]
+            for part in parts
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def decode_parts(data: bytes) -> list[PartResult]:
+    return [
+        PartResult(tokens, None if error is None else EmbedError(ErrorKind(error[0]), error[1]))
+        for tokens, error in msgpack.unpackb(data, raw=False)
+    ]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,15 +207,19 @@ class JobStore:
         chunk: int,
         *,
         vectors: bytes | None,
+        parts: bytes | None = None,
         completed: int,
         failed: int,
         prompt_tokens: int,
         expires_at_s: int,
         error: str = "",
     ) -> None:
-        """Queue in ``pipe``: store the chunk's vectors (if any) and count it into the job's progress."""
+        """Queue in ``pipe``: store the chunk's vectors and its requests' outcomes (if any) and count it into the
+        job's progress."""
         if vectors is not None:
             pipe.set(keys.job_chunk(job_id, chunk), vectors, exat=expires_at_s)
+        if parts is not None:
+            pipe.set(keys.job_chunk_parts(job_id, chunk), parts, exat=expires_at_s)
         await self._chunk_done(
             keys=[keys.job(job_id)],
             args=[chunk, completed, failed, prompt_tokens, int(time.time()), error],
@@ -189,3 +231,10 @@ class JobStore:
             return []
         values: list[bytes | None] = await self._redis.mget([keys.job_chunk(job_id, c) for c in chunks])
         return values
+
+    async def chunk_parts(self, job_id: str, chunks: list[int]) -> list[list[PartResult] | None]:
+        """Batch chunks' outcomes per request; None for a chunk that has none (not run, or lost)."""
+        if not chunks:
+            return []
+        values: list[bytes | None] = await self._redis.mget([keys.job_chunk_parts(job_id, c) for c in chunks])
+        return [None if value is None else decode_parts(value) for value in values]

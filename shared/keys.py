@@ -57,6 +57,39 @@ def job_chunk(job_id: str, chunk: int) -> str:
     return f"{_JOB_PREFIX}{job_id}:chunk:{chunk}"
 
 
+def job_chunk_parts(job_id: str, chunk: int) -> str:
+    """A batch chunk's outcome per request it holds (msgpack; ``shared.jobs.PartResult``), next to its vectors."""
+    return f"{_JOB_PREFIX}{job_id}:parts:{chunk}"
+
+
+def batch_manifest(batch_id: str) -> str:
+    """List: one msgpack entry per chunk of a batch, naming its requests in input order (``api.batch_plan``).
+
+    A batch's record and progress are a job's (``job(batch_id)``): its chunks are counted by the same script.
+    """
+    return f"{PREFIX}batch:{batch_id}:manifest"
+
+
+def owner_batches(owner: str) -> str:
+    """Sorted set: an owner's batch ids, scored by creation time (ms)."""
+    return f"{PREFIX}batches:{owner}"
+
+
+def file(file_id: str) -> str:
+    """Hash: an uploaded file's record (``api.files``)."""
+    return f"{PREFIX}file:{file_id}"
+
+
+def file_data(file_id: str) -> str:
+    """List: an uploaded file's bytes, in segments, in order."""
+    return f"{PREFIX}file:{file_id}:data"
+
+
+def owner_files(owner: str) -> str:
+    """Sorted set: an owner's file ids (uploaded, and the outputs of their batches), scored by creation time (ms)."""
+    return f"{PREFIX}files:{owner}"
+
+
 def job_workers(job_id: str) -> str:
     """Set of the workers that processed chunks of a job."""
     return f"{_JOB_PREFIX}{job_id}:workers"

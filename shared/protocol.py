@@ -9,7 +9,8 @@ Two kinds of job travel API -> worker, each as the single argument of an arq job
   chunk's float32 vectors and counts it into its job's progress (``shared.jobs``), which the API reads when polled.
 
 Both carry what to embed (``EmbedJob``'s fields). Version 3: jobs split by kind; replies carry no raw vectors;
-prompts and normalization chosen per request.
+prompts and normalization chosen per request; chunks of batches (``parts``, fields with defaults, so chunks
+written before them still decode).
 """
 
 from __future__ import annotations
@@ -59,10 +60,14 @@ class SyncJob(EmbedJob):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChunkJob(EmbedJob):
-    """Chunk ``chunk`` of the asynchronous job ``parent_job``: stored, not answered."""
+    """Chunk ``chunk`` of the asynchronous job or batch ``parent_job``: stored, not answered."""
 
     parent_job: str
     chunk: int
+    #: a batch chunk: how many inputs each of its requests has, in order; each request succeeds or fails alone
+    parts: list[int] | None = None
+    #: when the stored results expire (s); 0: at the deadline (a job's deadline is its results' expiry)
+    results_expire_s: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +134,8 @@ def decode_job(data: bytes, kind: type[Job]) -> Job:
         raise ProtocolError("job has malformed inputs")
     if isinstance(job, SyncJob) and job.encoding_format not in ("float", "base64"):
         raise ProtocolError("job has an unknown encoding format")
+    if isinstance(job, ChunkJob) and job.parts is not None and sum(job.parts) != len(job.inputs):
+        raise ProtocolError("chunk's parts do not add up to its inputs")
     return job
 
 

@@ -106,6 +106,14 @@ class Settings(BaseSettings):
     #: chunks a worker holds at once, so the chunks of a job spread over all workers
     worker_max_chunks: int = Field(2, ge=1)
 
+    # The OpenAI Batch API (/v1/files, /v1/batches); OpenAI's limits by default
+    max_batch_requests: int = Field(50_000, ge=1)
+    #: inputs across all requests of one batch
+    max_batch_inputs: int = Field(50_000, ge=1)
+    max_batch_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    #: seconds a batch may take (its ``completion_window``, which clients send as "24h"); then it expires
+    batch_completion_window_s: int = Field(86_400, ge=1)
+
     # Fault tolerance
     #: seconds a job stays claimed by a worker that stopped renewing it (crashed); then another worker re-runs it
     job_lease_s: float = Field(10.0, gt=0)

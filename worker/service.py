@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -27,13 +29,22 @@ from shared.arq_batch import ArqBatch, FinishedJob
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
-from shared.jobs import JobStore
+from shared.jobs import JobStore, PartResult, encode_parts
 from shared.openai_json import data_array
-from shared.protocol import ChunkJob, EmbedError, EmbedJob, SyncJob, SyncReply, decode_job, encode_reply
+from shared.protocol import (
+    ChunkJob,
+    EmbedError,
+    EmbedJob,
+    InputKind,
+    SyncJob,
+    SyncReply,
+    decode_job,
+    encode_reply,
+)
 from worker import metrics, openai_tokens
 from worker.batcher import BatchStats
 from worker.prompts import resolve_prompt
-from worker.registry import Encoder, ModelRegistry
+from worker.registry import Encoder, LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,8 @@ class ChunkOutcome:
 
     job: ChunkJob
     vectors: np.ndarray | None = None
+    #: a batch chunk's outcome per request
+    parts: list[PartResult] | None = None
     completed: int = 0
     failed: int = 0
     prompt_tokens: int = 0
@@ -167,15 +180,17 @@ class EmbeddingService:
             await self._finish_chunks.add((FinishedJob(queue_id, 0), None))
             return
         if now_ms() > job.deadline_ms or await self._jobs.is_cancelled(job.parent_job):
-            await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), None))
+            # counted with nothing done, so a cancelled batch learns that this chunk will not run
+            await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), ChunkOutcome(job)))
             return
         if attempt > self._max_attempts:
             self.counters["abandoned"] += 1
-            await self._chunk_failed(queue_id, job, f"this chunk failed {attempt - 1} times; it was abandoned")
+            reason = f"this chunk failed {attempt - 1} times; it was abandoned"
+            await self._chunk_failed(queue_id, job, ServiceError(ErrorKind.INTERNAL, reason))
             return
         await self._jobs.mark_started(job.parent_job, self.worker_id)
         try:
-            embedded = await self._embed(job, urgent=False)
+            outcome = await self._run_chunk(job)
         except ServiceError as exc:
             error = exc
         except Exception:
@@ -184,25 +199,43 @@ class EmbeddingService:
         else:
             self.counters["answered"] += 1
             metrics.JOBS.labels("chunk").inc()
-            outcome = ChunkOutcome(
-                job, vectors=embedded.vectors, completed=len(job.inputs), prompt_tokens=embedded.prompt_tokens
-            )
             await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), outcome))
             return
         if error.kind in RETRYABLE and attempt < self._max_attempts:
             log.warning("chunk %s failed (%s); it goes back to the queue", queue_id, error.message)
             await self._chunk_queue.unclaim(queue_id, now_ms())
             return
-        await self._chunk_failed(queue_id, job, error.message)
+        await self._chunk_failed(queue_id, job, error)
 
-    async def _chunk_failed(self, queue_id: str, job: ChunkJob, reason: str) -> None:
+    async def _run_chunk(self, job: ChunkJob) -> ChunkOutcome:
+        if job.parts is None:
+            embedded = await self._embed(job, urgent=False)
+            return ChunkOutcome(
+                job, vectors=embedded.vectors, completed=len(job.inputs), prompt_tokens=embedded.prompt_tokens
+            )
+        vectors, parts = await self._embed_parts(job, job.parts)
+        failed = sum(part.error is not None for part in parts)
+        return ChunkOutcome(
+            job,
+            vectors=vectors,
+            parts=parts,
+            completed=len(parts) - failed,
+            failed=failed,
+            prompt_tokens=sum(part.prompt_tokens for part in parts),
+        )
+
+    async def _chunk_failed(self, queue_id: str, job: ChunkJob, error: ServiceError) -> None:
+        """The whole chunk failed: every input, or in a batch chunk every request, with ``error``."""
         metrics.JOBS.labels("chunk_failed").inc()
-        outcome = ChunkOutcome(job, failed=len(job.inputs), error=reason)
+        if job.parts is None:
+            outcome = ChunkOutcome(job, failed=len(job.inputs), error=error.message)
+        else:
+            failure = PartResult(error=EmbedError(error.kind, error.message, error.param))
+            outcome = ChunkOutcome(job, parts=[failure] * len(job.parts), failed=len(job.parts), error=error.message)
         await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), outcome))
 
-    async def _embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> Embedded:
-        """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
-        one already in a running batch finishes with it."""
+    async def _model_for(self, job: EmbedJob, deadline_ms: int | None) -> tuple[LoadedModel, str]:
+        """The job's model, loaded, and the prompt its options choose; ServiceError if they do not fit the model."""
         timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
         model = await self.registry.get(job.model, timeout_s)
         encoder = model.encoder
@@ -212,15 +245,69 @@ class EmbeddingService:
                 f"dimensions must be between 1 and {encoder.dimension} for this model",
                 "dimensions",
             )
-        prompt = resolve_prompt(encoder.prompts, encoder.default_prompt_name, job.prompt_name, job.input_type)
+        return model, resolve_prompt(encoder.prompts, encoder.default_prompt_name, job.prompt_name, job.input_type)
+
+    async def _embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> Embedded:
+        """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
+        one already in a running batch finishes with it."""
+        model, prompt = await self._model_for(job, deadline_ms)
         if sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
-            sequences = _model_inputs(encoder, job, prompt, self._openai_token_ids)
+            sequences = self._sequences(model.encoder, job, job.inputs, prompt)
         else:
-            sequences = await asyncio.to_thread(_model_inputs, encoder, job, prompt, self._openai_token_ids)
+            sequences = await asyncio.to_thread(self._sequences, model.encoder, job, job.inputs, prompt)
+        embedded = await self._encode(model, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
+        return embedded
+
+    async def _embed_parts(self, job: ChunkJob, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
+        """A batch chunk: each request (``parts``) is tokenized and checked alone, so one that cannot be encoded
+        fails by itself; the others are encoded together. Rows of the requests that succeeded, in order."""
+        model, prompt = await self._model_for(job, None)
+        encoder = model.encoder
+
+        def tokenize() -> list[list[list[int]] | ServiceError]:
+            tokenized: list[list[list[int]] | ServiceError] = []
+            for start, end in itertools.pairwise(itertools.accumulate(parts, initial=0)):
+                try:
+                    tokenized.append(self._sequences(encoder, job, job.inputs[start:end], prompt))
+                except ServiceError as exc:
+                    tokenized.append(exc)
+            return tokenized
+
+        small = sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS
+        tokenized = tokenize() if small else await asyncio.to_thread(tokenize)
+        sequences = [sequence for part in tokenized if isinstance(part, list) for sequence in part]
+        vectors = None
+        if sequences:
+            vectors = (await self._encode(model, job, sequences, prompt, urgent=False, deadline_ms=None)).vectors
+        results = [
+            PartResult(error=EmbedError(part.kind, part.message, part.param))
+            if isinstance(part, ServiceError)
+            else PartResult(_prompt_tokens(encoder, part))
+            for part in tokenized
+        ]
+        return vectors, results
+
+    def _sequences(self, encoder: Encoder, job: EmbedJob, inputs: list[Any], prompt: str) -> list[list[int]]:
+        """One request's model inputs, refused if they hold more tokens than a request may."""
+        sequences = _model_inputs(encoder, job.input_kind, inputs, prompt, job.truncate, self._openai_token_ids)
         tokens = sum(map(len, sequences))
         if tokens > self._max_tokens:
             message = f"this request has {tokens} tokens; at most {self._max_tokens} are allowed in one request"
             raise ServiceError(ErrorKind.INVALID_REQUEST, message, "input")
+        return sequences
+
+    async def _encode(
+        self,
+        model: LoadedModel,
+        job: EmbedJob,
+        sequences: list[list[int]],
+        prompt: str,
+        *,
+        urgent: bool,
+        deadline_ms: int | None,
+    ) -> Embedded:
+        """Encode through the model's batcher, then cut to ``dimensions`` and normalize as the job asks."""
+        encoder = model.encoder
         group = encoder.prompt_length(prompt)  # sequences whose pooling leaves out prompts of one length batch together
         encoded = await model.batcher.submit(sequences, group=group, urgent=urgent, deadline_ms=deadline_ms)
         vectors = encoded.vectors
@@ -231,8 +318,7 @@ class EmbeddingService:
         stats = encoded.stats
         if stats.batch_size > self.largest_batch[0]:
             self.largest_batch = (stats.batch_size, stats.batch_requests)
-        prompt_tokens = tokens - len(sequences) * encoder.special_token_count
-        return Embedded(vectors.astype(np.float32, copy=False), prompt_tokens, stats)
+        return Embedded(vectors.astype(np.float32, copy=False), _prompt_tokens(encoder, sequences), stats)
 
     def _error_reply(
         self, job: SyncJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
@@ -268,10 +354,11 @@ class EmbeddingService:
             job.parent_job,
             job.chunk,
             vectors=vectors,
+            parts=None if outcome.parts is None else encode_parts(outcome.parts),
             completed=outcome.completed,
             failed=outcome.failed,
             prompt_tokens=outcome.prompt_tokens,
-            expires_at_s=job.deadline_ms // 1000,
+            expires_at_s=job.results_expire_s or job.deadline_ms // 1000,
             error=outcome.error,
         )
 
@@ -309,17 +396,24 @@ def _settle(batch: Sequence[tuple[object, asyncio.Future[None]]]) -> None:
             future.set_result(None)
 
 
-def _model_inputs(encoder: Encoder, job: EmbedJob, prompt: str, openai_token_ids: bool) -> list[list[int]]:
-    """Token ids with the prompt and special tokens, cut or refused per ``job.truncate``. CPU work: large jobs run
+def _prompt_tokens(encoder: Encoder, sequences: list[list[int]]) -> int:
+    """What the model read of the client's inputs and prompts, without its special tokens."""
+    return sum(map(len, sequences)) - len(sequences) * encoder.special_token_count
+
+
+def _model_inputs(
+    encoder: Encoder, input_kind: InputKind, inputs: list[Any], prompt: str, truncate: bool, openai_token_ids: bool
+) -> list[list[int]]:
+    """Token ids with the prompt and special tokens, cut or refused per ``truncate``. CPU work: large jobs run
     it in a thread. A text and its prompt are tokenized as one string, as sentence-transformers does.
     ``openai_token_ids``: token-id input is cl100k_base ids, decoded to text first."""
-    texts: Sequence[str] | None = job.inputs if job.input_kind == "text" else None
+    texts: Sequence[str] | None = inputs if input_kind == "text" else None
     if texts is None and openai_token_ids:
-        texts = openai_tokens.decode(job.inputs)
+        texts = openai_tokens.decode(inputs)
     if texts is not None:
         token_ids: Sequence[list[int]] = encoder.tokenize([prompt + text for text in texts])
     else:
-        encoder.check_token_ids(job.inputs)
+        encoder.check_token_ids(inputs)
         prompt_ids = encoder.tokenize([prompt])[0] if prompt else []
-        token_ids = [prompt_ids + list(ids) for ids in job.inputs]
-    return [encoder.prepare(list(ids), truncate=job.truncate, param="input") for ids in token_ids]
+        token_ids = [prompt_ids + list(ids) for ids in inputs]
+    return [encoder.prepare(list(ids), truncate=truncate, param="input") for ids in token_ids]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -15,11 +14,11 @@ from redis.asyncio import Redis
 
 from api.auth import owner_of
 from api.http import json_response, parse_json
+from api.ids import check_owner, made_at_ms, new_id, raise_missing
 from api.schemas import EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob
 from shared.clock import now_ms
-from shared.epoch import Epochs
 from shared.errors import ErrorKind, ServiceError
 from shared.jobs import JobRecord, JobStore
 from shared.openai_json import embedding_items, usage
@@ -60,28 +59,15 @@ def job_object(record: JobRecord, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def new_job_id() -> str:
-    """``embjob_``, the time it was made (ms, 12 hex digits), 128 random bits."""
-    return f"embjob_{now_ms():012x}{secrets.token_hex(16)}"
-
-
-def _made_at_ms(job_id: str) -> int | None:
-    stamp = job_id.removeprefix("embjob_")[:12]
-    return int(stamp, 16) if len(job_id) == 51 and all(c in "0123456789abcdef" for c in stamp) else None
+JOB_ID_PREFIX = "embjob_"
 
 
 async def _job_of(request: Request, job_id: str) -> JobRecord:
     store: JobStore = request.app.state.jobs
     record = await store.get(job_id)
-    if record is None:
-        made_at = _made_at_ms(job_id)
-        epochs: Epochs = request.app.state.epochs
-        if made_at is not None and made_at < (await epochs.current()).started_ms:
-            # made before this Redis began: the restart lost it (shared.epoch)
-            message = f"job {job_id!r} was lost: the job store restarted without it; submit it again"
-            raise ServiceError(ErrorKind.JOB_LOST, message)
-    if record is None or record.owner != owner_of(request.state):  # another key's job is not there for you
-        raise ServiceError(ErrorKind.NOT_FOUND, f"no job with id {job_id!r}")
+    if record is None or not check_owner(request.state, record.owner):
+        made_at = made_at_ms(JOB_ID_PREFIX, job_id) if record is None else None
+        await raise_missing(request.app.state.epochs, "job", job_id, made_at)
     return record
 
 
@@ -98,7 +84,7 @@ async def create_job(request: Request) -> Response:
     redis: Redis = request.app.state.redis
     job_request = parse_job_request(parse_json(await request.body()), settings)
     owner = owner_of(request.state)
-    job_id = new_job_id()
+    job_id = new_id(JOB_ID_PREFIX)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:
         return json_response(job_object(await _submit(request, owner, job_id, job_request)), 202)

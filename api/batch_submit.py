@@ -1,0 +1,151 @@
+"""Turn a validated batch file into chunks on the jobs queue (the second read of the file).
+
+Chunks are cut where ``batch_input.chunk_starts`` says. A chunk to run becomes a ``ChunkJob`` with ``parts`` (its
+requests' input counts) on ``keys.CHUNK_QUEUE``, so batches share workers, leases, retries and the backlog bound
+with embedding jobs; a chunk of requests that already failed has its results written here. Each chunk's manifest
+entry names its requests for the output files. Written a group of chunks per round trip.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+
+from api.batch_input import Line, LineError
+from api.batch_store import BatchRecord, ManifestEntry
+from shared import keys
+from shared.arq_batch import ArqBatch, NewJob, queue_job_id
+from shared.clock import now_ms
+from shared.errors import ErrorKind, ServiceError
+from shared.jobs import JobStore, PartResult, encode_parts
+from shared.protocol import ChunkJob, encode_job
+from shared.settings import Settings
+
+#: chunks written per round trip
+_CHUNKS_PER_WRITE = 64
+
+
+def chunk_queue_id(batch_id: str, chunk: int, texts: int) -> str:
+    return queue_job_id(f"{batch_id}-{chunk}", texts)
+
+
+class _Writer:
+    def __init__(self, redis: Redis, queue: ArqBatch, record: BatchRecord, settings: Settings) -> None:
+        self._redis = redis
+        self._queue = queue
+        self._jobs = JobStore(redis)
+        self._record = record
+        self._settings = settings
+        self._entries: list[ManifestEntry] = []
+        self._to_run: list[NewJob] = []
+        self._failed: list[tuple[int, list[Line]]] = []
+        self.enqueued: list[str] = []
+
+    async def add(self, chunk: int, lines: list[Line], first: int) -> None:
+        entry = ManifestEntry(
+            first,
+            [line.custom_id for line in lines],
+            [len(line.inputs) for line in lines],
+            "".join("b" if line.request and line.request.encoding_format == "base64" else "f" for line in lines),
+        )
+        self._entries.append(entry)
+        if lines[0].request is None:
+            self._failed.append((chunk, lines))
+        else:
+            self._to_run.append(self._chunk_job(chunk, lines, entry))
+        if len(self._entries) >= _CHUNKS_PER_WRITE:
+            await self.flush()
+
+    def _chunk_job(self, chunk: int, lines: list[Line], entry: ManifestEntry) -> NewJob:
+        record, settings = self._record, self._settings
+        options = lines[0].options(settings)
+        assert options is not None  # a chunk to run holds requests that parsed
+        request_id = f"{record.batch_id}-{chunk}"
+        inputs = [value for line in lines for value in line.inputs]
+        enqueued = now_ms()
+        message = ChunkJob(
+            request_id=request_id,
+            model=lines[0].model,
+            input_kind=options.input_kind,
+            inputs=inputs,
+            dimensions=options.dimensions,
+            truncate=options.truncate,
+            prompt_name=options.prompt_name,
+            input_type=options.input_type,
+            normalize=options.normalize,
+            enqueued_ms=enqueued,
+            deadline_ms=record.expires_at * 1000,
+            parent_job=record.batch_id,
+            chunk=chunk,
+            parts=entry.counts,
+            results_expire_s=record.kept_until,
+        )
+        expires_ms = max(1, record.expires_at * 1000 - enqueued)
+        return NewJob(
+            chunk_queue_id(record.batch_id, chunk, len(inputs)), encode_job(message), enqueued, expires_ms, len(inputs)
+        )
+
+    async def flush(self) -> None:
+        record = self._record
+        if self._entries or self._failed:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if self._entries:
+                    pipe.rpush(keys.batch_manifest(record.batch_id), *[entry.pack() for entry in self._entries])
+                    pipe.expireat(keys.batch_manifest(record.batch_id), record.kept_until)
+                for chunk, lines in self._failed:
+                    parts = [PartResult(error=line.error) for line in lines]
+                    await self._jobs.chunk_done_in(
+                        pipe,
+                        record.batch_id,
+                        chunk,
+                        vectors=None,
+                        parts=encode_parts(parts),
+                        completed=0,
+                        failed=len(parts),
+                        prompt_tokens=0,
+                        expires_at_s=record.kept_until,
+                    )
+                await pipe.execute()
+        if self._to_run:
+            admitted = (await self._queue.enqueue(self._to_run, self._settings.max_queued_job_texts, now_ms())).admitted
+            self.enqueued += [job.job_id for job, ok in zip(self._to_run, admitted, strict=True) if ok]
+            if not all(admitted):
+                raise ServiceError(ErrorKind.RATE_LIMITED, "too much job work is queued right now; retry later")
+        self._entries, self._to_run, self._failed = [], [], []
+
+
+async def submit(
+    redis: Redis,
+    queue: ArqBatch,
+    record: BatchRecord,
+    lines: AsyncIterator[list[Line | LineError]],
+    starts: list[int],
+    settings: Settings,
+) -> None:
+    """Write every chunk of a batch whose record exists; on a failure, withdraw what was enqueued and raise."""
+    writer = _Writer(redis, queue, record, settings)
+    bounds = [*starts, record.total]
+    pending: list[Line] = []
+    chunk = 0
+    index = 0
+    try:
+        async for group in lines:
+            for line in group:
+                if isinstance(line, LineError):  # the file validated: it cannot have changed
+                    raise ServiceError(ErrorKind.INTERNAL, "the input file changed while the batch was created")
+                pending.append(line)
+                index += 1
+                if index == bounds[chunk + 1]:
+                    await writer.add(chunk, pending, bounds[chunk])
+                    pending, chunk = [], chunk + 1
+        await writer.flush()
+    except BaseException:
+        await queue.withdraw(writer.enqueued)
+        raise
+
+
+def chunk_ids(batch_id: str, entries: list[ManifestEntry]) -> list[str]:
+    """The queue ids of a batch's chunks, from its manifest."""
+    return [chunk_queue_id(batch_id, chunk, sum(entry.counts)) for chunk, entry in zip(itertools.count(), entries)]

@@ -1,0 +1,154 @@
+"""``/v1/batches``: OpenAI's Batch API for ``/v1/embeddings``, on the asynchronous jobs' queue and workers.
+
+Creating a batch reads its input file twice, a segment at a time: once to validate it (``api.batch_input``), once
+to write its chunks (``api.batch_submit``). It answers when both are done: in progress, or failed with the lines
+that were wrong. Everything after that is in Redis, so any API process answers for any batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from api.auth import owner_of
+from api.batch_input import chunk_starts, read_lines, validate
+from api.batch_schemas import BatchList, BatchObject, BatchRequest, parse_batch_request
+from api.batch_store import BATCH_ID_PREFIX, BatchRecord, BatchStore
+from api.batch_submit import chunk_ids, submit
+from api.files import FileStore
+from api.http import json_response, parse_json
+from api.ids import check_owner, made_at_ms, new_id, raise_missing
+from api.listing import page
+from api.routes.files import PURPOSE
+from api.schemas import error_responses
+from shared import keys
+from shared.arq_batch import ArqBatch
+from shared.errors import ErrorKind, ServiceError
+from shared.settings import Settings
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+_BATCH_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}
+}
+
+
+@router.post(
+    "",
+    openapi_extra=_BATCH_BODY,
+    response_class=Response,
+    responses={200: {"model": BatchObject}, **error_responses(400, 401, 404, 429, 503)},
+)
+async def create_batch(request: Request) -> Response:
+    """Validate the input file and queue its requests; a file with problems makes a failed batch naming the lines."""
+    settings: Settings = request.app.state.settings
+    files: FileStore = request.app.state.files
+    batches: BatchStore = request.app.state.batches
+    batch_request = parse_batch_request(parse_json(await request.body()))
+    owner = owner_of(request.state)
+    upload = await files.get(batch_request.input_file_id)
+    if upload is None or not check_owner(request.state, upload.owner) or upload.purpose != PURPOSE:
+        message = f"no file with id {batch_request.input_file_id!r} and purpose {PURPOSE!r}"
+        raise ServiceError(ErrorKind.NOT_FOUND, message, "input_file_id")
+    found = await validate(files.segments(upload.file_id), settings)
+    created = int(time.time())
+    errors = [error.as_object() for error in found.errors]
+    if found.error_count > len(found.errors):
+        more = found.error_count - len(found.errors)
+        errors.append({"code": "more_errors", "line": None, "message": f"and {more} more errors", "param": None})
+    starts = [] if errors else chunk_starts(found.shapes, settings.job_chunk_size)
+    expires_at = created + settings.batch_completion_window_s
+    record = BatchRecord(
+        batch_id=new_id(BATCH_ID_PREFIX),
+        owner=owner,
+        model=found.model,
+        input_file_id=upload.file_id,
+        created_at=created,
+        expires_at=expires_at,
+        kept_until=expires_at + settings.job_result_ttl_s,
+        total=found.requests,
+        chunks=len(starts),
+        metadata=batch_request.metadata,
+        errors=errors,
+        failed_at=created if errors else None,
+    )
+    await batches.create(record, inputs=found.inputs)
+    if not errors:
+        queue: ArqBatch = request.app.state.chunk_queue
+        lines = read_lines(files.segments(upload.file_id), settings)
+        try:
+            await submit(request.app.state.redis, queue, record, lines, starts, settings)
+        except BaseException:
+            await batches.delete(record)
+            raise
+    return json_response(await _object(request, record.batch_id))
+
+
+@router.get("", response_class=Response, responses={200: {"model": BatchList}, **error_responses(400, 401, 503)})
+async def list_batches(
+    request: Request,
+    after: str | None = Query(None, max_length=128),
+    limit: int = Query(20, ge=1, le=100),
+) -> Response:
+    """The caller's batches, newest first."""
+    settings: Settings = request.app.state.settings
+    batches: BatchStore = request.app.state.batches
+
+    async def resolve(ids: list[str]) -> list[dict[str, Any] | None]:
+        return [None if (record := await batches.get(batch_id)) is None else record.as_object() for batch_id in ids]
+
+    kept_ms = (int(time.time()) - settings.job_result_ttl_s - settings.batch_completion_window_s) * 1000
+    owner = owner_of(request.state)
+    body = await page(
+        request.app.state.redis,
+        keys.owner_batches(owner),
+        after=after,
+        limit=limit,
+        newest_first=True,
+        older_than_kept_ms=kept_ms,
+        resolve=resolve,
+    )
+    return json_response(body)
+
+
+@router.get(
+    "/{batch_id}",
+    response_class=Response,
+    responses={200: {"model": BatchObject}, **error_responses(401, 404, 410, 503)},
+)
+async def get_batch(request: Request, batch_id: str) -> Response:
+    return json_response(await _object(request, batch_id))
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    response_class=Response,
+    responses={200: {"model": BatchObject}, **error_responses(401, 404, 410, 503)},
+)
+async def cancel_batch(request: Request, batch_id: str) -> Response:
+    """Take its queued chunks off the queue; chunks already running finish (``cancelling``), then ``cancelled``.
+    A batch that has ended stays as it is."""
+    record = await _batch_of(request, batch_id)
+    if record.status() == "in_progress":
+        batches: BatchStore = request.app.state.batches
+        queue: ArqBatch = request.app.state.chunk_queue
+        entries = await batches.manifest(batch_id, 0, record.chunks)
+        withdrawn = await queue.withdraw(chunk_ids(batch_id, entries))
+        await batches.cancel(record, withdrawn)
+    return json_response(await _object(request, batch_id))
+
+
+async def _batch_of(request: Request, batch_id: str) -> BatchRecord:
+    batches: BatchStore = request.app.state.batches
+    record = await batches.get(batch_id)
+    if record is None or not check_owner(request.state, record.owner):
+        made_at = made_at_ms(BATCH_ID_PREFIX, batch_id) if record is None else None
+        await raise_missing(request.app.state.epochs, "batch", batch_id, made_at)
+    return record
+
+
+async def _object(request: Request, batch_id: str) -> dict[str, Any]:
+    return (await _batch_of(request, batch_id)).as_object()

@@ -1,0 +1,191 @@
+"""``/v1/files``: OpenAI's files API, for batch input files and batch output files.
+
+Uploads (multipart, ``purpose=batch``) are stored a segment at a time (``api.files``). A batch's output and error
+files are listed and read like uploads, but rendered from the batch when read (``api.batch_output``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, NoReturn
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.datastructures import UploadFile
+
+from api.auth import owner_of
+from api.batch_output import render
+from api.batch_schemas import DeletedFile, FileList, FileObject
+from api.batch_store import BATCH_ID_PREFIX, BatchRecord, BatchStore, batch_of_file
+from api.files import FILE_ID_PREFIX, FileRecord, FileStore, file_object
+from api.http import json_response
+from api.ids import check_owner, made_at_ms, raise_missing
+from api.listing import page
+from api.schemas import error_responses
+from shared import keys
+from shared.errors import ErrorKind, ServiceError
+from shared.settings import Settings
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+PURPOSE = "batch"
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "JSONL, one request a line"},
+                        "purpose": {"type": "string", "enum": [PURPOSE]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    openapi_extra=_UPLOAD_BODY,
+    response_class=Response,
+    responses={200: {"model": FileObject}, **error_responses(400, 401, 413, 503)},
+)
+async def upload_file(request: Request) -> Response:
+    """Upload a batch input file (``purpose=batch``); its lines are checked when a batch is created from it."""
+    settings: Settings = request.app.state.settings
+    files: FileStore = request.app.state.files
+    async with request.form(max_files=1, max_fields=8) as form:
+        purpose, upload = form.get("purpose"), form.get("file")
+        if purpose != PURPOSE:
+            raise ServiceError(ErrorKind.INVALID_REQUEST, f"purpose must be {PURPOSE!r}", "purpose")
+        if not isinstance(upload, UploadFile):
+            raise ServiceError(ErrorKind.INVALID_REQUEST, "file must be a file part of the form", "file")
+        filename = (upload.filename or "upload.jsonl")[:256]
+        record = await files.create(
+            owner_of(request.state), filename, PURPOSE, upload.read, settings.max_batch_file_bytes
+        )
+    return json_response(record.as_object())
+
+
+@router.get("", response_class=Response, responses={200: {"model": FileList}, **error_responses(400, 401, 503)})
+async def list_files(
+    request: Request,
+    purpose: str | None = Query(None, max_length=64),
+    limit: int = Query(10_000, ge=1, le=10_000),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = Query(None, max_length=128),
+) -> Response:
+    """The caller's files, newest first by default: uploads, and the output and error files of their batches."""
+    settings: Settings = request.app.state.settings
+    owner = owner_of(request.state)
+
+    async def resolve(ids: list[str]) -> list[dict[str, Any] | None]:
+        found = [await _file_object(request, file_id, owner) for file_id in ids]
+        return [item for item in found if item is None or purpose is None or item["purpose"] == purpose]
+
+    kept_ms = (int(time.time()) - settings.job_result_ttl_s - settings.batch_completion_window_s) * 1000
+    body = await page(
+        request.app.state.redis,
+        keys.owner_files(owner),
+        after=after,
+        limit=limit,
+        newest_first=order == "desc",
+        older_than_kept_ms=kept_ms,
+        resolve=resolve,
+    )
+    return json_response(body)
+
+
+@router.get(
+    "/{file_id}", response_class=Response, responses={200: {"model": FileObject}, **error_responses(401, 404, 410, 503)}
+)
+async def get_file(request: Request, file_id: str) -> Response:
+    found = await _file_object(request, file_id, owner_of(request.state))
+    if found is None:
+        await _missing(request, file_id)
+    return json_response(found)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/jsonl": {}}}, **error_responses(401, 404, 410, 503)},
+)
+async def get_file_content(request: Request, file_id: str) -> StreamingResponse:
+    """The file's bytes, streamed; a batch's output file is rendered as it streams."""
+    derived = batch_of_file(file_id)
+    if derived is not None:
+        record = await _batch_with_file(request, *derived)
+        if record is not None:
+            stream = render(request.app.state.batches, request.app.state.jobs, record, derived[1])
+            return StreamingResponse(stream, media_type="application/jsonl")
+    else:
+        upload = await _upload(request, file_id)
+        if upload is not None:
+            files: FileStore = request.app.state.files
+            return StreamingResponse(files.segments(file_id), media_type="application/jsonl")
+    await _missing(request, file_id)
+
+
+@router.delete(
+    "/{file_id}", response_class=Response, responses={200: {"model": DeletedFile}, **error_responses(401, 404, 503)}
+)
+async def delete_file(request: Request, file_id: str) -> Response:
+    derived = batch_of_file(file_id)
+    if derived is not None:
+        record = await _batch_with_file(request, *derived)
+        if record is not None:
+            await request.app.state.batches.file_deleted(record, derived[1])
+            return json_response({"id": file_id, "object": "file", "deleted": True})
+    else:
+        upload = await _upload(request, file_id)
+        if upload is not None:
+            await request.app.state.files.delete(upload)
+            return json_response({"id": file_id, "object": "file", "deleted": True})
+    await _missing(request, file_id)
+
+
+async def _upload(request: Request, file_id: str) -> FileRecord | None:
+    files: FileStore = request.app.state.files
+    record = await files.get(file_id)
+    return record if record is not None and check_owner(request.state, record.owner) else None
+
+
+async def _batch_with_file(request: Request, batch_id: str, which: str) -> BatchRecord | None:
+    """The caller's batch whose output ``which`` exists."""
+    batches: BatchStore = request.app.state.batches
+    record = await batches.get(batch_id)
+    if record is None or not check_owner(request.state, record.owner) or record.file_id(which) is None:
+        return None
+    return record
+
+
+async def _file_object(request: Request, file_id: str, owner: str) -> dict[str, Any] | None:
+    derived = batch_of_file(file_id)
+    if derived is None:
+        upload = await _upload(request, file_id)
+        return None if upload is None else upload.as_object()
+    record = await _batch_with_file(request, *derived)
+    if record is None:
+        return None
+    which = derived[1]
+    size = record.sizes.get(which)
+    if size is None:  # rendered once to measure it, then remembered
+        size = 0
+        async for piece in render(request.app.state.batches, request.app.state.jobs, record, which):
+            size += len(piece)
+        await request.app.state.batches.remember_size(record.batch_id, which, size)
+    made_at = record.completed_at or record.finished_at or record.expires_at
+    filename = f"{record.batch_id}_{'output' if which == 'output' else 'error'}.jsonl"
+    return file_object(file_id, size, made_at, filename, "batch_output", record.kept_until)
+
+
+async def _missing(request: Request, file_id: str) -> NoReturn:
+    derived = batch_of_file(file_id)
+    made_at = made_at_ms(BATCH_ID_PREFIX, derived[0]) if derived else made_at_ms(FILE_ID_PREFIX, file_id)
+    await raise_missing(request.app.state.epochs, "file", file_id, made_at)
