@@ -64,7 +64,10 @@ class PartResult:
 def encode_parts(parts: list[PartResult]) -> bytes:
     packed: bytes = msgpack.packb(
         [
-            [part.prompt_tokens, None if part.error is None else [part.error.kind.value, part.error.message]]
+            [
+                part.prompt_tokens,
+                None if part.error is None else [part.error.kind.value, part.error.message, part.error.param],
+            ]
             for part in parts
         ],
         use_bin_type=True,
@@ -74,7 +77,7 @@ def encode_parts(parts: list[PartResult]) -> bytes:
 
 def decode_parts(data: bytes) -> list[PartResult]:
     return [
-        PartResult(tokens, None if error is None else EmbedError(ErrorKind(error[0]), error[1]))
+        PartResult(tokens, None if error is None else EmbedError(ErrorKind(error[0]), error[1], error[2]))
         for tokens, error in msgpack.unpackb(data, raw=False)
     ]
 
