@@ -186,12 +186,11 @@ def chunk_starts(shapes: list[tuple[Options | None, int]], chunk_size: int) -> l
     ``chunk_size`` inputs (a larger request gets a chunk of its own); requests that already failed make chunks of
     their own, whose results the API writes."""
     starts: list[int] = []
-    current: tuple[Options | None, bool] | None = None
+    current: Options | None = None
     filled = 0
     for index, (options, count) in enumerate(shapes):
-        kind = (options, options is None)
-        if current is None or kind != current or (filled + count > chunk_size and filled > 0):
+        if not starts or options != current or (filled + count > chunk_size and filled > 0):
             starts.append(index)
-            current, filled = kind, 0
+            current, filled = options, 0
         filled += count
     return starts

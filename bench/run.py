@@ -12,6 +12,8 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
 3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py).
 4. Scaling: 1 and 2 real-model workers on this CPU; 1, 2, 4, 8 workers with a simulated GPU encoder; Redis
    commands per request.
+5. The Batch API: a 50,000-request batch end to end, the API's peak memory, against sync throughput
+   (``bench/batch.py``).
 """
 
 from __future__ import annotations
@@ -329,9 +331,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
-    parser.add_argument("--only", choices=["model", "pipeline", "scaling"], action="append")
+    parser.add_argument("--only", choices=["model", "pipeline", "scaling", "batch"], action="append")
+    parser.add_argument("--batch-lines", type=int, default=50_000)
     args = parser.parse_args()
-    sections = args.only or ["model", "pipeline", "scaling"]
+    sections = args.only or ["model", "pipeline", "scaling", "batch"]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
         if "model" in sections:
@@ -341,6 +344,10 @@ def main() -> None:
         if "scaling" in sections:
             cpu_scaling_section(args.seconds, logs)
             scaling_section(args.seconds, logs)
+        if "batch" in sections:
+            from bench.batch import batch_section  # bench.batch builds on this module
+
+            batch_section(logs, args.batch_lines, args.seconds)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def render(directory: Path, api_port: int, port: int) -> Path:
         PROXY_BODY_TIMEOUT=f"{TIMEOUT_S}s",
         PROXY_IDLE_TIMEOUT=f"{TIMEOUT_S}s",
         PROXY_MAX_BODY="64k",
+        PROXY_MAX_FILE_BODY="1m",
     )
     (directory / "api-proxy.conf").write_text(server)
     temp = "".join(
@@ -86,6 +87,18 @@ def test_an_oversized_body_is_413(proxy):
     url, _, _ = proxy
     response = httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": "x" * 70_000})
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_batch_files_have_a_larger_limit_of_their_own(proxy):
+    url, _, _ = proxy
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}}\n'
+    with httpx.Client(base_url=url, timeout=60) as client:
+        larger_than_a_body = line * (200_000 // len(line))
+        uploaded = client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("a.jsonl", larger_than_a_body)})
+        assert uploaded.status_code == 200 and uploaded.json()["bytes"] == len(larger_than_a_body)
+        assert client.get(f"/v1/files/{uploaded.json()['id']}/content").content == larger_than_a_body
+        too_large = client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("a.jsonl", line * 20_000)})
+        assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "payload_too_large"
 
 
 def _cut_off_after(port: int, sent: bytes) -> float:

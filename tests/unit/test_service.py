@@ -8,10 +8,20 @@ import numpy as np
 import orjson
 import pytest
 
+from shared import keys
 from shared.clock import now_ms
 from shared.errors import ErrorKind
+from shared.jobs import JobStore
 from shared.protocol import SyncJob, decode_reply, encode_job
-from tests.fakes import REPLY_TO, Loader, fake_redis_factory, fake_vector, make_registry, make_sync_job
+from tests.fakes import (
+    REPLY_TO,
+    Loader,
+    fake_redis_factory,
+    fake_vector,
+    make_chunk_job,
+    make_registry,
+    make_sync_job,
+)
 from worker.service import EmbeddingService
 
 
@@ -168,3 +178,44 @@ async def test_finishing_removes_the_job_from_arqs_keys(service, redis):
     await service.handle("job-1", encode_job(job()))
     assert await redis.exists("arq:job:job-1", "arq:in-progress:job-1") == 0
     assert await redis.zcard("emb:queue:sync") == 0
+
+
+async def _batch_record(redis, requests: int) -> None:
+    fields = {"total": requests, "chunks": 1, "completed": 0, "failed": 0, "prompt_tokens": 0, "chunks_done": 0}
+    await redis.hset(keys.job("batch_1"), mapping=fields)
+
+
+async def test_a_batch_chunk_fails_only_the_requests_that_cannot_be_encoded(service, redis):
+    await _batch_record(redis, 3)
+    # three requests: one input; one input with a token id outside the vocabulary; two inputs
+    chunk = make_chunk_job(parent_job="batch_1", input_kind="tokens", inputs=[[1, 2], [150], [3], [4]], parts=[1, 1, 2])
+    await service.handle_chunk("chunk-1", encode_job(chunk))
+    store = JobStore(redis)
+    [parts] = await store.chunk_parts("batch_1", [0])
+    assert [part.prompt_tokens for part in parts] == [2, 0, 2]
+    assert parts[0].error is None and parts[2].error is None
+    assert (parts[1].error.kind, parts[1].error.param) == (ErrorKind.INVALID_REQUEST, "input")
+    [stored] = await store.chunk_vectors("batch_1", [0])
+    rows = np.frombuffer(stored, dtype="<f4").reshape(-1, 4)
+    assert rows.tolist() == [[2, 1, 0, 0], [3, 1, 0, 0], [4, 1, 0, 0]]  # the requests that succeeded, in order
+    progress = await redis.hgetall(keys.job("batch_1"))
+    assert (progress[b"completed"], progress[b"failed"], progress[b"chunks_done"]) == (b"2", b"1", b"1")
+    assert b"completed_at" in progress and b"finished_at" in progress
+
+
+async def test_a_batch_chunk_that_fails_as_a_whole_fails_each_of_its_requests(service, redis):
+    await _batch_record(redis, 2)
+    chunk = make_chunk_job(parent_job="batch_1", model="missing", inputs=["a", "b", "c"], parts=[2, 1])
+    await service.handle_chunk("chunk-1", encode_job(chunk))
+    [parts] = await JobStore(redis).chunk_parts("batch_1", [0])
+    assert [part.error.kind for part in parts] == [ErrorKind.MODEL_NOT_FOUND] * 2
+    assert (await redis.hget(keys.job("batch_1"), "failed")) == b"2"
+
+
+async def test_a_chunk_of_a_cancelled_batch_is_counted_as_done_with_nothing_run(service, redis):
+    await _batch_record(redis, 1)
+    await redis.hset(keys.job("batch_1"), "cancelled", "1")
+    await service.handle_chunk("chunk-1", encode_job(make_chunk_job(parent_job="batch_1", parts=[2])))
+    progress = await redis.hgetall(keys.job("batch_1"))
+    assert (progress[b"completed"], progress[b"failed"], progress[b"chunks_done"]) == (b"0", b"0", b"1")
+    assert await JobStore(redis).chunk_parts("batch_1", [0]) == [None]

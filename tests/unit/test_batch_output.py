@@ -1,0 +1,99 @@
+"""A batch's output and error files, rendered from stored chunks in input order."""
+
+import base64
+import time
+
+import fakeredis
+import numpy as np
+import orjson
+
+from api.batch_output import render
+from api.batch_store import ERRORS, OUTPUT, BatchRecord, BatchStore, ManifestEntry
+from shared import keys
+from shared.errors import ErrorKind
+from shared.jobs import JobStore, PartResult, encode_parts
+from shared.protocol import EmbedError
+from tests.fakes import fake_redis_factory
+
+BATCH = "batch_" + "d" * 44
+
+
+async def stored_batch(**overrides):
+    redis = fake_redis_factory(fakeredis.FakeServer())(None)
+    now = int(time.time())
+    record = BatchRecord(
+        batch_id=BATCH,
+        owner="o",
+        model="m",
+        input_file_id="file-x",
+        created_at=now,
+        expires_at=now + 60,
+        kept_until=now + 600,
+        total=5,
+        chunks=3,
+        metadata=None,
+        errors=[],
+        **overrides,
+    )
+    batches, jobs = BatchStore(redis), JobStore(redis)
+    await batches.create(record, inputs=6)
+    entries = [
+        ManifestEntry(0, ["a", "b"], [2, 1], "fb"),  # b: base64
+        ManifestEntry(2, ["c"], [0], "f"),  # refused by the API's checks
+        ManifestEntry(3, ["d", "e"], [1, 2], "ff"),  # never ran
+    ]
+    await redis.rpush(keys.batch_manifest(BATCH), *[entry.pack() for entry in entries])
+    rows = np.arange(12, dtype="<f4").reshape(3, 4)
+    bad = PartResult(error=EmbedError(ErrorKind.INVALID_REQUEST, "input must not be empty", "input"))
+    async with redis.pipeline(transaction=False) as pipe:
+        for chunk, vectors, parts in ((0, rows.tobytes(), [PartResult(5), PartResult(2)]), (1, None, [bad])):
+            await jobs.chunk_done_in(
+                pipe,
+                BATCH,
+                chunk,
+                vectors=vectors,
+                parts=encode_parts(parts),
+                completed=sum(p.error is None for p in parts),
+                failed=sum(p.error is not None for p in parts),
+                prompt_tokens=7,
+                expires_at_s=now + 600,
+            )
+        await pipe.execute()
+    return redis, batches, jobs, rows
+
+
+async def lines(batches, jobs, which):
+    record = await batches.get(BATCH)
+    return [
+        orjson.loads(line)
+        for piece in [p async for p in render(batches, jobs, record, which)]
+        for line in piece.splitlines()
+    ]
+
+
+async def test_each_request_goes_to_its_file_in_input_order_in_its_own_encoding():
+    redis, batches, jobs, rows = await stored_batch(cancelling_at=int(time.time()))
+    await redis.hset(keys.job(BATCH), mapping={"chunks_done": 3})  # the third chunk was taken off the queue
+    output = await lines(batches, jobs, OUTPUT)
+    assert [line["custom_id"] for line in output] == ["a", "b"]
+    first, second = (line["response"]["body"] for line in output)
+    assert [item["embedding"] for item in first["data"]] == rows[:2].tolist()
+    assert first["usage"] == {"prompt_tokens": 5, "total_tokens": 5} and first["model"] == "m"
+    assert np.frombuffer(base64.b64decode(second["data"][0]["embedding"]), dtype="<f4").tolist() == rows[2].tolist()
+    assert [line["id"] for line in output] == [f"batch_req_{'d' * 44}_0", f"batch_req_{'d' * 44}_1"]
+
+    errors = await lines(batches, jobs, ERRORS)
+    assert [line["custom_id"] for line in errors] == ["c", "d", "e"]
+    refused = errors[0]["response"]
+    assert refused["status_code"] == 400 and refused["body"]["error"]["param"] == "input"
+    assert [line["error"]["code"] for line in errors[1:]] == ["batch_cancelled"] * 2
+    assert all(line["response"] is None for line in errors[1:])
+    await redis.aclose()
+
+
+async def test_requests_of_an_expired_batch_that_never_ran_say_so():
+    redis, batches, jobs, _ = await stored_batch()
+    await redis.hset(keys.job(BATCH), "expires_at", int(time.time()) - 1)
+    errors = await lines(batches, jobs, ERRORS)
+    assert [line["error"]["code"] for line in errors if line["error"]] == ["batch_expired"] * 2
+    await redis.aclose()
