@@ -7,7 +7,9 @@ restart of Redis lost (made before the current epoch of Redis began, ``shared.ep
 from __future__ import annotations
 
 import secrets
-from typing import NoReturn
+from typing import NoReturn, Protocol, TypeVar
+
+from fastapi import Request
 
 from api.auth import owner_of
 from shared.clock import now_ms
@@ -31,6 +33,23 @@ def made_at_ms(prefix: str, value: str) -> int | None:
     return int(token[:12], 16)
 
 
+class Owned(Protocol):
+    @property
+    def owner(self) -> str: ...
+
+
+Record = TypeVar("Record", bound=Owned)
+
+
+async def owned(request: Request, record: Record | None, prefix: str, value: str, what: str) -> Record:
+    """``record`` if the caller owns it; otherwise why it is not there for them (another key's records are not:
+    404, never 403), 410 if a restart of Redis lost it."""
+    if record is None or not check_owner(request.state, record.owner):
+        made_at = made_at_ms(prefix, value) if record is None else None
+        await raise_missing(request.app.state.epochs, what, value, made_at)
+    return record
+
+
 async def raise_missing(epochs: Epochs, what: str, shown_id: str, made_at: int | None) -> NoReturn:
     """Raise why ``shown_id`` is not there for the caller: 410 if a restart of Redis lost it (``made_at``, from
     ``made_at_ms``, is before the current epoch began), else 404."""
@@ -41,5 +60,5 @@ async def raise_missing(epochs: Epochs, what: str, shown_id: str, made_at: int |
 
 
 def check_owner(state: object, owner: str | None) -> bool:
-    """Whether the caller owns a record; another key's records are not there for it (404, not 403)."""
+    """Whether the caller owns a record."""
     return owner is not None and owner == owner_of(state)

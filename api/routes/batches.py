@@ -20,7 +20,7 @@ from api.batch_store import BATCH_ID_PREFIX, BatchRecord, BatchStore
 from api.batch_submit import chunk_ids, submit
 from api.files import FileStore
 from api.http import json_response, parse_json
-from api.ids import check_owner, made_at_ms, new_id, raise_missing
+from api.ids import check_owner, new_id, owned
 from api.listing import page
 from api.routes.files import PURPOSE
 from api.schemas import error_responses
@@ -143,11 +143,7 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 
 async def _batch_of(request: Request, batch_id: str) -> BatchRecord:
     batches: BatchStore = request.app.state.batches
-    record = await batches.get(batch_id)
-    if record is None or not check_owner(request.state, record.owner):
-        made_at = made_at_ms(BATCH_ID_PREFIX, batch_id) if record is None else None
-        await raise_missing(request.app.state.epochs, "batch", batch_id, made_at)
-    return record
+    return await owned(request, await batches.get(batch_id), BATCH_ID_PREFIX, batch_id, "batch")
 
 
 async def _object(request: Request, batch_id: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from api.auth import owner_of
 from api.http import json_response, parse_json
-from api.ids import check_owner, made_at_ms, new_id, raise_missing
+from api.ids import new_id, owned
 from api.schemas import EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob
@@ -64,11 +64,7 @@ JOB_ID_PREFIX = "embjob_"
 
 async def _job_of(request: Request, job_id: str) -> JobRecord:
     store: JobStore = request.app.state.jobs
-    record = await store.get(job_id)
-    if record is None or not check_owner(request.state, record.owner):
-        made_at = made_at_ms(JOB_ID_PREFIX, job_id) if record is None else None
-        await raise_missing(request.app.state.epochs, "job", job_id, made_at)
-    return record
+    return await owned(request, await store.get(job_id), JOB_ID_PREFIX, job_id, "job")
 
 
 @router.post(

@@ -65,7 +65,7 @@ async def test_what_fails_the_file_and_what_fails_one_request():
         (8, "invalid_request", "body.model"),
         (9, "invalid_request", "custom_id"),
     ]
-    assert (found.requests, found.inputs, found.model) == (4, 1, MODEL)
+    assert (found.requests, found.inputs, found.model) == (4, 3, MODEL)  # a, b, a again, e
     assert found.shapes[1] == (None, 0)  # the request with an empty input: failed already, no inputs
 
 
@@ -94,7 +94,7 @@ async def test_errors_beyond_the_reported_ones_are_counted():
 
 async def test_a_refused_body_keeps_the_routes_error():
     data = line("a", {"model": MODEL, "input": "x", "dimensions": 0}).encode()
-    [[parsed]] = [group async for group in read_lines(segments_of(data, 100), settings())]
+    [parsed] = [item async for group in read_lines(segments_of(data, 100), settings()) for item in group]
     assert isinstance(parsed, Line) and parsed.request is None
     assert (parsed.error.kind, parsed.error.param) == (ErrorKind.INVALID_REQUEST, "dimensions")
 

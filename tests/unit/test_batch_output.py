@@ -18,7 +18,7 @@ from tests.fakes import fake_redis_factory
 BATCH = "batch_" + "d" * 44
 
 
-async def stored_batch(**overrides):
+async def stored_batch():
     redis = fake_redis_factory(fakeredis.FakeServer())(None)
     now = int(time.time())
     record = BatchRecord(
@@ -33,7 +33,6 @@ async def stored_batch(**overrides):
         chunks=3,
         metadata=None,
         errors=[],
-        **overrides,
     )
     batches, jobs = BatchStore(redis), JobStore(redis)
     await batches.create(record, inputs=6)
@@ -72,8 +71,9 @@ async def lines(batches, jobs, which):
 
 
 async def test_each_request_goes_to_its_file_in_input_order_in_its_own_encoding():
-    redis, batches, jobs, rows = await stored_batch(cancelling_at=int(time.time()))
-    await redis.hset(keys.job(BATCH), mapping={"chunks_done": 3})  # the third chunk was taken off the queue
+    redis, batches, jobs, rows = await stored_batch()
+    await batches.cancel(await batches.get(BATCH), withdrawn_chunks=1)  # the third chunk was taken off the queue
+    assert (await batches.get(BATCH)).status() == "cancelled"
     output = await lines(batches, jobs, OUTPUT)
     assert [line["custom_id"] for line in output] == ["a", "b"]
     first, second = (line["response"]["body"] for line in output)
