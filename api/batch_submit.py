@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
-from api.batch_input import Line, LineError
+from api.batch_input import Line, LineError, Options
 from api.batch_store import BatchRecord, ManifestEntry
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob, queue_job_id
@@ -51,17 +51,16 @@ class _Writer:
             "".join("b" if line.request and line.request.encoding_format == "base64" else "f" for line in lines),
         )
         self._entries.append(entry)
-        if lines[0].request is None:
+        options = lines[0].options(self._settings)  # the same for every request of the chunk
+        if options is None:
             self._failed.append((chunk, lines))
         else:
-            self._to_run.append(self._chunk_job(chunk, lines, entry))
+            self._to_run.append(self._chunk_job(chunk, lines, entry, options))
         if len(self._entries) >= _CHUNKS_PER_WRITE:
             await self.flush()
 
-    def _chunk_job(self, chunk: int, lines: list[Line], entry: ManifestEntry) -> NewJob:
-        record, settings = self._record, self._settings
-        options = lines[0].options(settings)
-        assert options is not None  # a chunk to run holds requests that parsed
+    def _chunk_job(self, chunk: int, lines: list[Line], entry: ManifestEntry, options: Options) -> NewJob:
+        record = self._record
         request_id = f"{record.batch_id}-{chunk}"
         inputs = [value for line in lines for value in line.inputs]
         enqueued = now_ms()

@@ -255,8 +255,7 @@ class EmbeddingService:
             sequences = self._sequences(model.encoder, job, job.inputs, prompt)
         else:
             sequences = await asyncio.to_thread(self._sequences, model.encoder, job, job.inputs, prompt)
-        embedded = await self._encode(model, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
-        return embedded
+        return await self._encode(model, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
 
     async def _embed_parts(self, job: ChunkJob, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
         """A batch chunk: each request (``parts``) is tokenized and checked alone, so one that cannot be encoded
