@@ -303,3 +303,15 @@ def test_a_batch_that_outlives_its_window_expires(stack_with):
         errors = lines_of(client, expired.error_file_id)
         assert [line["custom_id"] for line in errors] == [f"request-{i}" for i in range(len(TEXTS))]
         assert all(line["error"]["code"] == "batch_expired" for line in errors)
+
+
+def test_lists_page_with_after_and_limit_newest_first(openai_client, base_url):
+    made = [run_batch(openai_client, jsonl([{"model": MODEL, "input": f"page {i}"}])).id for i in range(3)]
+    paged = [batch.id for batch in openai_client.batches.list(limit=1)]  # the client follows `after` page by page
+    assert len(paged) == len(set(paged)) and [i for i in paged if i in made] == made[::-1]
+    first = openai_client.batches.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    files = [item.id for item in openai_client.files.list(limit=1, order="asc")]
+    assert len(files) == len(set(files)) and files == [item.id for item in openai_client.files.list(order="asc")]
+    with pytest.raises(openai.BadRequestError):
+        openai_client.batches.list(after="batch_nope")
