@@ -62,11 +62,11 @@ class Dispatcher:
         try:
             return await future
         except asyncio.CancelledError:
-            await asyncio.shield(self._withdraw(job))
+            await asyncio.shield(self._withdraw(new_job))
             raise
         except ServiceError as exc:
             if exc.kind is ErrorKind.TIMEOUT:
-                await self._withdraw(job)
+                await self._withdraw(new_job)
             raise
         finally:
             timer.cancel()
@@ -104,9 +104,9 @@ class Dispatcher:
             if refusal is not None and not future.done():
                 future.set_exception(refusal())
 
-    async def _withdraw(self, job: SyncJob) -> None:
+    async def _withdraw(self, job: NewJob) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._queue.withdraw([queue_job_id(job.request_id, len(job.inputs))])
+            await self._queue.withdraw([job.job_id])
 
     async def _require_workers(self) -> None:
         now = time.monotonic()

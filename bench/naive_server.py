@@ -27,8 +27,7 @@ class EmbeddingRequest(BaseModel):
 @app.post("/v1/embeddings")
 async def embeddings(request: EmbeddingRequest) -> dict[str, object]:
     texts = [request.input] if isinstance(request.input, str) else request.input
-    batch = [encoder.prepare(ids, truncate=True, param="input") for ids in encoder.tokenize(texts)]
-    vectors = encoder.encode(batch)
+    vectors = encoder.encode_texts(texts)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return {
         "object": "list",

@@ -29,12 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
 
-import httpx
 import redis
 
 from bench.load import LoadResult, run_wrk
 from shared import keys
-from tests.stack import free_port, running_stack, spawn, stop, wait_for_port
+from tests.stack import free_port, running_stack, served_backend, spawn, stop, wait_for_port
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _WORDS = [
@@ -158,7 +157,7 @@ def measure_limit(texts: list[str], backend: str, rounds: int = 3) -> tuple[floa
             return 0.0, 0
 
         def encode(batch: list[str]) -> None:
-            vectors = encoder.encode([encoder.prepare(ids, truncate=True, param="") for ids in encoder.tokenize(batch)])
+            vectors = encoder.encode_texts(batch)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     best = (0.0, 0)
@@ -195,7 +194,7 @@ def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]
     naive: dict[str, LoadResult] = {}
     sweep: dict[str, dict[int, LoadResult]] = {"this project": {}, "naive": {}}
     with running_stack(logs / "model") as stack:
-        backend = served_backend(stack.base_url)
+        backend = served_backend(stack.base_url, MODEL)
         for workload in WORKLOADS:
             ours[workload.name] = drive(stack.base_url, workload, seconds, stack.redis_url)
         for connections in SWEEP:
@@ -227,11 +226,6 @@ def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]
             f"{ours_rate / naive_rate:7.2f} {ours_rate / ceiling:7.2f}"
         )
     return sweep
-
-
-def served_backend(base_url: str) -> str:
-    cards = httpx.get(base_url + "/v1/models", timeout=30).json()["data"]
-    return str(next(card for card in cards if card["id"] == MODEL).get("backend", "?"))
 
 
 def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) -> None:

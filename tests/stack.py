@@ -6,6 +6,7 @@ Used by the integration tests and the benchmarks. Every process is stopped by it
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -157,6 +158,13 @@ def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{base_url} did not become ready")
+
+
+def served_backend(base_url: str, model: str) -> str:
+    """The runtime a live worker serves ``model`` on, as ``GET /v1/models`` says."""
+    with urllib.request.urlopen(base_url + "/v1/models", timeout=30) as response:
+        cards = json.load(response)["data"]
+    return str(next(card for card in cards if card["id"] == model)["backend"])
 
 
 class Stack:

@@ -111,6 +111,11 @@ class SentenceTransformerEncoder:
                         "input",
                     )
 
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts cut to the model's length, encoded as one padded batch, raw (no prompt, no Normalize): what
+        placement checks and the benchmarks time without the service around the encoder."""
+        return self.encode([self.prepare(ids, truncate=True, param="input") for ids in self.tokenize(texts)])
+
     def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
         """float32 vectors, one row per sequence of ``batch``, before any trailing Normalize. ``prompt_length``:
         leading tokens of every sequence that the pooling leaves out (see ``prompt_length``)."""

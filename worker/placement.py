@@ -88,8 +88,7 @@ def place(model: SentenceTransformer, name: str, settings: Settings) -> Sentence
 
 def agreement(reference: SentenceTransformerEncoder, candidate: SentenceTransformerEncoder) -> float:
     """The lowest cosine between the two encoders' vectors for the probe texts, encoded as one padded batch."""
-    batch = [reference.prepare(ids, truncate=True, param="probe") for ids in reference.tokenize(PROBE_TEXTS)]
-    expected, actual = reference.encode(batch), candidate.encode(batch)
+    expected, actual = reference.encode_texts(PROBE_TEXTS), candidate.encode_texts(PROBE_TEXTS)
     norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
     return float(np.min(np.sum(expected * actual, axis=1) / np.maximum(norms, 1e-12)))
 

@@ -8,15 +8,10 @@ import httpx
 import pytest
 
 from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, post_all, vectors_of
-from tests.stack import running_stack
+from tests.stack import running_stack, served_backend
 
 LONG = " ".join(["A long input fills the model's window and pads every shorter neighbour in its batch."] * 20)
 INPUTS = [*TEXTS, LONG]
-
-
-def backend_of(base_url: str) -> str:
-    cards = httpx.get(base_url + "/v1/models", timeout=30).json()["data"]
-    return str(next(card for card in cards if card["id"] == MODEL)["backend"])
 
 
 def check_vectors(base_url: str, reference) -> None:
@@ -31,12 +26,12 @@ def check_vectors(base_url: str, reference) -> None:
 
 
 def test_the_default_on_this_cpu_is_openvino_with_torchs_vectors(base_url, reference):
-    assert backend_of(base_url) == "openvino"
+    assert served_backend(base_url, MODEL) == "openvino"
     check_vectors(base_url, reference)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_each_runtime_gives_torchs_vectors(tmp_path, reference, backend):
     with running_stack(tmp_path / "stack", BACKEND=backend, EXPORT_DIR=str(tmp_path / "exports")) as stack:
-        assert backend_of(stack.base_url) == backend
+        assert served_backend(stack.base_url, MODEL) == backend
         check_vectors(stack.base_url, reference)
