@@ -23,8 +23,10 @@ from shared.jobs import JobStore, PartResult, encode_parts
 from shared.protocol import ChunkJob, encode_job
 from shared.settings import Settings
 
-#: chunks written per round trip
+#: chunks written per round trip at most, and input characters held before they are written (long texts make
+#: chunks of megabytes: the API holds these a few times over, as inputs, messages and arq payloads)
 _CHUNKS_PER_WRITE = 64
+_CHARS_PER_WRITE = 2_000_000
 
 
 def chunk_queue_id(batch_id: str, chunk: int, texts: int) -> str:
@@ -41,6 +43,7 @@ class _Writer:
         self._entries: list[ManifestEntry] = []
         self._to_run: list[NewJob] = []
         self._failed: list[tuple[int, list[Line]]] = []
+        self._chars = 0
         self.enqueued: list[str] = []
 
     async def add(self, chunk: int, lines: list[Line], first: int) -> None:
@@ -56,7 +59,8 @@ class _Writer:
             self._failed.append((chunk, lines))
         else:
             self._to_run.append(self._chunk_job(chunk, lines, entry, options))
-        if len(self._entries) >= _CHUNKS_PER_WRITE:
+        self._chars += sum(len(value) for line in lines for value in line.inputs)
+        if len(self._entries) >= _CHUNKS_PER_WRITE or self._chars >= _CHARS_PER_WRITE:
             await self.flush()
 
     def _chunk_job(self, chunk: int, lines: list[Line], entry: ManifestEntry, options: Options) -> NewJob:
@@ -112,7 +116,7 @@ class _Writer:
             self.enqueued += [job.job_id for job, ok in zip(self._to_run, admitted, strict=True) if ok]
             if not all(admitted):
                 raise ServiceError(ErrorKind.RATE_LIMITED, "too much job work is queued right now; retry later")
-        self._entries, self._to_run, self._failed = [], [], []
+        self._entries, self._to_run, self._failed, self._chars = [], [], [], 0
 
 
 async def submit(

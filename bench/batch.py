@@ -23,13 +23,33 @@ from bench.run import MODEL, SHORT, WORKLOADS, drive, measure_limit, sentence, t
 from tests.stack import running_stack
 
 
-def batch_file(lines: int) -> bytes:
+def batch_file(lines: int, words: int = 12) -> bytes:
     rng = random.Random(7)
     rows = (
         {"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": text}}
-        for i, text in enumerate(sentence(rng, 12) for _ in range(lines))
+        for i, text in enumerate(sentence(rng, words) for _ in range(lines))
     )
     return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def large_file_section(logs: Path, lines: int = 48_000) -> None:
+    """A file near OpenAI's 200 MB limit (long texts): upload and create, then cancel; the API's memory."""
+    data = batch_file(lines, words=550)
+    with running_stack(logs / "batch-large") as stack:
+        assert stack.api is not None
+        with openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=600) as client:
+            client.embeddings.create(model=MODEL, input="warm up")
+            rss_before = _proc_status(stack.api.pid, "VmRSS")
+            started = time.monotonic()
+            uploaded = client.files.create(file=("large.jsonl", io.BytesIO(data)), purpose="batch")
+            uploaded_at = time.monotonic()
+            batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+            created_at = time.monotonic()
+            client.batches.cancel(batch.id)
+            peak = _proc_status(stack.api.pid, "VmHWM")
+    print(f"\n## Batch API: a {len(data) / 1e6:.0f} MB file ({lines} requests of one long text): upload and create")
+    print(f"upload {uploaded_at - started:.1f} s, create {created_at - uploaded_at:.1f} s; API resident ", end="")
+    print(f"{rss_before / 1024:.0f} MB before, peak {peak / 1024:.0f} MB")
 
 
 def _proc_status(pid: int, field: str) -> int:

@@ -339,9 +339,10 @@ def main() -> None:
             cpu_scaling_section(args.seconds, logs)
             scaling_section(args.seconds, logs)
         if "batch" in sections:
-            from bench.batch import batch_section  # bench.batch builds on this module
+            from bench.batch import batch_section, large_file_section  # bench.batch builds on this module
 
             batch_section(logs, args.batch_lines, args.seconds)
+            large_file_section(logs)
 
 
 if __name__ == "__main__":
