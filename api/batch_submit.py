@@ -8,7 +8,6 @@ entry names its requests for the output files. Written a group of chunks per rou
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
@@ -151,4 +150,4 @@ async def submit(
 
 def chunk_ids(batch_id: str, entries: list[ManifestEntry]) -> list[str]:
     """The queue ids of a batch's chunks, from its manifest."""
-    return [chunk_queue_id(batch_id, chunk, sum(entry.counts)) for chunk, entry in zip(itertools.count(), entries)]
+    return [chunk_queue_id(batch_id, chunk, sum(entry.counts)) for chunk, entry in enumerate(entries)]
