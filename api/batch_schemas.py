@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from shared.errors import ErrorKind, ServiceError
+from pydantic import BaseModel, ConfigDict, Field
 
 _MetadataKey = Annotated[str, Field(max_length=64)]
 _MetadataValue = Annotated[str, Field(max_length=512)]
@@ -25,17 +23,6 @@ class BatchRequest(BaseModel):
     endpoint: Literal["/v1/embeddings"] = Field(description="Only embeddings batches are served.")
     completion_window: Literal["24h"]
     metadata: dict[_MetadataKey, _MetadataValue] | None = Field(None, max_length=16)
-
-
-def parse_batch_request(payload: Any) -> BatchRequest:
-    if not isinstance(payload, dict):
-        raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
-    try:
-        return BatchRequest.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise ServiceError(ErrorKind.INVALID_REQUEST, f"{param}: {first['msg']}", param) from None
 
 
 class FileObject(BaseModel):

@@ -82,9 +82,9 @@ class BatchRecord:
             return "completed"
         return "expired" if now >= self.expires_at else "in_progress"
 
-    def file_id(self, which: str) -> str | None:
+    def file_id(self, which: str, now: float | None = None) -> str | None:
         """The id of its output or error file, once it has one."""
-        status = self.status()
+        status = self.status(now)
         if status not in TERMINAL or status == "failed" or which in self.deleted:
             return None
         if which == OUTPUT:
@@ -94,7 +94,8 @@ class BatchRecord:
 
     def as_object(self) -> dict[str, Any]:
         """The OpenAI batch object."""
-        status = self.status()
+        now = time.time()  # one reading for the status and the files it implies
+        status = self.status(now)
         return {
             "id": self.batch_id,
             "object": "batch",
@@ -104,8 +105,8 @@ class BatchRecord:
             "input_file_id": self.input_file_id,
             "completion_window": "24h",
             "status": status,
-            "output_file_id": self.file_id(OUTPUT),
-            "error_file_id": self.file_id(ERRORS),
+            "output_file_id": self.file_id(OUTPUT, now),
+            "error_file_id": self.file_id(ERRORS, now),
             "created_at": self.created_at,
             "in_progress_at": None if self.failed_at is not None else self.created_at,
             "expires_at": self.expires_at,
@@ -141,7 +142,7 @@ class BatchStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def create(self, record: BatchRecord, *, inputs: int) -> None:
+    async def create(self, record: BatchRecord) -> None:
         fields: dict[str, str | int | bytes] = {
             "owner": record.owner,
             "model": record.model or "",
@@ -151,7 +152,6 @@ class BatchStore:
             "kept_until": record.kept_until,
             "total": record.total,
             "chunks": record.chunks,
-            "inputs": inputs,
             "metadata": orjson.dumps(record.metadata),
             "errors": orjson.dumps(record.errors),
             "completed": 0,

@@ -18,7 +18,7 @@ from shared import keys
 from shared.arq_batch import ArqBatch, NewJob, queue_job_id
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.jobs import JobStore, PartResult, encode_parts
+from shared.jobs import JobStore, PartResult
 from shared.protocol import ChunkJob, encode_job
 from shared.settings import Settings
 
@@ -97,15 +97,14 @@ class _Writer:
                     pipe.rpush(keys.batch_manifest(record.batch_id), *[entry.pack() for entry in self._entries])
                     pipe.expireat(keys.batch_manifest(record.batch_id), record.kept_until)
                 for chunk, lines in self._failed:
-                    parts = [PartResult(error=line.error) for line in lines]
                     await self._jobs.chunk_done_in(
                         pipe,
                         record.batch_id,
                         chunk,
                         vectors=None,
-                        parts=encode_parts(parts),
+                        parts=[PartResult(error=line.error) for line in lines],
                         completed=0,
-                        failed=len(parts),
+                        failed=len(lines),
                         prompt_tokens=0,
                         expires_at_s=record.kept_until,
                     )

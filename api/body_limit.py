@@ -21,10 +21,9 @@ class BodySizeLimit:
             await self._app(scope, receive, send)
             return
         max_bytes = self._larger.get(scope["path"], self._max_bytes)
-        message = f"the request body is larger than {max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await error_response(ErrorKind.PAYLOAD_TOO_LARGE, message)(scope, receive, send)
+            await error_response(ErrorKind.PAYLOAD_TOO_LARGE, _too_large(max_bytes))(scope, receive, send)
             return
         received = 0
 
@@ -34,7 +33,11 @@ class BodySizeLimit:
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
                 if received > max_bytes:
-                    raise ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, message)
+                    raise ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, _too_large(max_bytes))
             return event
 
         await self._app(scope, limited_receive, send)
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"the request body is larger than {max_bytes} bytes"

@@ -8,9 +8,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared.errors import ErrorKind, ServiceError
+from shared.settings import Settings
 
 #: ids resolved per round trip
 _IDS_PER_READ = 100
+
+
+def kept_since_ms(settings: Settings, now_s: int) -> int:
+    """The creation time before which nothing listed is kept any more: the longest life of a file or batch (a
+    batch's window plus the results' TTL; uploads live the TTL alone)."""
+    return (now_s - settings.job_result_ttl_s - settings.batch_completion_window_s) * 1000
 
 
 async def page(

@@ -15,6 +15,7 @@ from shared.protocol import InputKind
 from shared.settings import Settings
 
 Request = TypeVar("Request", bound="EmbeddingRequest")
+Body = TypeVar("Body", bound=BaseModel)
 
 _Text = Annotated[str, Field(min_length=1)]
 _TokenId = Annotated[int, Field(ge=0)]
@@ -127,11 +128,12 @@ class JobRequest(EmbeddingRequest):
 def parse_embedding_request(payload: Any, settings: Settings) -> EmbeddingRequest:
     """Validate a decoded JSON body; any problem becomes a 400 naming the offending field, and a model this
     deployment does not serve a 404."""
-    return _served(_parse(EmbeddingRequest, payload, {"settings": settings}), settings)
+    return _served(parse_body(EmbeddingRequest, payload, {"settings": settings}), settings)
 
 
 def parse_job_request(payload: Any, settings: Settings) -> JobRequest:
-    return _served(_parse(JobRequest, payload, {"settings": settings, "max_inputs": settings.max_job_inputs}), settings)
+    context = {"settings": settings, "max_inputs": settings.max_job_inputs}
+    return _served(parse_body(JobRequest, payload, context), settings)
 
 
 def _served(request: Request, settings: Settings) -> Request:
@@ -140,7 +142,8 @@ def _served(request: Request, settings: Settings) -> Request:
     return request
 
 
-def _parse(model: type[Request], payload: Any, context: dict[str, Any]) -> Request:
+def parse_body(model: type[Body], payload: Any, context: dict[str, Any] | None = None) -> Body:
+    """``payload`` (decoded JSON) as ``model``; any problem is a 400 naming the offending field."""
     if not isinstance(payload, dict):
         raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
     try:

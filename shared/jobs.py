@@ -61,7 +61,7 @@ class PartResult:
     error: EmbedError | None = None
 
 
-def encode_parts(parts: list[PartResult]) -> bytes:
+def _encode_parts(parts: list[PartResult]) -> bytes:
     packed: bytes = msgpack.packb(
         [
             [
@@ -75,7 +75,7 @@ def encode_parts(parts: list[PartResult]) -> bytes:
     return packed
 
 
-def decode_parts(data: bytes) -> list[PartResult]:
+def _decode_parts(data: bytes) -> list[PartResult]:
     return [
         PartResult(tokens, None if error is None else EmbedError(ErrorKind(error[0]), error[1], error[2]))
         for tokens, error in msgpack.unpackb(data, raw=False)
@@ -210,7 +210,7 @@ class JobStore:
         chunk: int,
         *,
         vectors: bytes | None,
-        parts: bytes | None = None,
+        parts: list[PartResult] | None = None,
         completed: int,
         failed: int,
         prompt_tokens: int,
@@ -222,7 +222,7 @@ class JobStore:
         if vectors is not None:
             pipe.set(keys.job_chunk(job_id, chunk), vectors, exat=expires_at_s)
         if parts is not None:
-            pipe.set(keys.job_chunk_parts(job_id, chunk), parts, exat=expires_at_s)
+            pipe.set(keys.job_chunk_parts(job_id, chunk), _encode_parts(parts), exat=expires_at_s)
         await self._chunk_done(
             keys=[keys.job(job_id)],
             args=[chunk, completed, failed, prompt_tokens, int(time.time()), error],
@@ -240,4 +240,4 @@ class JobStore:
         if not chunks:
             return []
         values: list[bytes | None] = await self._redis.mget([keys.job_chunk_parts(job_id, c) for c in chunks])
-        return [None if value is None else decode_parts(value) for value in values]
+        return [None if value is None else _decode_parts(value) for value in values]

@@ -29,7 +29,7 @@ from shared.arq_batch import ArqBatch, FinishedJob
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
-from shared.jobs import JobStore, PartResult, encode_parts
+from shared.jobs import JobStore, PartResult
 from shared.openai_json import data_array
 from shared.protocol import (
     ChunkJob,
@@ -353,7 +353,7 @@ class EmbeddingService:
             job.parent_job,
             job.chunk,
             vectors=vectors,
-            parts=None if outcome.parts is None else encode_parts(outcome.parts),
+            parts=outcome.parts,
             completed=outcome.completed,
             failed=outcome.failed,
             prompt_tokens=outcome.prompt_tokens,

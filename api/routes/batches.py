@@ -15,15 +15,15 @@ from fastapi.responses import Response
 
 from api.auth import owner_of
 from api.batch_input import chunk_starts, read_lines, validate
-from api.batch_schemas import BatchList, BatchObject, BatchRequest, parse_batch_request
+from api.batch_schemas import BatchList, BatchObject, BatchRequest
 from api.batch_store import BATCH_ID_PREFIX, BatchRecord, BatchStore
 from api.batch_submit import chunk_ids, submit
 from api.files import FileStore
 from api.http import json_response, parse_json
 from api.ids import check_owner, new_id, owned
-from api.listing import page
+from api.listing import kept_since_ms, page
 from api.routes.files import PURPOSE
-from api.schemas import error_responses
+from api.schemas import error_responses, parse_body
 from shared import keys
 from shared.arq_batch import ArqBatch
 from shared.errors import ErrorKind, ServiceError
@@ -47,7 +47,7 @@ async def create_batch(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     files: FileStore = request.app.state.files
     batches: BatchStore = request.app.state.batches
-    batch_request = parse_batch_request(parse_json(await request.body()))
+    batch_request = parse_body(BatchRequest, parse_json(await request.body()))
     owner = owner_of(request.state)
     upload = await files.get(batch_request.input_file_id)
     if upload is None or not check_owner(request.state, upload.owner) or upload.purpose != PURPOSE:
@@ -75,7 +75,7 @@ async def create_batch(request: Request) -> Response:
         errors=errors,
         failed_at=created if errors else None,
     )
-    await batches.create(record, inputs=found.inputs)
+    await batches.create(record)
     if not errors:
         queue: ArqBatch = request.app.state.chunk_queue
         lines = read_lines(files.segments(upload.file_id), settings)
@@ -100,7 +100,6 @@ async def list_batches(
     async def resolve(ids: list[str]) -> list[dict[str, Any] | None]:
         return [None if (record := await batches.get(batch_id)) is None else record.as_object() for batch_id in ids]
 
-    kept_ms = (int(time.time()) - settings.job_result_ttl_s - settings.batch_completion_window_s) * 1000
     owner = owner_of(request.state)
     body = await page(
         request.app.state.redis,
@@ -108,7 +107,7 @@ async def list_batches(
         after=after,
         limit=limit,
         newest_first=True,
-        older_than_kept_ms=kept_ms,
+        older_than_kept_ms=kept_since_ms(settings, int(time.time())),
         resolve=resolve,
     )
     return json_response(body)

@@ -16,11 +16,11 @@ from starlette.datastructures import UploadFile
 from api.auth import owner_of
 from api.batch_output import render
 from api.batch_schemas import DeletedFile, FileList, FileObject
-from api.batch_store import BATCH_ID_PREFIX, BatchRecord, BatchStore, batch_of_file
+from api.batch_store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
 from api.files import FILE_ID_PREFIX, FileRecord, FileStore, file_object
 from api.http import json_response
 from api.ids import check_owner, made_at_ms, raise_missing
-from api.listing import page
+from api.listing import kept_since_ms, page
 from api.schemas import error_responses
 from shared import keys
 from shared.errors import ErrorKind, ServiceError
@@ -85,17 +85,16 @@ async def list_files(
     owner = owner_of(request.state)
 
     async def resolve(ids: list[str]) -> list[dict[str, Any] | None]:
-        found = [await _file_object(request, file_id, owner) for file_id in ids]
+        found = [await _file_object(request, file_id) for file_id in ids]
         return [item for item in found if item is None or purpose is None or item["purpose"] == purpose]
 
-    kept_ms = (int(time.time()) - settings.job_result_ttl_s - settings.batch_completion_window_s) * 1000
     body = await page(
         request.app.state.redis,
         keys.owner_files(owner),
         after=after,
         limit=limit,
         newest_first=order == "desc",
-        older_than_kept_ms=kept_ms,
+        older_than_kept_ms=kept_since_ms(settings, int(time.time())),
         resolve=resolve,
     )
     return json_response(body)
@@ -105,7 +104,7 @@ async def list_files(
     "/{file_id}", response_class=Response, responses={200: {"model": FileObject}, **error_responses(401, 404, 410, 503)}
 )
 async def get_file(request: Request, file_id: str) -> Response:
-    found = await _file_object(request, file_id, owner_of(request.state))
+    found = await _file_object(request, file_id)
     if found is None:
         await _missing(request, file_id)
     return json_response(found)
@@ -165,7 +164,7 @@ async def _batch_with_file(request: Request, batch_id: str, which: str) -> Batch
     return record
 
 
-async def _file_object(request: Request, file_id: str, owner: str) -> dict[str, Any] | None:
+async def _file_object(request: Request, file_id: str) -> dict[str, Any] | None:
     derived = batch_of_file(file_id)
     if derived is None:
         upload = await _upload(request, file_id)
@@ -181,7 +180,7 @@ async def _file_object(request: Request, file_id: str, owner: str) -> dict[str, 
             size += len(piece)
         await request.app.state.batches.remember_size(record.batch_id, which, size)
     made_at = record.completed_at or record.finished_at or record.expires_at
-    filename = f"{record.batch_id}_{'output' if which == 'output' else 'error'}.jsonl"
+    filename = f"{record.batch_id}_{'output' if which == OUTPUT else 'error'}.jsonl"
     return file_object(file_id, size, made_at, filename, "batch_output", record.kept_until)
 
 

@@ -11,7 +11,7 @@ from api.batch_output import render
 from api.batch_store import ERRORS, OUTPUT, BatchRecord, BatchStore, ManifestEntry
 from shared import keys
 from shared.errors import ErrorKind
-from shared.jobs import JobStore, PartResult, encode_parts
+from shared.jobs import JobStore, PartResult
 from shared.protocol import EmbedError
 from tests.fakes import fake_redis_factory
 
@@ -35,7 +35,7 @@ async def stored_batch():
         errors=[],
     )
     batches, jobs = BatchStore(redis), JobStore(redis)
-    await batches.create(record, inputs=6)
+    await batches.create(record)
     entries = [
         ManifestEntry(0, ["a", "b"], [2, 1], "fb"),  # b: base64
         ManifestEntry(2, ["c"], [0], "f"),  # refused by the API's checks
@@ -51,7 +51,7 @@ async def stored_batch():
                 BATCH,
                 chunk,
                 vectors=vectors,
-                parts=encode_parts(parts),
+                parts=parts,
                 completed=sum(p.error is None for p in parts),
                 failed=sum(p.error is not None for p in parts),
                 prompt_tokens=7,

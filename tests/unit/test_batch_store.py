@@ -67,7 +67,7 @@ async def test_a_batch_is_stored_listed_for_its_owner_and_read_back():
     redis = fake_redis_factory(fakeredis.FakeServer())(None)
     store = BatchStore(redis)
     made = record(metadata={"k": "v"})
-    await store.create(made, inputs=7)
+    await store.create(made)
     assert await store.get(made.batch_id) == made
     assert await redis.zrange(keys.owner_batches("o"), 0, -1) == [made.batch_id.encode()]
     assert len(await redis.zrange(keys.owner_files("o"), 0, -1)) == 2  # its output and error files, once ready
