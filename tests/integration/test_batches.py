@@ -11,7 +11,16 @@ import numpy as np
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL, TEXTS, cosines, post_all, vectors_of, wait_until
+from tests.integration.conftest import (
+    MODEL,
+    TEXTS,
+    assert_same_vectors,
+    cosines,
+    post_all,
+    unit_rows,
+    vectors_of,
+    wait_until,
+)
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 LONG_TEXT = " ".join(["a sentence that goes on and on about embeddings"] * 80)  # far over MiniLM's 256 tokens
@@ -79,7 +88,7 @@ def mixed_bodies(count: int) -> list[dict]:
     return bodies
 
 
-def test_the_sdk_batch_flow_gives_the_sync_apis_vectors_in_input_order(openai_client, base_url):
+def test_the_sdk_batch_flow_gives_the_sync_apis_vectors_in_input_order(openai_client, base_url, reference):
     bodies = mixed_bodies(300)
     batch = run_batch(openai_client, jsonl(bodies))
     assert batch.status == "completed" and batch.errors is None
@@ -109,10 +118,19 @@ def test_the_sdk_batch_flow_gives_the_sync_apis_vectors_in_input_order(openai_cl
         total_tokens += body["usage"]["prompt_tokens"]
         wanted_format = bodies[index].get("encoding_format", "float")
         assert all(isinstance(item["embedding"], str) == (wanted_format == "base64") for item in body["data"])
-        actual, reference = embeddings_of(body), embeddings_of(expected)
-        assert actual.shape == reference.shape == (actual.shape[0], bodies[index].get("dimensions", 384))
-        assert cosines(actual, reference).min() >= 0.999999 and np.abs(actual - reference).max() <= 1e-5
+        actual, answered = embeddings_of(body), embeddings_of(expected)
+        assert actual.shape == answered.shape == (actual.shape[0], bodies[index].get("dimensions", 384))
+        assert cosines(actual, answered).min() >= 0.999999 and np.abs(actual - answered).max() <= 1e-5
     assert batch.usage.input_tokens == total_tokens
+
+    # and SentenceTransformer.encode's, as its users call it (normalized; a `dimensions` cut made unit again)
+    for line in output:
+        body = bodies[int(line["custom_id"].split("-")[1])]
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        expected = reference(texts)
+        if "dimensions" in body:
+            expected = unit_rows(expected[:, : body["dimensions"]])
+        assert_same_vectors(embeddings_of(line["response"]["body"]), expected)
 
     by_id = {line["custom_id"]: line for line in failed}
     for custom_id in failed_ids:
