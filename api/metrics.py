@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.model_cards import model_cards
 from shared import keys
 from shared.errors import ClientGone
 from shared.settings import Settings
@@ -49,7 +50,9 @@ async def metrics(request: Request) -> Response:
             depth, texts = await pipe.execute()
         QUEUE_DEPTH.set(depth)
         QUEUED_TEXTS.set(int(texts or 0))
-        LIVE_WORKERS.set(len(await live_workers(redis, settings.worker_ttl_s)))
+        workers = await live_workers(redis, settings.worker_ttl_s)
+        LIVE_WORKERS.set(len(workers))
+        model_cards([], workers)  # sets embeddings_model_variants
     except (RedisError, OSError):
         pass  # the process's own metrics are still worth serving
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     export_dir: Path | None = None
     #: int8: ONNX Runtime with dynamically quantized weights (faster on CPUs with VNNI; visibly different vectors)
     quantize: Literal["none", "int8"] = "none"
-    #: weights' precision on CUDA; auto: bfloat16 where the GPU has it, else float16 (float32 for models that
-    #: overflow in float16); CPU runs float32
+    #: the precision models compute in. auto: float32 on CPU (the same vectors on every host); on CUDA bfloat16
+    #: where the GPU has it, else float16 (float32 for models that overflow in float16). bfloat16 or float16 only
+    #: where the device computes it natively (a worker refuses to start otherwise), checked at load against float32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     #: threads of the model runtime; 0: the CPUs this worker may use (affinity and cgroup quota)
     worker_threads: int = Field(0, ge=0)
@@ -162,9 +163,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _quantize_needs_onnx(self) -> Settings:
+    def _runtime_computes_the_precision(self) -> Settings:
         if self.quantize == "int8" and self.backend in ("torch", "openvino"):
             raise ValueError("QUANTIZE=int8 runs on ONNX Runtime: set BACKEND=onnx (or auto)")
+        if self.quantize == "int8" and self.dtype not in ("auto", "float32"):
+            raise ValueError(f"QUANTIZE=int8 computes in float32 on ONNX Runtime, not DTYPE={self.dtype}")
+        if self.backend == "onnx" and self.dtype not in ("auto", "float32"):
+            raise ValueError(
+                f"ONNX Runtime's CPU provider computes float32 only: DTYPE={self.dtype} needs BACKEND=openvino, "
+                "torch or auto"
+            )
         return self
 
     @field_validator("model_paths", mode="before")

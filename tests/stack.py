@@ -169,11 +169,17 @@ def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_
     raise TimeoutError(f"{base_url} did not become ready")
 
 
-def served_backend(base_url: str, model: str) -> str:
-    """The runtime a live worker serves ``model`` on, as ``GET /v1/models`` says."""
+def served_card(base_url: str, model: str) -> dict[str, object]:
+    """What ``GET /v1/models`` says of ``model``."""
     with urllib.request.urlopen(base_url + "/v1/models", timeout=30) as response:
         cards = json.load(response)["data"]
-    return str(next(card for card in cards if card["id"] == model)["backend"])
+    card: dict[str, object] = next(card for card in cards if card["id"] == model)
+    return card
+
+
+def served_backend(base_url: str, model: str) -> str:
+    """The runtime a live worker serves ``model`` on, as ``GET /v1/models`` says."""
+    return str(served_card(base_url, model)["backend"])
 
 
 class Stack:

@@ -3,11 +3,13 @@
 import asyncio
 import logging
 import os
+import sys
 
 import uvloop
 
 from shared.settings import get_settings
 from worker.app import build_worker
+from worker.precision import PrecisionUnavailable
 
 
 def main() -> None:
@@ -16,7 +18,12 @@ def main() -> None:
     logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs two lines a job at INFO
     # arq runs on the thread's event loop; uvloop's socket I/O costs a fraction of asyncio's, per Redis round trip
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings).run()
+    try:
+        worker = build_worker(settings)
+    except PrecisionUnavailable as exc:
+        logging.getLogger("worker").error("%s", exc)
+        sys.exit(2)
+    worker.run()
     logging.shutdown()
     # past SHUTDOWN_GRACE_S a model thread may still be inside a forward pass for jobs the worker already gave up
     # (their leases lapse and another worker runs them): leave now rather than join that thread at exit

@@ -42,6 +42,7 @@ from shared.workers import WorkerInfo, record_heartbeat, remove_worker
 from worker import metrics
 from worker.encoder import pick_device
 from worker.model_source import load_encoder
+from worker.precision import declared_precision
 from worker.registry import ModelRegistry
 from worker.service import EmbeddingService
 from worker.wake_ups import IDLE_POLL_S, WakeUps
@@ -218,6 +219,8 @@ class EmbeddingWorker(Worker):
 
 
 def build_worker(settings: Settings) -> EmbeddingWorker:
+    """The worker the settings describe; PrecisionUnavailable if its device cannot compute ``DTYPE`` natively."""
+    declared_precision(settings.dtype, pick_device(settings.device))
     redis = connect(settings)
     registry = ModelRegistry(
         functools.partial(load_encoder, settings=settings),

@@ -18,6 +18,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
 
 from shared.errors import ErrorKind, ServiceError
+from worker.precision import TORCH_DTYPES, Precision
 from worker.runtimes import Forward
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,18 @@ _PROBE_TEXT = "probe"
 
 class SentenceTransformerEncoder:
     """``forward``: the transformer's forward pass on another runtime (``worker.runtimes``), named by ``backend``;
-    the modules after the transformer run in torch either way."""
+    the modules after the transformer run in torch either way. ``precision``: what the model computes in; on CPU,
+    torch runs a reduced precision under autocast (the weights stay float32), on a GPU the caller has cast the
+    weights already."""
 
-    def __init__(self, model: SentenceTransformer, forward: Forward | None = None, backend: str = "torch") -> None:
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        forward: Forward | None = None,
+        backend: str = "torch",
+        *,
+        precision: Precision = "float32",
+    ) -> None:
         tokenizer = model.tokenizer
         if tokenizer is None or model.max_seq_length is None:
             raise ServiceError(
@@ -43,6 +53,8 @@ class SentenceTransformerEncoder:
         self._modules = modules[:-1] if self.normalizes else modules
         self._forward = forward
         self.backend = backend
+        self.precision: Precision = precision
+        self._autocast = forward is None and str(model.device) == "cpu" and precision != "float32"
         if forward is not None:
             if not isinstance(modules[0], Transformer):
                 raise ValueError("only a model that starts with a Transformer module can run on another runtime")
@@ -67,6 +79,7 @@ class SentenceTransformerEncoder:
             "default_prompt_name": self.default_prompt_name,
             "normalized": self.normalizes,
             "backend": self.backend,
+            "dtype": self.precision,
         }
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -134,7 +147,10 @@ class SentenceTransformerEncoder:
         if prompt_length:
             features["prompt_length"] = prompt_length
         try:
-            with torch.inference_mode():
+            with (
+                torch.inference_mode(),
+                torch.autocast("cpu", dtype=TORCH_DTYPES[self.precision], enabled=self._autocast),
+            ):
                 for module in self._modules:
                     features = module(features)
                 embeddings = features["sentence_embedding"].float()

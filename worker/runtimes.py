@@ -13,6 +13,7 @@ place, so a worker never reads a half-written export.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -29,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from worker.precision import Precision, PrecisionUnavailable
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "onnx", "openvino"]
@@ -44,14 +47,14 @@ def installed(backend: Backend) -> bool:
     return backend == "torch" or importlib.util.find_spec(_MODULE_OF[backend]) is not None
 
 
-def choose_backend(setting: str, device: str) -> Backend:
-    """``auto``: torch on CUDA; on CPU OpenVINO when installed, else ONNX Runtime, else torch."""
+def choose_backend(setting: str, device: str, precision: Precision = "float32") -> Backend:
+    """``auto``: torch on CUDA; on CPU OpenVINO when installed, else ONNX Runtime (float32 only), else torch."""
     if setting != "auto":
         return setting  # type: ignore[return-value]
     if device != "cpu":
         return "torch"
     for backend in ("openvino", "onnx"):
-        if installed(backend):
+        if installed(backend) and (backend == "openvino" or precision == "float32"):
             return backend
     return "torch"
 
@@ -67,18 +70,34 @@ def export_folder(root: Path, name: str, backend: Backend, quantize: str, transf
     return root / f"{safe_name}-{backend}{'-' + quantize if quantize != 'none' else ''}-{digest.hexdigest()}"
 
 
-def load_forward(
-    backend: Backend, transformer: torch.nn.Module, folder: Path, *, threads: int, quantize: str = "none"
-) -> Forward:
-    """The transformer's forward pass on ``backend``, exporting it into ``folder`` first unless it is there."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompiledRuntime:
+    forward: Forward
+    #: the precision the runtime computes in, as the runtime itself reports it after compiling
+    precision: Precision
+
+
+def load_runtime(
+    backend: Backend,
+    transformer: torch.nn.Module,
+    folder: Path,
+    *,
+    threads: int,
+    precision: Precision = "float32",
+    quantize: str = "none",
+) -> CompiledRuntime:
+    """The transformer's forward pass on ``backend`` at ``precision``, exporting it into ``folder`` first unless
+    it is there; PrecisionUnavailable if the runtime cannot compute at ``precision``."""
+    if backend == "onnx" and precision != "float32":
+        raise PrecisionUnavailable(f"ONNX Runtime's CPU provider computes float32 only, not {precision}")
     if not (folder / _FILE_OF[backend]).exists():
         _export_into(folder, backend, transformer, quantize)
         log.info("exported %s for %s into %s", type(transformer).__name__, backend, folder)
     else:
         log.info("reusing the %s export in %s", backend, folder)
     if backend == "onnx":
-        return _onnx_forward(folder / _FILE_OF["onnx"], threads)
-    return _openvino_forward(folder / _FILE_OF["openvino"], threads)
+        return _onnx_runtime(folder / _FILE_OF["onnx"], threads)
+    return _openvino_runtime(folder / _FILE_OF["openvino"], threads, precision)
 
 
 _FILE_OF: dict[Backend, str] = {"onnx": "model.onnx", "openvino": "model.xml"}
@@ -154,22 +173,31 @@ def _export_onnx(wrapped: torch.nn.Module, example: tuple[torch.Tensor, ...], fo
         plain.unlink()
 
 
-def _onnx_forward(path: Path, threads: int) -> Forward:
+def _onnx_runtime(path: Path, threads: int) -> CompiledRuntime:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # the CPU provider has no reduced-precision mode on x86: float32 in, float32 out is float32 throughout
+    output_type = session.get_outputs()[0].type
+    if session.get_providers() != ["CPUExecutionProvider"] or output_type != "tensor(float)":
+        raise PrecisionUnavailable(f"ONNX Runtime runs {session.get_providers()} with {output_type} output")
 
     def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         outputs: list[np.ndarray] = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
         return outputs[0]
 
-    return forward
+    return CompiledRuntime(forward, "float32")
 
 
-def _openvino_forward(path: Path, threads: int) -> Forward:
+#: OpenVINO's names of the precisions, and back
+_OPENVINO_TYPES: dict[Precision, str] = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+_PRECISION_OF_OPENVINO = {name: precision for precision, name in _OPENVINO_TYPES.items()}
+
+
+def _openvino_runtime(path: Path, threads: int, precision: Precision) -> CompiledRuntime:
     import openvino
 
     core = openvino.Core()
@@ -178,8 +206,13 @@ def _openvino_forward(path: Path, threads: int) -> Forward:
         "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, as the batcher runs them
         # OpenVINO pins its threads to cores; two workers of one thread each were both pinned to core 0
         "ENABLE_CPU_PINNING": False,
+        # without it the CPU plugin computes in bfloat16 on every CPU that has it (AMX, AVX-512 BF16)
+        "INFERENCE_PRECISION_HINT": _OPENVINO_TYPES[precision],
     }
     compiled = core.compile_model(core.read_model(path), "CPU", config)
+    served = openvino_precision(compiled)
+    if served != precision:
+        raise PrecisionUnavailable(f"OpenVINO compiled the model for {served}, not {precision}")
     request = compiled.create_infer_request()
 
     def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -187,7 +220,13 @@ def _openvino_forward(path: Path, threads: int) -> Forward:
         hidden: np.ndarray = result[compiled.output(0)]
         return hidden.copy()  # the request reuses its output buffer on the next call
 
-    return forward
+    return CompiledRuntime(forward, precision)
+
+
+def openvino_precision(compiled: Any) -> Precision | str:
+    """The precision an OpenVINO compiled model computes in, read from its properties."""
+    name = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    return _PRECISION_OF_OPENVINO.get(name, name)
 
 
 def _exporter_version(backend: Backend) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api.errors import error_response
 from api.http import json_response
+from api.model_cards import model_cards
 from api.schemas import error_responses
 from shared.errors import ErrorKind
 from shared.settings import Settings
@@ -40,15 +39,13 @@ async def readyz(request: Request) -> Response:
 @router.get("/v1/models", responses=error_responses(401))
 async def list_models(request: Request) -> Response:
     """The configured models, and any other model a live worker has loaded; for a loaded one also its dimensions,
-    maximum tokens, prompt names, default prompt and whether its vectors are normalized."""
+    maximum tokens, prompt names, default prompt, whether its vectors are normalized, its runtime and precision."""
     settings: Settings = request.app.state.settings
-    cards: dict[str, dict[str, Any]] = {name: {} for name in [*settings.embed_models, *settings.model_paths]}
     try:
-        for worker in await live_workers(request.app.state.redis, settings.worker_ttl_s):
-            for name in worker.models:
-                cards.setdefault(name, {}).update(worker.model_cards.get(name, {}))
+        workers = await live_workers(request.app.state.redis, settings.worker_ttl_s)
     except (RedisError, OSError):
-        pass  # the configured list is still true
+        workers = []  # the configured list is still true
+    cards = model_cards([*settings.embed_models, *settings.model_paths], workers)
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server", **card}
         for name, card in cards.items()

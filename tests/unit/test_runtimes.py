@@ -10,19 +10,23 @@ from worker.runtimes import choose_backend, cpu_budget, export_folder
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "present", "backend"),
+    ("setting", "device", "present", "precision", "backend"),
     [
-        ("auto", "cuda", {"openvino", "onnx"}, "torch"),
-        ("auto", "cpu", {"openvino", "onnx"}, "openvino"),
-        ("auto", "cpu", {"onnx"}, "onnx"),
-        ("auto", "cpu", set(), "torch"),
-        ("onnx", "cpu", {"openvino", "onnx"}, "onnx"),
-        ("torch", "cpu", {"openvino", "onnx"}, "torch"),
+        ("auto", "cuda", {"openvino", "onnx"}, "float32", "torch"),
+        ("auto", "cpu", {"openvino", "onnx"}, "float32", "openvino"),
+        ("auto", "cpu", {"onnx"}, "float32", "onnx"),
+        ("auto", "cpu", set(), "float32", "torch"),
+        ("onnx", "cpu", {"openvino", "onnx"}, "float32", "onnx"),
+        ("torch", "cpu", {"openvino", "onnx"}, "float32", "torch"),
+        ("auto", "cpu", {"openvino", "onnx"}, "bfloat16", "openvino"),
+        ("auto", "cpu", {"onnx"}, "bfloat16", "torch"),  # ONNX Runtime's CPU provider computes float32 only
     ],
 )
-def test_auto_is_torch_on_cuda_and_the_fastest_installed_runtime_on_cpu(monkeypatch, setting, device, present, backend):
+def test_auto_is_torch_on_cuda_and_the_fastest_installed_runtime_on_cpu(
+    monkeypatch, setting, device, present, precision, backend
+):
     monkeypatch.setattr(runtimes, "installed", lambda name: name == "torch" or name in present)
-    assert choose_backend(setting, device) == backend
+    assert choose_backend(setting, device, precision) == backend
 
 
 @pytest.mark.parametrize(("cpu_max", "cpus"), [("max 100000\n", 2), ("100000 100000\n", 1), ("50000 100000\n", 1)])
