@@ -19,6 +19,7 @@ import orjson
 
 from api.batch_store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, ManifestEntry
 from api.errors import ERROR_TABLE, error_body
+from shared.errors import ResultsLost
 from shared.jobs import JobStore, PartResult
 from shared.openai_json import data_array, embeddings_body
 
@@ -32,7 +33,21 @@ _NEVER_RAN = {
 _LOST = ("batch_request_lost", "This request's result was lost; submit it again.")
 
 
+async def lost_requests(store: BatchStore, jobs: JobStore, record: BatchRecord) -> list[tuple[int, int]]:
+    """For a completed batch, the requests (first and last index) of every chunk whose results are gone from
+    Redis; checked before a file is streamed, so a hole is a 410, not a short file."""
+    if record.status() != "completed" or not record.chunks:
+        return []
+    missing = await jobs.missing_parts(record.batch_id, record.chunks)
+    lost = []
+    for chunk in missing:
+        entry = (await store.manifest(record.batch_id, chunk, 1))[0]
+        lost.append((entry.first, entry.first + len(entry.custom_ids) - 1))
+    return lost
+
+
 async def render(store: BatchStore, jobs: JobStore, record: BatchRecord, which: str) -> AsyncIterator[bytes]:
+    """The file's lines; ResultsLost where a completed batch's chunk turns out to be gone."""
     status = record.status()
     for first in range(0, record.chunks, _CHUNKS_PER_READ):
         entries = await store.manifest(record.batch_id, first, _CHUNKS_PER_READ)
@@ -55,6 +70,8 @@ def _render_chunks(
     lines: list[bytes] = []
     for entry, stored, results in zip(entries, vectors, parts, strict=True):
         succeeded = sum(count for count, result in zip(entry.counts, results or [], strict=False) if not result.error)
+        if status == "completed" and (results is None or (succeeded and stored is None)):
+            raise ResultsLost(f"requests {entry.first}.. of {record.batch_id}")
         rows = np.frombuffer(stored or b"", dtype="<f4").reshape(succeeded, -1) if succeeded else np.empty((0, 0))
         offset = 0
         for j, custom_id in enumerate(entry.custom_ids):

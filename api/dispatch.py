@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from api.results import ResultListener
 from shared.arq_batch import ArqBatch, NewJob, queue_job_id
@@ -17,6 +17,7 @@ from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import SyncJob, SyncReply, encode_job
+from shared.redis_memory import EvictionGuard
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,17 @@ class Dispatcher:
     """
 
     def __init__(
-        self, redis: ArqRedis, listener: ResultListener, *, worker_ttl_s: float, max_queued_texts: int
+        self,
+        redis: ArqRedis,
+        listener: ResultListener,
+        guard: EvictionGuard,
+        *,
+        worker_ttl_s: float,
+        max_queued_texts: int,
     ) -> None:
         self._redis = redis
         self._listener = listener
+        self._guard = guard
         self._queue = ArqBatch.sync(redis)
         self._max_queued_texts = max_queued_texts
         #: items: a request's id and its job
@@ -55,6 +63,7 @@ class Dispatcher:
         If the caller is cancelled (its client went away) or the deadline passes, a job no worker has started
         yet is taken off the queue.
         """
+        await self._guard.check()
         await self._require_workers()
         new_job = self._new_job(job, timeout_s)
         future = self._enqueuer.add((job.request_id, new_job), self._listener.expect(job.request_id))
@@ -89,6 +98,9 @@ class Dispatcher:
         try:
             new_jobs = [new_job for (_, new_job), _ in jobs]
             enqueued = await self._queue.enqueue(new_jobs, self._max_queued_texts, now_ms())
+        except OutOfMemoryError:
+            log.warning("enqueueing %d jobs failed: Redis is out of memory", len(jobs))
+            refusals = [_store_full] * len(jobs)
         except (RedisError, OSError) as exc:
             log.warning("enqueueing %d jobs failed: %r", len(jobs), exc)
             refusals = [_unreachable] * len(jobs)
@@ -128,6 +140,10 @@ def _time_out(future: asyncio.Future[SyncReply], timeout_s: float) -> None:
 
 def _unreachable() -> ServiceError:
     return ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the job queue is unreachable; retry shortly")
+
+
+def _store_full() -> ServiceError:
+    return ServiceError(ErrorKind.INSUFFICIENT_STORAGE, "the job store is out of memory; retry later")
 
 
 def _backlog_full() -> ServiceError:

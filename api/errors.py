@@ -12,7 +12,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import ERRORS
@@ -33,9 +33,11 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.JOB_LOST: (410, "server_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorKind.INSUFFICIENT_STORAGE: (507, "server_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
     ErrorKind.MODEL_UNAVAILABLE: (503, "server_error"),
     ErrorKind.SERVICE_UNAVAILABLE: (503, "server_error"),
+    ErrorKind.STORE_EVICTS: (503, "server_error"),
     ErrorKind.TIMEOUT: (504, "server_error"),
 }
 
@@ -91,6 +93,14 @@ async def _redis_unreachable(request: Request, exc: Exception) -> Response:
     return service_error_response(unreachable, request_id)
 
 
+async def _redis_out_of_memory(request: Request, exc: Exception) -> Response:
+    """Redis refused a write for want of memory: the store is full, which waiting a second does not fix."""
+    request_id = getattr(request.state, "request_id", "-")
+    log.warning("request %s on %s %s: Redis is out of memory", request_id, request.method, request.url.path)
+    full = ServiceError(ErrorKind.INSUFFICIENT_STORAGE, "the job store is out of memory; retry later")
+    return service_error_response(full, request_id)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "-")
     log.error("request %s on %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
@@ -101,6 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OutOfMemoryError, _redis_out_of_memory)
     app.add_exception_handler(RedisError, _redis_unreachable)
     app.add_exception_handler(ConnectionError, _redis_unreachable)
     app.add_exception_handler(Exception, _unexpected_error)

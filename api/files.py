@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from api.admission import Admission
 from api.ids import new_id
 from shared import keys
 from shared.errors import ErrorKind, ServiceError
@@ -55,9 +56,12 @@ def file_object(
 
 
 class FileStore:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    """``admission``: what every stored segment is reserved with, in the result store's budget."""
+
+    def __init__(self, redis: Redis, ttl_s: int, admission: Admission) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._admission = admission
 
     async def create(
         self, owner: str, filename: str, purpose: str, read: Callable[[int], Awaitable[bytes]], max_bytes: int
@@ -74,12 +78,14 @@ class FileStore:
                     raise ServiceError(
                         ErrorKind.PAYLOAD_TOO_LARGE, f"the file is larger than {max_bytes} bytes", "file"
                     )
+                await self._admission.reserve(file_id, len(segment), created + self._ttl_s)
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.rpush(data_key, segment)
                     pipe.expire(data_key, self._ttl_s)
                     await pipe.execute()
         except BaseException:
             await self._redis.delete(data_key)
+            await self._admission.release(file_id)
             raise
         record = FileRecord(file_id, owner, filename, purpose, size, created, created + self._ttl_s)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -128,3 +134,4 @@ class FileStore:
             pipe.delete(keys.file(record.file_id), keys.file_data(record.file_id))
             pipe.zrem(keys.owner_files(record.owner), record.file_id)
             await pipe.execute()
+        await self._admission.release(record.file_id)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import fast_route, metrics
+from api.admission import Admission
 from api.auth import ApiKeyAuth, KeyRing
 from api.batch_store import BatchStore
 from api.body_limit import BodySizeLimit
@@ -47,13 +48,18 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
         listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
         listener.start()
         app.state.redis = redis
+        app.state.admission = admission = Admission(redis, settings)
         app.state.jobs = JobStore(redis)
-        app.state.files = FileStore(redis, settings.job_result_ttl_s)
+        app.state.files = FileStore(redis, settings.job_result_ttl_s, admission)
         app.state.batches = BatchStore(redis)
         app.state.chunk_queue = ArqBatch.chunks(redis)
         app.state.epochs = Epochs(redis)
         app.state.dispatcher = Dispatcher(
-            redis, listener, worker_ttl_s=settings.worker_ttl_s, max_queued_texts=settings.max_queued_texts
+            redis,
+            listener,
+            admission.guard,
+            worker_ttl_s=settings.worker_ttl_s,
+            max_queued_texts=settings.max_queued_texts,
         )
         try:
             yield

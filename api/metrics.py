@@ -30,6 +30,10 @@ ERRORS = Counter("embeddings_api_errors_total", "Error responses by kind", ["kin
 QUEUE_DEPTH = Gauge("embeddings_queue_jobs", "Jobs in the sync queue, waiting or running")
 QUEUED_TEXTS = Gauge("embeddings_queued_texts", "Texts queued or being encoded, deployment-wide")
 LIVE_WORKERS = Gauge("embeddings_live_workers", "Workers with a recent heartbeat")
+STORE_RESERVED = Gauge("embeddings_store_reserved_bytes", "Bytes of Redis reserved by jobs, batches and uploads")
+STORE_BUDGET = Gauge("embeddings_store_budget_bytes", "Bytes of Redis they may reserve (0: no bound)")
+REDIS_USED = Gauge("embeddings_redis_used_memory_bytes", "Redis' used_memory")
+REDIS_MAXMEMORY = Gauge("embeddings_redis_maxmemory_bytes", "Redis' maxmemory (0: no cap)")
 
 #: the status a request is counted under when its client left before the answer (nginx's convention)
 CLIENT_GONE_STATUS = 499
@@ -53,6 +57,11 @@ async def metrics(request: Request) -> Response:
         workers = await live_workers(redis, settings.worker_ttl_s)
         LIVE_WORKERS.set(len(workers))
         model_cards([], workers)  # sets embeddings_model_variants
+        usage, memory = await request.app.state.admission.usage()
+        STORE_RESERVED.set(usage.reserved)
+        STORE_BUDGET.set(usage.budget)
+        REDIS_USED.set(memory.used)
+        REDIS_MAXMEMORY.set(memory.maxmemory)
     except (RedisError, OSError):
         pass  # the process's own metrics are still worth serving
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

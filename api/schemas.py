@@ -208,6 +208,12 @@ class JobObject(BaseModel):
     metadata: dict[str, str]
 
 
+class DeletedJob(BaseModel):
+    id: str
+    object: Literal["embedding.job.deleted"]
+    deleted: bool
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error statuses a route can answer."""
     return {status: {"model": ErrorBody, "description": "OpenAI-shaped error"} for status in statuses}

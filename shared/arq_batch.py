@@ -13,12 +13,14 @@ place (``queue_job_id``) and only Lua reads it back (``_TEXTS_OF``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import OutOfMemoryError
 
 from shared import keys
 from shared.backlog import Backlog
@@ -134,6 +136,15 @@ return {taken, texts}
 )
 
 
+# KEYS: a reply list. ARGV: its TTL (s), then the replies. Allowed past maxmemory (Redis 7's script flags): replies
+# are small and read within milliseconds.
+_PUSH_PAST_MAXMEMORY = """#!lua flags=allow-oom
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewJob:
     job_id: str
@@ -194,6 +205,7 @@ class ArqBatch:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._withdraw = redis.register_script(_WITHDRAW)
+        self._push_past_maxmemory = redis.register_script(_PUSH_PAST_MAXMEMORY)
 
     @classmethod
     def sync(cls, redis: Redis) -> ArqBatch:
@@ -229,27 +241,47 @@ class ArqBatch:
             for i in range(0, len(flat), 4)
         ]
 
-    def finish_in(self, pipe: Pipeline, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
-        """Add to ``pipe`` what ends ``jobs``: deliver their replies, drop them from arq's keys and release their
-        texts, in a few commands (one push per reply list, one delete for every job)."""
+    async def finish(self, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
+        """End ``jobs``: drop them from arq's keys, deliver their replies and release their texts, in one round trip
+        of a few commands (one delete for every job, one push per reply list).
+
+        Replies and the release are tiny but Redis refuses them when it is out of memory (they may grow it); they
+        are then written again by a script allowed past ``maxmemory``, so a full Redis still answers every waiting
+        request and keeps its backlog count, instead of leaving requests to time out.
+        """
         replies: dict[str, list[bytes]] = {}
         for job in jobs:
             if job.reply_to is not None and job.reply is not None:
                 replies.setdefault(job.reply_to, []).append(job.reply)
-        for reply_to, messages in replies.items():
-            pipe.lpush(reply_to, *messages)
-            pipe.expire(reply_to, reply_ttl_s)
-        pipe.delete(
-            *[
-                prefix + job.job_id
-                for job in jobs
-                for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
-            ]
-        )
-        pipe.zrem(self._queue, *[job.job_id for job in jobs])
         released = sum(job.texts for job in jobs)
-        if released:
-            self.backlog.release_in(pipe, released)
+        redo: list[Callable[[], Awaitable[object]] | None] = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            # the deletes first: they free memory, and Redis never refuses them
+            pipe.delete(
+                *[
+                    prefix + job.job_id
+                    for job in jobs
+                    for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
+                ]
+            )
+            pipe.zrem(self._queue, *[job.job_id for job in jobs])
+            redo += [None, None]
+            for reply_to, messages in replies.items():
+                pipe.lpush(reply_to, *messages)
+                pipe.expire(reply_to, reply_ttl_s)
+                redo += [functools.partial(self._push_despite_oom, reply_to, messages, reply_ttl_s), None]
+            if released:
+                self.backlog.release_in(pipe, released)
+                redo.append(functools.partial(self.backlog.release_despite_oom, released))
+            results = await pipe.execute(raise_on_error=False)
+        for result, again in zip(results, redo, strict=True):
+            if isinstance(result, OutOfMemoryError) and again is not None:
+                await again()
+            elif isinstance(result, Exception):
+                raise result
+
+    async def _push_despite_oom(self, reply_to: str, messages: list[bytes], reply_ttl_s: int) -> None:
+        await self._push_past_maxmemory(keys=[reply_to], args=[reply_ttl_s, *messages])
 
     async def withdraw(self, job_ids: Sequence[str]) -> int:
         """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken.

@@ -13,11 +13,17 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 
+# KEYS: the counter. ARGV: texts. Allowed past maxmemory (Redis 7's script flags): it grows nothing.
+_RELEASE_PAST_MAXMEMORY = """#!lua flags=allow-oom
+return redis.call('DECRBY', KEYS[1], ARGV[1])
+"""
+
 
 class Backlog:
     def __init__(self, redis: Redis, key: str = keys.QUEUED_TEXTS) -> None:
         self._redis = redis
         self._key = key
+        self._release_past_maxmemory = redis.register_script(_RELEASE_PAST_MAXMEMORY)
 
     async def release(self, texts: int) -> None:
         await self._redis.decrby(self._key, texts)
@@ -27,3 +33,7 @@ class Backlog:
         pipeline holding a script asks Redis whether the script exists before every execute, one more round trip
         on every batch's finish."""
         pipe.decrby(self._key, texts)
+
+    async def release_despite_oom(self, texts: int) -> None:
+        """The release, when Redis refused it for want of memory (it refuses DECRBY then, though it grows nothing)."""
+        await self._release_past_maxmemory(keys=[self._key], args=[texts])

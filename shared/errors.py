@@ -8,6 +8,8 @@ Hierarchy::
     ServiceError            any failure a client may be told about; carries an ErrorKind
      └── ProtocolError      a queue message that cannot be decoded (bad bytes, unknown version)
     ClientGone              not a failure: the client left before its answer; nobody is told anything
+    ResultsLost             stored results vanished while a response streamed them: the response is cut off, so
+                            the client sees a broken stream rather than a short 200
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ class ErrorKind(enum.StrEnum):
     JOB_LOST = "job_lost"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limit_exceeded"
+    #: the result store has no room for this job's results (``shared.storage``)
+    INSUFFICIENT_STORAGE = "insufficient_storage"
     INTERNAL = "internal_error"
     MODEL_UNAVAILABLE = "model_unavailable"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    #: Redis may delete keys on its own (an eviction policy other than noeviction): no work is taken
+    STORE_EVICTS = "store_evicts_keys"
     TIMEOUT = "timeout"
 
 
@@ -54,3 +60,7 @@ class ProtocolError(ServiceError):
 
 class ClientGone(Exception):
     """The client closed the connection before it was answered: the request ends with no response (counted 499)."""
+
+
+class ResultsLost(Exception):
+    """Results a streamed response promised are gone from Redis (evicted or deleted) halfway through it."""

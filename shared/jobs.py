@@ -24,16 +24,29 @@ from shared import keys
 from shared.arq_batch import queue_job_id
 from shared.errors import ErrorKind
 from shared.protocol import EmbedError
+from shared.storage import RELEASE_PART_LUA, RESERVATION_KEYS
 
 #: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
 RECORD_GRACE_S = 86_400
 
-# KEYS: job hash. ARGV: chunk, units completed, units failed, prompt tokens, now (s), error message or "".
-# Counts each chunk once, however many workers ran it (a chunk skipped, cancelled or expired, counts with zeros);
-# stamps completed_at when the last unit lands, and finished_at when every chunk has (for records that say how many).
-_CHUNK_DONE = """
+# KEYS: job hash, chunk vectors, chunk parts, then the store's reservation keys (``shared.storage``).
+# ARGV: chunk, units completed, units failed, prompt tokens, now (s), error message or "", results' expiry (s),
+# vectors or "", parts or "", input bytes to give back to the reservation of the job (id).
+# Stores the chunk's results and counts it in one step, once per chunk however many workers ran it (a chunk skipped,
+# cancelled or expired counts with zeros); stamps completed_at when the last unit lands, and finished_at when every
+# chunk has (for records that say how many). Its first write (HSETNX) is refused when Redis is out of memory, and
+# a script that has not written stops there: a chunk is counted if and only if its results were stored.
+_CHUNK_DONE = (
+    RELEASE_PART_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HSETNX', KEYS[1], 'done:' .. ARGV[1], 1) == 0 then
     return 0
+end
+if ARGV[8] ~= '' then
+    redis.call('SET', KEYS[2], ARGV[8], 'EXAT', ARGV[7])
+end
+if ARGV[9] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[9], 'EXAT', ARGV[7])
 end
 local chunks_done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
 local chunks = redis.call('HGET', KEYS[1], 'chunks')
@@ -49,8 +62,13 @@ end
 if completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
     redis.call('HSETNX', KEYS[1], 'completed_at', ARGV[5])
 end
+release_part(KEYS[4], KEYS[5], ARGV[11], ARGV[10])
 return 1
 """
+)
+#: the same for a chunk that failed and stores no vectors, allowed past maxmemory (a few bytes), so that a full
+#: Redis still learns that the chunk ended and its job finishes with the failure named (Redis 7's script flags)
+_CHUNK_FAILED_DESPITE_OOM = "#!lua flags=allow-oom\n" + _CHUNK_DONE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,6 +120,8 @@ class JobRecord:
     completed_at: int | None = None
     #: chunk index -> why it failed
     chunk_errors: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: chunks counted done whose vectors are gone from the store (``JobStore.with_losses``)
+    lost_chunks: tuple[int, ...] = ()
 
     @property
     def chunk_count(self) -> int:
@@ -133,7 +153,7 @@ class JobRecord:
         if self.cancelled:
             return "cancelled"
         if self.completed + self.failed >= self.total:
-            return "completed" if self.completed else "failed"
+            return "completed" if self.completed and not self.lost_chunks else "failed"
         return "in_progress" if self.started else "queued"
 
 
@@ -141,6 +161,7 @@ class JobStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._chunk_done = redis.register_script(_CHUNK_DONE)
+        self._chunk_failed_despite_oom = redis.register_script(_CHUNK_FAILED_DESPITE_OOM)
 
     async def create(self, record: JobRecord) -> None:
         fields = {
@@ -187,8 +208,14 @@ class JobStore:
             chunk_errors={int(k.split(":", 1)[1]): v for k, v in fields.items() if k.startswith("error:")},
         )
 
-    async def delete(self, job_id: str) -> None:
-        await self._redis.delete(keys.job(job_id))
+    async def delete(self, job_id: str, chunks: int = 0) -> None:
+        """The job's record and its first ``chunks`` chunks' results."""
+        stored = [
+            key
+            for chunk in range(chunks)
+            for key in (keys.job_chunk(job_id, chunk), keys.job_chunk_parts(job_id, chunk))
+        ]
+        await self._redis.delete(keys.job(job_id), keys.job_workers(job_id), *stored)
 
     async def cancel(self, job_id: str) -> None:
         await cast(Awaitable[int], self._redis.hset(keys.job(job_id), "cancelled", "1"))
@@ -205,7 +232,7 @@ class JobStore:
 
     async def chunk_done_in(
         self,
-        pipe: Pipeline,
+        pipe: Pipeline | None,
         job_id: str,
         chunk: int,
         *,
@@ -216,18 +243,56 @@ class JobStore:
         prompt_tokens: int,
         expires_at_s: int,
         error: str = "",
+        input_bytes: int = 0,
+        despite_oom: bool = False,
     ) -> None:
-        """Queue in ``pipe``: store the chunk's vectors and its requests' outcomes (if any) and count it into the
-        job's progress."""
-        if vectors is not None:
-            pipe.set(keys.job_chunk(job_id, chunk), vectors, exat=expires_at_s)
-        if parts is not None:
-            pipe.set(keys.job_chunk_parts(job_id, chunk), _encode_parts(parts), exat=expires_at_s)
-        await self._chunk_done(
-            keys=[keys.job(job_id)],
-            args=[chunk, completed, failed, prompt_tokens, int(time.time()), error],
+        """Store the chunk's vectors and its requests' outcomes (if any) and count it into the job's progress, in
+        one step: queued in ``pipe``, or run at once without one. ``input_bytes``: what its inputs held of the job's
+        reservation, given back. ``despite_oom``: for a chunk without vectors, even when Redis is out of memory."""
+        if despite_oom and vectors is not None:
+            raise ValueError("only a chunk without vectors may be written past maxmemory")
+        script = self._chunk_failed_despite_oom if despite_oom else self._chunk_done
+        chunk_keys = [keys.job(job_id), keys.job_chunk(job_id, chunk), keys.job_chunk_parts(job_id, chunk)]
+        await script(
+            keys=[*chunk_keys, *RESERVATION_KEYS],
+            args=[
+                chunk,
+                completed,
+                failed,
+                prompt_tokens,
+                int(time.time()),
+                error,
+                expires_at_s,
+                vectors or b"",
+                b"" if parts is None else _encode_parts(parts),
+                input_bytes,
+                job_id,
+            ],
             client=pipe,
         )
+
+    async def with_losses(self, record: JobRecord) -> JobRecord:
+        """``record`` with ``lost_chunks`` filled in, once every chunk is counted: the chunks that should hold
+        vectors (those that did not fail) but hold none, gone from Redis by eviction or by hand."""
+        if record.completed + record.failed < record.total:
+            return record
+        expected = [chunk for chunk in range(record.chunk_count) if chunk not in record.chunk_errors]
+        if not expected:
+            return record
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for chunk in expected:
+                pipe.exists(keys.job_chunk(record.job_id, chunk))
+            found = await pipe.execute()
+        lost = tuple(chunk for chunk, present in zip(expected, found, strict=True) if not present)
+        return dataclasses.replace(record, lost_chunks=lost) if lost else record
+
+    async def missing_parts(self, job_id: str, chunks: int) -> list[int]:
+        """The chunks of a batch (all counted done) whose requests' outcomes are gone from Redis."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for chunk in range(chunks):
+                pipe.exists(keys.job_chunk_parts(job_id, chunk))
+            found = await pipe.execute()
+        return [chunk for chunk, present in enumerate(found) if not present]
 
     async def chunk_vectors(self, job_id: str, chunks: list[int]) -> list[bytes | None]:
         if not chunks:

@@ -30,6 +30,15 @@ EPOCH = PREFIX + "epoch"
 #: List: queue entries no worker could read, moved aside (newest first, capped), with why.
 DEAD_LETTER = PREFIX + "dead-letter"
 
+#: Counter of bytes reserved in the result store, deployment-wide (``shared.storage``).
+STORE_RESERVED = PREFIX + "store:reserved"
+
+#: Hash: job, batch or file id -> bytes it holds of the result store.
+STORE_RESERVATIONS = PREFIX + "store:reservations"
+
+#: Sorted set: job, batch or file id -> when (ms) its results expire and its reservation ends.
+STORE_EXPIRIES = PREFIX + "store:expiries"
+
 _REPLY_PREFIX = PREFIX + "reply:"
 _WORKER_INFO_PREFIX = PREFIX + "worker:"
 

@@ -30,6 +30,19 @@ class Settings(BaseSettings):
     #: by ``redis_sentinel_master``, and ``redis_url`` gives only its password and database
     redis_sentinels: Annotated[list[str], NoDecode] = []
     redis_sentinel_master: str = "mymaster"
+    #: serve even though Redis evicts keys (a maxmemory-policy other than noeviction): results may then vanish, and
+    #: are reported lost (410 job_lost) rather than returned short
+    allow_evicting_redis: bool = False
+    #: bytes of Redis the results of jobs, batches and uploads may reserve; 0: Redis' maxmemory less store_headroom
+    #: of it (no bound when Redis has no maxmemory either)
+    store_budget_bytes: int = Field(0, ge=0)
+    #: the share of maxmemory kept out of the budget, for synchronous requests and replies and queue overhead
+    store_headroom: float = Field(0.25, ge=0.05, lt=1)
+    #: vector size assumed for a model no live worker has reported yet, when a job's size is reckoned
+    store_assumed_dimensions: int = Field(1024, ge=1)
+    #: tries a worker makes to store a chunk's results while Redis is out of memory, pausing 0.5 s, 1 s, 2 s, ...
+    #: (at most 8 s, jittered) between them; then the chunk fails with insufficient_storage in its job's errors
+    store_write_attempts: int = Field(6, ge=1)
 
     # Models
     #: models workers load and warm up at start; also what ``/v1/models`` lists before any request

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,9 +78,10 @@ def start_redis(
     *,
     replica_of: int | None = None,
     persistent: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """A Redis on 127.0.0.1:``port``, persistent as deployed or not at all; with ``replica_of``, a replica of the one
-    on that port."""
+    on that port; ``extra_args``: more settings (``--maxmemory 64mb``, ...)."""
     args = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     args += [*PERSISTENT, "--appenddirname", f"aof-{port}"] if persistent else ["--appendonly", "no"]
     # its own files, in the log folder: a replica writes the primary's data to disk, and a Redis started later in
@@ -90,6 +91,7 @@ def start_redis(
         args += ["--requirepass", password]
     if replica_of is not None:
         args += ["--replicaof", "127.0.0.1", str(replica_of)]
+    args += extra_args
     process = spawn(args, log_dir / f"redis-{port}.log")
     wait_for_port(port, 10)
     return process
@@ -177,21 +179,23 @@ def served_card(base_url: str, model: str) -> dict[str, object]:
     return card
 
 
-def served_backend(base_url: str, model: str) -> str:
-    """The runtime a live worker serves ``model`` on, as ``GET /v1/models`` says."""
-    return str(served_card(base_url, model)["backend"])
-
-
 class Stack:
     """Redis, workers and the API as separate processes, with the controls failure tests need."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str], redis_password: str | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        env: dict[str, str],
+        redis_password: str | None = None,
+        redis_args: Sequence[str] = (),
+    ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
         self.env = env
         self.redis_port = free_port()
         self.api_port = free_port()
         self.redis_password = redis_password
+        self.redis_args = redis_args
         auth = f":{redis_password}@" if redis_password else ""
         self.redis_url = f"redis://{auth}127.0.0.1:{self.redis_port}/0"
         self.base_url = f"http://127.0.0.1:{self.api_port}"
@@ -200,7 +204,9 @@ class Stack:
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def start_redis(self, *, persistent: bool = False) -> None:
-        self.redis = start_redis(self.redis_port, self.log_dir, self.redis_password, persistent=persistent)
+        self.redis = start_redis(
+            self.redis_port, self.log_dir, self.redis_password, persistent=persistent, extra_args=self.redis_args
+        )
 
     def stop_redis(self) -> None:
         if self.redis is not None:
@@ -225,15 +231,27 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(log_dir: Path, *, workers: int = 1, redis_password: str | None = None, **env: str) -> Iterator[Stack]:
-    """Redis, ``workers`` workers and the API, ready to serve; everything stopped on exit."""
-    stack = Stack(log_dir, env, redis_password)
+def running_stack(
+    log_dir: Path,
+    *,
+    workers: int = 1,
+    redis_password: str | None = None,
+    redis_args: Sequence[str] = (),
+    ready: bool = True,
+    **env: str,
+) -> Iterator[Stack]:
+    """Redis, ``workers`` workers and the API, ready to serve (with ``ready=False``: only listening, for a stack
+    that refuses to be ready); everything stopped on exit."""
+    stack = Stack(log_dir, env, redis_password, redis_args)
     try:
         stack.start_redis()
         for _ in range(workers):
             stack.start_worker()
         stack.start_api()
-        stack.wait_ready()
+        if ready:
+            stack.wait_ready()
+        else:
+            wait_for_port(stack.api_port, 60)
         yield stack
     finally:
         stack.stop_all()

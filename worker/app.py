@@ -37,6 +37,7 @@ from shared import keys
 from shared.arq_batch import ArqBatch, ClaimedJob
 from shared.clock import now_ms
 from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
+from shared.redis_memory import EvictionGuard
 from shared.settings import Settings
 from shared.workers import WorkerInfo, record_heartbeat, remove_worker
 from worker import metrics
@@ -89,6 +90,8 @@ class EmbeddingWorker(Worker):
         #: the held jobs that are chunks (their leases are renewed in the chunk queue)
         self._chunk_ids: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
+        #: no work is claimed while Redis evicts keys (its results could vanish)
+        self._guard = EvictionGuard(redis, allow_evicting=settings.allow_evicting_redis)
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         settings, registry = self.settings, self.service.registry
@@ -125,7 +128,7 @@ class EmbeddingWorker(Worker):
     async def _poll_iteration(self) -> None:
         self.wake_ups.event.clear()  # before reading the queue: a job enqueued meanwhile sets it again
         try:
-            if self.allow_pick_jobs:
+            if self.allow_pick_jobs and await self._guard.safe():
                 await self._claim_sync_jobs()
                 if self.wake_ups.look_at_chunks():
                     await self._claim_chunks()
@@ -234,6 +237,7 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         redis,
         uuid.uuid4().hex[:12],
         max_attempts=settings.max_job_attempts,
+        store_attempts=settings.store_write_attempts,
         max_tokens=settings.max_tokens_per_request,
         openai_token_ids=settings.token_ids == "openai",
     )

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import msgpack
 import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from shared import keys
 from shared.arq_batch import ArqBatch, FinishedJob
@@ -41,6 +42,7 @@ from shared.protocol import (
     decode_job,
     encode_reply,
 )
+from shared.storage import input_bytes
 from worker import metrics, openai_tokens
 from worker.batcher import BatchStats
 from worker.prompts import resolve_prompt
@@ -55,6 +57,10 @@ REPLY_TTL_S = 60
 RETRYABLE = frozenset(
     {ErrorKind.INTERNAL, ErrorKind.MODEL_UNAVAILABLE, ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.TIMEOUT}
 )
+
+#: pauses between tries to store a chunk's results while Redis is out of memory (doubling, jittered)
+STORE_BACKOFF_S = 0.5
+STORE_BACKOFF_MAX_S = 8.0
 
 #: entries kept in the dead-letter list
 DEAD_LETTER_CAP = 1000
@@ -84,6 +90,16 @@ class ChunkOutcome:
     failed: int = 0
     prompt_tokens: int = 0
     error: str = ""
+    #: written even when Redis is out of memory (a failure, with no vectors: a few bytes)
+    despite_oom: bool = False
+
+
+def _failed_outcome(job: ChunkJob, error: EmbedError, *, despite_oom: bool = False) -> ChunkOutcome:
+    """Every input of the chunk, or in a batch chunk every request, failed with ``error``."""
+    if job.parts is None:
+        return ChunkOutcome(job, failed=len(job.inputs), error=error.message, despite_oom=despite_oom)
+    failures = [PartResult(error=error)] * len(job.parts)
+    return ChunkOutcome(job, parts=failures, failed=len(job.parts), error=error.message, despite_oom=despite_oom)
 
 
 class EmbeddingService:
@@ -96,6 +112,7 @@ class EmbeddingService:
         max_attempts: int,
         max_tokens: int = 1 << 62,
         openai_token_ids: bool = False,
+        store_attempts: int = 6,
     ) -> None:
         """``openai_token_ids``: token-id input is OpenAI's cl100k_base ids (``TOKEN_IDS=openai``), not the model's."""
         self.registry = registry
@@ -109,6 +126,7 @@ class EmbeddingService:
             self._finish_chunk_batch, "finish-chunks"
         )
         self._max_attempts = max_attempts
+        self._store_attempts = store_attempts
         self._max_tokens = max_tokens
         self._openai_token_ids = openai_token_ids
         self.largest_batch = (0, 0)
@@ -181,7 +199,7 @@ class EmbeddingService:
             return
         if now_ms() > job.deadline_ms or await self._jobs.is_cancelled(job.parent_job):
             # counted with nothing done, so a cancelled batch learns that this chunk will not run
-            await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), ChunkOutcome(job)))
+            await self._store_chunk(queue_id, ChunkOutcome(job))
             return
         if attempt > self._max_attempts:
             self.counters["abandoned"] += 1
@@ -199,7 +217,7 @@ class EmbeddingService:
         else:
             self.counters["answered"] += 1
             metrics.JOBS.labels("chunk").inc()
-            await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), outcome))
+            await self._store_chunk(queue_id, outcome)
             return
         if error.kind in RETRYABLE and attempt < self._max_attempts:
             log.warning("chunk %s failed (%s); it goes back to the queue", queue_id, error.message)
@@ -227,12 +245,8 @@ class EmbeddingService:
     async def _chunk_failed(self, queue_id: str, job: ChunkJob, error: ServiceError) -> None:
         """The whole chunk failed: every input, or in a batch chunk every request, with ``error``."""
         metrics.JOBS.labels("chunk_failed").inc()
-        if job.parts is None:
-            outcome = ChunkOutcome(job, failed=len(job.inputs), error=error.message)
-        else:
-            failure = PartResult(error=EmbedError(error.kind, error.message, error.param))
-            outcome = ChunkOutcome(job, parts=[failure] * len(job.parts), failed=len(job.parts), error=error.message)
-        await self._finish_chunks.add((FinishedJob(queue_id, len(job.inputs)), outcome))
+        outcome = _failed_outcome(job, EmbedError(error.kind, error.message, error.param))
+        await self._store_chunk(queue_id, outcome)
 
     async def _model_for(self, job: EmbedJob, deadline_ms: int | None) -> tuple[LoadedModel, str]:
         """The job's model, loaded, and the prompt its options choose; ServiceError if they do not fit the model."""
@@ -329,21 +343,30 @@ class EmbeddingService:
         await self._finish_sync.add((FinishedJob(queue_id, len(job.inputs), job.reply_to, encode_reply(reply)), None))
 
     async def _finish_sync_batch(self, batch: list[tuple[tuple[FinishedJob, None], asyncio.Future[None]]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._sync_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
-            await pipe.execute()
+        await self._sync_queue.finish([finished for (finished, _), _ in batch], REPLY_TTL_S)
         _settle(batch)
 
     async def _finish_chunk_batch(
         self, batch: list[tuple[tuple[FinishedJob, ChunkOutcome | None], asyncio.Future[None]]]
     ) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._chunk_queue.finish_in(pipe, [finished for (finished, _), _ in batch], REPLY_TTL_S)
-            for (_, outcome), _ in batch:
-                if outcome is not None:
+        """Store the chunks' results first (each with its count, in one step), then end the arq jobs of those
+        stored. A chunk whose results Redis refuses (out of memory) is not ended: its future fails with the
+        OutOfMemoryError and the chunk stays held, to be written again (``_store_chunk``)."""
+        writes = [(item, future, outcome) for item, future in batch if (outcome := item[1]) is not None]
+        stored = [(item, future) for item, future in batch if item[1] is None]
+        if writes:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _, _, outcome in writes:
                     await self._write_chunk_in(pipe, outcome)
-            await pipe.execute()
-        _settle(batch)
+                results = await pipe.execute(raise_on_error=False)
+            for (item, future, _), result in zip(writes, results, strict=True):
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    stored.append((item, future))
+        if stored:
+            await self._chunk_queue.finish([finished for (finished, _), _ in stored], REPLY_TTL_S)
+        _settle(stored)
 
     async def _write_chunk_in(self, pipe: Pipeline, outcome: ChunkOutcome) -> None:
         job = outcome.job
@@ -359,7 +382,34 @@ class EmbeddingService:
             prompt_tokens=outcome.prompt_tokens,
             expires_at_s=job.results_expire_s or job.deadline_ms // 1000,
             error=outcome.error,
+            input_bytes=input_bytes(job.inputs),
+            despite_oom=outcome.despite_oom,
         )
+
+    async def _store_chunk(self, queue_id: str, outcome: ChunkOutcome) -> None:
+        """Store a finished chunk's results; while Redis is out of memory, wait (growing, jittered pauses) and try
+        again, ``store_attempts`` times; then the chunk fails, named in its job's errors."""
+        job = outcome.job
+        finished = FinishedJob(queue_id, len(job.inputs))
+        for attempt in range(self._store_attempts):
+            try:
+                await self._finish_chunks.add((finished, outcome))
+                return
+            except OutOfMemoryError:
+                pause = min(STORE_BACKOFF_MAX_S, STORE_BACKOFF_S * 2**attempt) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "chunk %s: Redis is out of memory (attempt %d of %d); storing it again in %.1fs",
+                    *(queue_id, attempt + 1, self._store_attempts, pause),
+                )
+                await asyncio.sleep(pause)
+        log.error("chunk %s: Redis stayed out of memory; the chunk fails", queue_id)
+        metrics.JOBS.labels("chunk_failed").inc()
+        if outcome.vectors is None:  # a failure already: it is written as it is
+            failure = dataclasses.replace(outcome, despite_oom=True)
+        else:
+            reason = "the result store was full: this chunk's vectors could not be stored"
+            failure = _failed_outcome(job, EmbedError(ErrorKind.INSUFFICIENT_STORAGE, reason), despite_oom=True)
+        await self._finish_chunks.add((finished, failure))
 
     async def _dead_letter(self, queue_id: str, message: bytes, exc: ProtocolError) -> None:
         """Move a queue entry no worker can read aside, with why, where an operator can look at it."""

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from api.admission import Admission
 from api.auth import owner_of
 from api.batch_input import chunk_starts, read_lines, validate
 from api.batch_schemas import BatchList, BatchObject, BatchRequest
@@ -28,6 +29,7 @@ from shared import keys
 from shared.arq_batch import ArqBatch
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
+from shared.storage import RECORD_BYTES, results_bytes
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -75,14 +77,21 @@ async def create_batch(request: Request) -> Response:
         errors=errors,
         failed_at=created if errors else None,
     )
-    await batches.create(record)
-    if not errors:
+    if errors:
+        await batches.create(record)
+    else:
+        admission: Admission = request.app.state.admission
+        dimensions = await admission.dimensions(found.model or "", None)
+        held = results_bytes(found.inputs, dimensions, len(starts)) + upload.size + RECORD_BYTES
+        await admission.reserve(record.batch_id, held, record.kept_until)
         queue: ArqBatch = request.app.state.chunk_queue
         lines = read_lines(files.segments(upload.file_id), settings)
         try:
+            await batches.create(record)
             await submit(request.app.state.redis, queue, record, lines, starts, settings)
         except BaseException:
             await batches.delete(record)
+            await admission.release(record.batch_id)
             raise
     return json_response(await _object(request, record.batch_id))
 

@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.auth import owner_of
-from api.batch_output import render
+from api.batch_output import lost_requests, render
 from api.batch_schemas import DeletedFile, FileList, FileObject
 from api.batch_store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
 from api.files import FILE_ID_PREFIX, FileRecord, FileStore, file_object
@@ -23,7 +23,7 @@ from api.ids import check_owner, made_at_ms, raise_missing
 from api.listing import kept_since_ms, page
 from api.schemas import error_responses
 from shared import keys
-from shared.errors import ErrorKind, ServiceError
+from shared.errors import ErrorKind, ResultsLost, ServiceError
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -121,6 +121,11 @@ async def get_file_content(request: Request, file_id: str) -> StreamingResponse:
     if derived is not None:
         record = await _batch_with_file(request, *derived)
         if record is not None:
+            lost = await lost_requests(request.app.state.batches, request.app.state.jobs, record)
+            if lost:
+                spans = ", ".join(f"{first}-{last}" for first, last in lost)
+                message = f"the results of requests {spans} were lost from the job store (evicted or deleted)"
+                raise ServiceError(ErrorKind.JOB_LOST, message)
             stream = render(request.app.state.batches, request.app.state.jobs, record, derived[1])
             return StreamingResponse(stream, media_type="application/jsonl")
     else:
@@ -176,9 +181,13 @@ async def _file_object(request: Request, file_id: str) -> dict[str, Any] | None:
     size = record.sizes.get(which)
     if size is None:  # rendered once to measure it, then remembered
         size = 0
-        async for piece in render(request.app.state.batches, request.app.state.jobs, record, which):
-            size += len(piece)
-        await request.app.state.batches.remember_size(record.batch_id, which, size)
+        try:
+            async for piece in render(request.app.state.batches, request.app.state.jobs, record, which):
+                size += len(piece)
+        except ResultsLost:
+            pass  # its content answers 410; the size of what is left is not remembered
+        else:
+            await request.app.state.batches.remember_size(record.batch_id, which, size)
     made_at = record.completed_at or record.finished_at or record.expires_at
     filename = f"{record.batch_id}_{'output' if which == OUTPUT else 'error'}.jsonl"
     return file_object(file_id, size, made_at, filename, "batch_output", record.kept_until)

@@ -10,7 +10,7 @@ from api.errors import error_response
 from api.http import json_response
 from api.model_cards import model_cards
 from api.schemas import error_responses
-from shared.errors import ErrorKind
+from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from shared.workers import live_workers
 
@@ -25,12 +25,15 @@ async def healthz() -> Response:
 
 @router.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request) -> Response:
-    """Redis answers and at least one worker is alive; else 503."""
+    """Redis answers, keeps what it is given (no eviction policy) and at least one worker is alive; else 503."""
     settings: Settings = request.app.state.settings
     try:
+        await request.app.state.admission.check_store()
         workers = await live_workers(request.app.state.redis, settings.worker_ttl_s)
     except (RedisError, OSError):
         return error_response(ErrorKind.SERVICE_UNAVAILABLE, "Redis is unreachable")
+    except ServiceError as exc:
+        return error_response(exc.kind, exc.message)
     if not workers:
         return error_response(ErrorKind.SERVICE_UNAVAILABLE, "no embedding worker is running")
     return json_response({"status": "ready", "workers": len(workers)})

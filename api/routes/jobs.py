@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -12,18 +13,22 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from redis.asyncio import Redis
 
+from api.admission import Admission
 from api.auth import owner_of
 from api.http import json_response, parse_json
 from api.ids import new_id, owned
-from api.schemas import EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
+from api.schemas import DeletedJob, EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
 from shared import keys
 from shared.arq_batch import ArqBatch, NewJob
 from shared.clock import now_ms
-from shared.errors import ErrorKind, ServiceError
+from shared.errors import ErrorKind, ResultsLost, ServiceError
 from shared.jobs import JobRecord, JobStore
 from shared.openai_json import embedding_items, usage
 from shared.protocol import ChunkJob, EncodingFormat, encode_job
 from shared.settings import Settings
+from shared.storage import RECORD_BYTES, input_bytes, results_bytes
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/embeddings/jobs", tags=["jobs"])
 
@@ -38,11 +43,17 @@ _JOB_BODY = {
 def job_object(record: JobRecord, now: float | None = None) -> dict[str, Any]:
     """The job as the API shows it (``JobObject``)."""
     status = record.status(now)
+    failures = {**record.chunk_errors, **dict.fromkeys(record.lost_chunks, LOST_MESSAGE)}
     errors = [
         {"offset": offset, "count": count, "message": message}
-        for chunk, message in sorted(record.chunk_errors.items())
+        for chunk, message in sorted(failures.items())
         for offset, count in [record.chunk_span(chunk)]
     ]
+    error: dict[str, str] | None = None
+    if record.lost_chunks:
+        error = {"code": ErrorKind.JOB_LOST.value, "message": _lost_message(record)}
+    elif status == "failed" and errors:
+        error = {"code": "job_failed", "message": str(errors[0]["message"])}
     return {
         "id": record.job_id,
         "object": "embedding.job",
@@ -53,18 +64,25 @@ def job_object(record: JobRecord, now: float | None = None) -> dict[str, Any]:
         "expires_at": record.expires_at,
         "request_counts": {"total": record.total, "completed": record.completed, "failed": record.failed},
         "usage": usage(record.prompt_tokens),
-        "error": {"code": "job_failed", "message": errors[0]["message"]} if status == "failed" and errors else None,
+        "error": error,
         "errors": errors,
         "metadata": record.metadata,
     }
 
 
 JOB_ID_PREFIX = "embjob_"
+LOST_MESSAGE = "these results were lost from the job store (evicted or deleted); submit these inputs again"
+
+
+def _lost_message(record: JobRecord) -> str:
+    spans = ", ".join(f"{offset}-{offset + count - 1}" for offset, count in map(record.chunk_span, record.lost_chunks))
+    return f"the results of inputs {spans} were lost from the job store (evicted or deleted); submit them again"
 
 
 async def _job_of(request: Request, job_id: str) -> JobRecord:
     store: JobStore = request.app.state.jobs
-    return await owned(request, await store.get(job_id), JOB_ID_PREFIX, job_id, "job")
+    record = await owned(request, await store.get(job_id), JOB_ID_PREFIX, job_id, "job")
+    return await store.with_losses(record)
 
 
 @router.post(
@@ -102,8 +120,7 @@ async def create_job(request: Request) -> Response:
 async def _submit(request: Request, owner: str, job_id: str, job_request: JobRequest) -> JobRecord:
     settings: Settings = request.app.state.settings
     store: JobStore = request.app.state.jobs
-    queue: ArqBatch = request.app.state.chunk_queue
-    input_kind, inputs = job_request.input
+    inputs = job_request.input[1]
     created = int(time.time())
     record = JobRecord(
         job_id=job_id,
@@ -117,7 +134,25 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
         dimensions=job_request.dimensions,
         metadata=job_request.metadata or {},
     )
-    await store.create(record)
+    admission: Admission = request.app.state.admission
+    dimensions = await admission.dimensions(record.model, record.dimensions)
+    held = results_bytes(record.total, dimensions, record.chunk_count) + input_bytes(inputs) + RECORD_BYTES
+    await admission.reserve(job_id, held, record.expires_at)
+    try:
+        await store.create(record)
+        await _enqueue_chunks(request, record, job_request)
+    except BaseException:
+        await store.delete(job_id)
+        await admission.release(job_id)
+        raise
+    return record
+
+
+async def _enqueue_chunks(request: Request, record: JobRecord, job_request: JobRequest) -> None:
+    settings: Settings = request.app.state.settings
+    queue: ArqBatch = request.app.state.chunk_queue
+    input_kind, inputs = job_request.input
+    created = record.created_at
     enqueued = now_ms()
     expires_ms = (record.expires_at - created) * 1000
     chunks = []
@@ -135,16 +170,14 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
             normalize=job_request.normalize,
             enqueued_ms=enqueued,
             deadline_ms=record.expires_at * 1000,
-            parent_job=job_id,
+            parent_job=record.job_id,
             chunk=chunk,
         )
         chunks.append(NewJob(record.chunk_queue_id(chunk), encode_job(message), enqueued, expires_ms, count))
     admitted = (await queue.enqueue(chunks, settings.max_queued_job_texts, enqueued)).admitted
     if not all(admitted):
         await queue.withdraw([chunk.job_id for chunk, ok in zip(chunks, admitted, strict=True) if ok])
-        await store.delete(job_id)
         raise ServiceError(ErrorKind.RATE_LIMITED, "too much job work is queued right now; retry later")
-    return record
 
 
 @router.get(
@@ -172,6 +205,24 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     return json_response(job_object(record))
 
 
+@router.delete(
+    "/{job_id}",
+    response_class=Response,
+    responses={200: {"model": DeletedJob}, **error_responses(401, 404, 410, 503)},
+)
+async def delete_job(request: Request, job_id: str) -> Response:
+    """Delete the job and its results, giving their room in the job store back; chunks not yet started never
+    run, and those running store nothing."""
+    record = await _job_of(request, job_id)
+    store: JobStore = request.app.state.jobs
+    queue: ArqBatch = request.app.state.chunk_queue
+    admission: Admission = request.app.state.admission
+    await queue.withdraw([record.chunk_queue_id(chunk) for chunk in range(record.chunk_count)])
+    await store.delete(job_id, record.chunk_count)
+    await admission.release(job_id)
+    return json_response({"id": job_id, "object": "embedding.job.deleted", "deleted": True})
+
+
 @router.get(
     "/{job_id}/result",
     response_class=StreamingResponse,
@@ -188,6 +239,8 @@ async def get_result(
     status = record.status()
     if status == "expired":
         raise ServiceError(ErrorKind.EXPIRED, "this job's results have expired")
+    if record.lost_chunks:
+        raise ServiceError(ErrorKind.JOB_LOST, _lost_message(record))
     if status not in ("completed", "failed"):
         raise ServiceError(ErrorKind.NOT_READY, f"the job is {status}; results come when it has completed")
     end = record.total if limit is None else min(record.total, offset + limit)
@@ -203,7 +256,10 @@ async def _result_body(store: JobStore, record: JobRecord, start: int, end: int)
         group = list(chunks[group_start : group_start + _CHUNKS_PER_FETCH])
         for chunk, stored in zip(group, await store.chunk_vectors(record.job_id, group), strict=True):
             if stored is None:
-                continue  # a failed chunk: its inputs are listed in the job's errors
+                if chunk in record.chunk_errors:
+                    continue  # a failed chunk: its inputs are listed in the job's errors
+                log.error("job %s: chunk %d vanished from Redis while its result was read", record.job_id, chunk)
+                raise ResultsLost(f"chunk {chunk} of {record.job_id}")
             chunk_start, count = record.chunk_span(chunk)
             rows = np.frombuffer(stored, dtype="<f4").reshape(count, -1)
             rows = rows[max(0, start - chunk_start) : max(0, end - chunk_start)]
