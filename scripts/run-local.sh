@@ -25,7 +25,7 @@ else
     # jobs live here: an append-only file under .venv, fsynced every second, so a restart loses at most a second
     mkdir -p .venv/redis-data
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \
-        --dir .venv/redis-data &
+        --maxmemory "${REDIS_MAXMEMORY:-1gb}" --maxmemory-policy noeviction --dir .venv/redis-data &
     pids+=($!)
 fi
 "$PY" -m worker &

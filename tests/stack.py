@@ -69,6 +69,8 @@ def _redis_server() -> str:
 
 #: how the compose file and ``make run`` persist Redis: an append-only file written every second
 PERSISTENT = ["--appendonly", "yes", "--appendfsync", "everysec"]
+#: how they bound it: a cap, and never deleting keys to stay under it
+MEMORY_BOUND = ["--maxmemory-policy", "noeviction"]
 
 
 def start_redis(

@@ -5,7 +5,7 @@ import re
 import yaml
 
 from shared.settings import Settings
-from tests.stack import PERSISTENT, ROOT
+from tests.stack import MEMORY_BOUND, PERSISTENT, ROOT
 
 
 def compose() -> dict:
@@ -26,6 +26,9 @@ def test_compose_services():
     command = " ".join(services["redis"]["command"])
     assert " ".join(PERSISTENT) in command and "redis-data:/data" in services["redis"]["volumes"]
     assert " ".join(PERSISTENT) in (ROOT / "scripts" / "run-local.sh").read_text().replace("\\\n", "")
+    run_local = (ROOT / "scripts" / "run-local.sh").read_text()
+    assert "--maxmemory" in services["redis"]["command"] and " ".join(MEMORY_BOUND) in command
+    assert '--maxmemory "${REDIS_MAXMEMORY:-' in run_local and " ".join(MEMORY_BOUND) in run_local
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "--requirepass" in services["redis"]["command"]
     for name in ("api", "worker"):
@@ -102,6 +105,7 @@ def test_env_example_names_only_real_settings():
             "API_PORT",
             "API_BIND",
             "REDIS_PASSWORD",
+            "REDIS_MAXMEMORY",
             "HF_HUB_OFFLINE",
         }:
             assert match.group(1).lower() in names, match.group(1)
