@@ -128,9 +128,7 @@ def test_a_full_store_refuses_what_does_not_fit_and_completes_everything_it_acce
         assert {error["code"] for error in refused} == {"insufficient_storage"}
         assert "the result store is full" in refused[0]["message"]
         assert load.statuses and set(load.statuses) == {200}, f"sync answers: {sorted(set(load.statuses))}"
-        print(
-            f"\n{len(accepted)} jobs accepted, {len(refused)} refused (507); {len(load.statuses)} sync requests, all 200"
-        )
+        print(f"\n{len(accepted)} jobs accepted, {len(refused)} refused (507); {len(load.statuses)} sync requests: 200")
 
         for job_id, inputs in accepted.items():
             job = jobs[job_id]
