@@ -23,7 +23,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import OutOfMemoryError
 
 from shared import keys
-from shared.backlog import Backlog
+from shared.backlog import READ_COUNTER_LUA, Backlog
 from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
 from shared.queue import EMBED_FUNCTION, deserialize_arq_job, serialize_arq_job
 
@@ -45,13 +45,10 @@ end
 # full. Publishes the queue's name.
 _ENQUEUE = (
     CURRENT_EPOCH_LUA
+    + READ_COUNTER_LUA
     + """
 local epoch = current_epoch(KEYS[3], ARGV[4])
-local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
-if queued < 0 then
-    redis.call('SET', KEYS[2], 0)
-    queued = 0
-end
+local queued = read_counter(KEYS[2])
 local limit = tonumber(ARGV[1])
 local added = 0
 local result = {epoch}

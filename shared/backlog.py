@@ -13,6 +13,18 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 
+#: Lua: a counter's value, put back to 0 if releases took it below (work an emptied Redis no longer counted)
+READ_COUNTER_LUA = """
+local function read_counter(key)
+    local value = tonumber(redis.call('GET', key) or '0')
+    if value < 0 then
+        redis.call('SET', key, 0)
+        value = 0
+    end
+    return value
+end
+"""
+
 # KEYS: the counter. ARGV: texts. Allowed past maxmemory (Redis 7's script flags): it grows nothing.
 _RELEASE_PAST_MAXMEMORY = """#!lua flags=allow-oom
 return redis.call('DECRBY', KEYS[1], ARGV[1])

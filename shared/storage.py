@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.backlog import READ_COUNTER_LUA
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 
@@ -35,7 +36,9 @@ VALUE_BYTES = 4
 # KEYS: total, reservations (hash id -> bytes), expiries (zset id -> ms). ARGV: id, bytes, expires (ms), budget
 # (0: none), now (ms). Sweeps reservations whose results have expired, then adds ``bytes`` to ``id``'s reservation
 # if the total stays within the budget. Returns {1 or 0 (refused), total after, budget}.
-_RESERVE = """
+_RESERVE = (
+    READ_COUNTER_LUA
+    + """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[5], 'LIMIT', 0, 256)
 for _, id in ipairs(gone) do
     local held = tonumber(redis.call('HGET', KEYS[2], id) or '0')
@@ -43,11 +46,7 @@ for _, id in ipairs(gone) do
     redis.call('ZREM', KEYS[3], id)
     redis.call('DECRBY', KEYS[1], held)
 end
-local total = tonumber(redis.call('GET', KEYS[1]) or '0')
-if total < 0 then
-    redis.call('SET', KEYS[1], 0)
-    total = 0
-end
+local total = read_counter(KEYS[1])
 local bytes = tonumber(ARGV[2])
 local budget = tonumber(ARGV[4])
 if budget > 0 and total + bytes > budget then
@@ -58,6 +57,7 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('INCRBY', KEYS[1], bytes)
 return {1, total + bytes, budget}
 """
+)
 
 # KEYS: total, reservations, expiries. ARGV: id. Gives back what ``id`` holds.
 _RELEASE = """

@@ -50,6 +50,7 @@ async def create_batch(request: Request) -> Response:
     files: FileStore = request.app.state.files
     batches: BatchStore = request.app.state.batches
     batch_request = parse_body(BatchRequest, parse_json(await request.body()))
+    await request.app.state.admission.check_store()
     owner = owner_of(request.state)
     upload = await files.get(batch_request.input_file_id)
     if upload is None or not check_owner(request.state, upload.owner) or upload.purpose != PURPOSE:

@@ -1,6 +1,6 @@
 """A Redis that fills up or evicts never loses a vector silently, on real redis-server processes with a small
 ``maxmemory``: an evicting policy keeps the stack from serving and says why; on ``noeviction`` a stream of jobs
-bigger than Redis gets 507 for what does not fit while every accepted job completes with exact vectors and
+and batches bigger than Redis gets 507 for what does not fit while every accepted one completes with exact vectors and
 synchronous requests keep getting 200s; results that vanish answer 410 naming what is missing; a Redis that runs out
 of memory anyway (a budget that lies) makes workers back off, then fail the chunks by name, never count them."""
 
@@ -14,6 +14,7 @@ import time
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -26,9 +27,9 @@ JOB_TEXTS = 2000
 MB = 1024 * 1024
 
 
-def job_inputs(seed: int) -> list[str]:
+def job_inputs(seed: int, count: int = JOB_TEXTS) -> list[str]:
     rng = random.Random(seed)
-    return [rng.choice(POOL) for _ in range(JOB_TEXTS)]
+    return [rng.choice(POOL) for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,44 @@ def vectors_of(body: dict) -> tuple[list[int], np.ndarray]:
     data = body["data"]
     rows = [np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in data]
     return [item["index"] for item in data], np.array(rows, dtype=np.float64)
+
+
+#: more than a job and what finishing chunks give back meanwhile: a batch that cannot fit once a job did not
+BATCH_REQUESTS = 3000
+
+
+def batch_file(seed: int) -> tuple[bytes, list[str]]:
+    texts = job_inputs(seed, BATCH_REQUESTS)
+    lines = [
+        orjson.dumps(
+            {"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": t}}
+        )
+        for i, t in enumerate(texts)
+    ]
+    return b"\n".join(lines) + b"\n", texts
+
+
+def create_batch(client: httpx.Client, seed: int) -> tuple[httpx.Response, list[str]]:
+    data, texts = batch_file(seed)
+    uploaded = client.post("/v1/files", files={"file": ("batch.jsonl", data)}, data={"purpose": "batch"})
+    if uploaded.status_code != 200:
+        return uploaded, texts
+    body = {"input_file_id": uploaded.json()["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    return client.post("/v1/batches", json=body), texts
+
+
+def check_batch(client: httpx.Client, batch_id: str, texts: list[str], pool_vectors) -> None:
+    deadline = time.monotonic() + 300
+    while (batch := client.get(f"/v1/batches/{batch_id}").json())["status"] not in ("completed", "failed"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.25)
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == len(texts), batch
+    content = client.get(f"/v1/files/{batch['output_file_id']}/content")
+    assert content.status_code == 200
+    lines = [orjson.loads(line) for line in content.content.splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"r{i}" for i in range(len(texts))]
+    vectors = np.array([line["response"]["body"]["data"][0]["embedding"] for line in lines], dtype=np.float64)
+    assert_same_vectors(vectors, np.array([pool_vectors[text] for text in texts]))
 
 
 def finish(client: httpx.Client, job_id: str, timeout_s: float = 300) -> dict:
@@ -123,6 +162,10 @@ def test_a_full_store_refuses_what_does_not_fit_and_completes_everything_it_acce
                 else:
                     assert response.status_code == 507, response.text
                     refused.append(response.json()["error"])
+            # a batch, once the jobs have filled the budget, is refused the same way
+            batch, _ = create_batch(client, 50)
+            assert batch.status_code == 507, batch.text
+            refused.append(batch.json()["error"])
             jobs = {job_id: finish(client, job_id) for job_id in accepted}
         assert accepted and refused, f"{len(accepted)} accepted, {len(refused)} refused: the test sizes are off"
         assert {error["code"] for error in refused} == {"insufficient_storage"}
@@ -166,7 +209,10 @@ def test_a_full_store_refuses_what_does_not_fit_and_completes_everything_it_acce
             assert client.delete(f"/v1/embeddings/jobs/{job_id}").json()["deleted"] is True
         again = client.post("/v1/embeddings/jobs", json={"model": MODEL, "input": job_inputs(99)})
         assert again.status_code == 202, again.text
+        batch, texts = create_batch(client, 51)
+        assert batch.status_code == 200, batch.text
         assert finish(client, again.json()["id"])["status"] == "completed"
+        check_batch(client, batch.json()["id"], texts, pool_vectors)
         assert "out of memory" not in (stack.log_dir / "worker-0.log").read_text()
 
 
