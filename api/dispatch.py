@@ -63,7 +63,10 @@ class Dispatcher:
         If the caller is cancelled (its client went away) or the deadline passes, a job no worker has started
         yet is taken off the queue.
         """
-        await self._guard.check()
+        try:
+            await self._guard.check()
+        except (RedisError, OSError) as exc:
+            raise _unreachable() from exc
         await self._require_workers()
         new_job = self._new_job(job, timeout_s)
         future = self._enqueuer.add((job.request_id, new_job), self._listener.expect(job.request_id))

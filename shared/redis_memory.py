@@ -15,7 +15,7 @@ import logging
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from shared.errors import ErrorKind, ServiceError
 
@@ -74,9 +74,15 @@ class EvictionGuard:
         self._info: MemoryInfo | None = None
 
     async def info(self) -> MemoryInfo:
-        """The current reading (RedisError if Redis cannot be read and there is none yet)."""
+        """The current reading. A refresh that fails (Redis restarting, failing over) keeps the last reading: the
+        verdict changes only when Redis says something else; RedisError if there is no reading yet."""
         if self._info is None or time.monotonic() - self._read_at >= REFRESH_S:
-            info = await read_memory_info(self._redis)
+            try:
+                info = await read_memory_info(self._redis)
+            except (RedisError, OSError):
+                if self._info is None:
+                    raise
+                return self._info
             if self._info is None or info.policy != self._info.policy:
                 self._log_policy(info)
             self._info, self._read_at = info, time.monotonic()

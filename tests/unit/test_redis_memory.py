@@ -92,3 +92,18 @@ async def test_out_of_memory_replies_and_releases_still_go_through(client):
     assert await client.lrange("emb:reply:a", 0, -1) == [b"reply"]
     assert int(await client.get(keys.QUEUED_TEXTS)) == 0
     assert await client.zcard(keys.SYNC_QUEUE) == 0
+
+
+async def test_a_failed_refresh_keeps_the_last_reading(client, monkeypatch):
+    """Redis failing over for a moment must not turn every request into an error of the guard's."""
+    monkeypatch.setattr(redis_memory, "REFRESH_S", 0.0)
+    guard = EvictionGuard(client, allow_evicting=False)
+    await guard.check()
+
+    async def unreachable(redis):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(redis_memory, "read_memory_info", unreachable)
+    await guard.check()
+    with pytest.raises(ConnectionError):
+        await EvictionGuard(client, allow_evicting=False).check()
