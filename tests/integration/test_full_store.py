@@ -256,6 +256,7 @@ def test_a_redis_out_of_memory_fails_chunks_by_name_and_never_counts_them(tmp_pa
             assert len(indices) == counts["completed"]  # every row it counts, no fewer
             assert_same_vectors(vectors, np.array([pool_vectors[inputs[i]] for i in indices]))
         assert failures > 0, "Redis never ran out of memory: the test sizes are off"
+        print(f"\n{len(accepted)} jobs accepted; {failures} of {len(accepted) * JOB_TEXTS} inputs failed by name")
         log = (stack.log_dir / "worker-0.log").read_text()
         assert "Traceback" not in log
         assert log.count("Redis is out of memory") <= 2 * sum(-(-JOB_TEXTS // 256) for _ in accepted)
