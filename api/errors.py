@@ -47,6 +47,15 @@ _HTTP_ERROR_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED
 RETRY_AFTER_S: dict[int, int] = {429: 1, 503: 1}
 
 
+def results_lost(what: str, spans: list[tuple[int, int]]) -> ServiceError:
+    """410 ``job_lost`` naming the ``what`` (inputs, requests) whose stored results are gone, by first and last."""
+    named = ", ".join(f"{first}-{last}" for first, last in spans)
+    return ServiceError(
+        ErrorKind.JOB_LOST,
+        f"the results of {what} {named} were lost from the job store (evicted or deleted); submit them again",
+    )
+
+
 def error_body(kind: ErrorKind, message: str, param: str | None = None) -> dict[str, dict[str, str | None]]:
     """The OpenAI error body."""
     return {"error": {"message": message, "type": ERROR_TABLE[kind][1], "param": param, "code": kind.value}}

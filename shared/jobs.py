@@ -277,11 +277,12 @@ class JobStore:
         if record.completed + record.failed < record.total:
             return record
         expected = [chunk for chunk in range(record.chunk_count) if chunk not in record.chunk_errors]
-        if not expected:
-            return record
+        chunk_keys = [keys.job_chunk(record.job_id, chunk) for chunk in expected]
+        if not expected or await self._redis.exists(*chunk_keys) == len(expected):
+            return record  # every poll of a finished job asks: one command, unless something is missing
         async with self._redis.pipeline(transaction=False) as pipe:
-            for chunk in expected:
-                pipe.exists(keys.job_chunk(record.job_id, chunk))
+            for key in chunk_keys:
+                pipe.exists(key)
             found = await pipe.execute()
         lost = tuple(chunk for chunk, present in zip(expected, found, strict=True) if not present)
         return dataclasses.replace(record, lost_chunks=lost) if lost else record

@@ -138,11 +138,3 @@ def pin_float32_math() -> None:
     for backend in (getattr(mkldnn, "matmul", None), getattr(mkldnn, "conv", None)):
         if backend is not None and hasattr(backend, "fp32_precision"):
             backend.fp32_precision = "ieee"
-
-
-def float32_math_is_pinned() -> bool:
-    mkldnn = torch.backends.mkldnn
-    backends = [getattr(mkldnn, "matmul", None), getattr(mkldnn, "conv", None)]
-    return torch.get_float32_matmul_precision() == "highest" and all(
-        getattr(backend, "fp32_precision", "ieee") == "ieee" for backend in backends if backend is not None
-    )

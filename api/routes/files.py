@@ -17,6 +17,7 @@ from api.auth import owner_of
 from api.batch_output import lost_requests, render
 from api.batch_schemas import DeletedFile, FileList, FileObject
 from api.batch_store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
+from api.errors import results_lost
 from api.files import FILE_ID_PREFIX, FileRecord, FileStore, file_object
 from api.http import json_response
 from api.ids import check_owner, made_at_ms, raise_missing
@@ -123,9 +124,7 @@ async def get_file_content(request: Request, file_id: str) -> StreamingResponse:
         if record is not None:
             lost = await lost_requests(request.app.state.batches, request.app.state.jobs, record)
             if lost:
-                spans = ", ".join(f"{first}-{last}" for first, last in lost)
-                message = f"the results of requests {spans} were lost from the job store (evicted or deleted)"
-                raise ServiceError(ErrorKind.JOB_LOST, message)
+                raise results_lost("requests", lost)
             stream = render(request.app.state.batches, request.app.state.jobs, record, derived[1])
             return StreamingResponse(stream, media_type="application/jsonl")
     else:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from api.admission import Admission
 from api.auth import owner_of
+from api.errors import results_lost
 from api.http import json_response, parse_json
 from api.ids import new_id, owned
 from api.schemas import DeletedJob, EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
@@ -51,7 +52,7 @@ def job_object(record: JobRecord, now: float | None = None) -> dict[str, Any]:
     ]
     error: dict[str, str] | None = None
     if record.lost_chunks:
-        error = {"code": ErrorKind.JOB_LOST.value, "message": _lost_message(record)}
+        error = {"code": ErrorKind.JOB_LOST.value, "message": _lost(record).message}
     elif status == "failed" and errors:
         error = {"code": "job_failed", "message": str(errors[0]["message"])}
     return {
@@ -74,9 +75,9 @@ JOB_ID_PREFIX = "embjob_"
 LOST_MESSAGE = "these results were lost from the job store (evicted or deleted); submit these inputs again"
 
 
-def _lost_message(record: JobRecord) -> str:
-    spans = ", ".join(f"{offset}-{offset + count - 1}" for offset, count in map(record.chunk_span, record.lost_chunks))
-    return f"the results of inputs {spans} were lost from the job store (evicted or deleted); submit them again"
+def _lost(record: JobRecord) -> ServiceError:
+    spans = [(offset, offset + count - 1) for offset, count in map(record.chunk_span, record.lost_chunks)]
+    return results_lost("inputs", spans)
 
 
 async def _job_of(request: Request, job_id: str) -> JobRecord:
@@ -240,7 +241,7 @@ async def get_result(
     if status == "expired":
         raise ServiceError(ErrorKind.EXPIRED, "this job's results have expired")
     if record.lost_chunks:
-        raise ServiceError(ErrorKind.JOB_LOST, _lost_message(record))
+        raise _lost(record)
     if status not in ("completed", "failed"):
         raise ServiceError(ErrorKind.NOT_READY, f"the job is {status}; results come when it has completed")
     end = record.total if limit is None else min(record.total, offset + limit)
