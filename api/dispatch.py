@@ -11,11 +11,11 @@ from collections.abc import Callable
 from arq.connections import ArqRedis
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from api.results import ResultListener
-from shared.arq_batch import ArqBatch, NewJob, queue_job_id
+from api.replies import ReplyReader
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
+from shared.job_queue import JobQueue, NewJob, queue_job_id
 from shared.protocol import SyncJob, SyncReply, encode_job
 from shared.redis_memory import EvictionGuard
 from shared.workers import live_workers
@@ -37,7 +37,7 @@ class Dispatcher:
     def __init__(
         self,
         redis: ArqRedis,
-        listener: ResultListener,
+        listener: ReplyReader,
         guard: EvictionGuard,
         *,
         worker_ttl_s: float,
@@ -46,7 +46,7 @@ class Dispatcher:
         self._redis = redis
         self._listener = listener
         self._guard = guard
-        self._queue = ArqBatch.sync(redis)
+        self._queue = JobQueue.sync(redis)
         self._max_queued_texts = max_queued_texts
         #: items: a request's id and its job
         self._enqueuer: Coalescer[tuple[str, NewJob], SyncReply] = Coalescer(self._enqueue_many, "enqueue")

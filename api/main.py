@@ -11,22 +11,25 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import fast_route, metrics
+from api import fast_route, health, metrics
 from api.admission import Admission
 from api.auth import ApiKeyAuth, KeyRing
-from api.batch_store import BatchStore
+from api.batches import routes as batches
+from api.batches.store import BatchStore
 from api.body_limit import BodySizeLimit
 from api.dispatch import Dispatcher
+from api.embeddings import routes as embeddings
 from api.errors import install_error_handlers
-from api.files import FileStore
+from api.files import routes as files
+from api.files.store import FileStore
+from api.jobs import routes as jobs
 from api.metrics import RequestTracking
-from api.results import BLOCK_S, ResultListener
-from api.routes import batches, embeddings, files, health, jobs
+from api.replies import BLOCK_S, ReplyReader
 from shared import keys
-from shared.arq_batch import ArqBatch
+from shared.chunks import JobStore
 from shared.epoch import Epochs
-from shared.jobs import JobStore
-from shared.queue import connect
+from shared.job_queue import JobQueue
+from shared.redis_client import connect
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -45,14 +48,14 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
             log.warning("no API keys are configured (API_KEYS, API_KEY_HASHES_FILE): the API is open to anyone")
         redis = redis_factory(settings)
         listener_redis = redis_factory(settings, blocking_timeout_s=BLOCK_S)
-        listener = ResultListener(listener_redis, keys.reply_list(uuid.uuid4().hex))
+        listener = ReplyReader(listener_redis, keys.reply_list(uuid.uuid4().hex))
         listener.start()
         app.state.redis = redis
         app.state.admission = admission = Admission(redis, settings)
         app.state.jobs = JobStore(redis)
         app.state.files = FileStore(redis, settings.job_result_ttl_s, admission)
         app.state.batches = BatchStore(redis)
-        app.state.chunk_queue = ArqBatch.chunks(redis)
+        app.state.chunk_queue = JobQueue.chunks(redis)
         app.state.epochs = Epochs(redis)
         app.state.dispatcher = Dispatcher(
             redis,

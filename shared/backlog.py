@@ -2,7 +2,7 @@
 
 Past ``max_queued_texts`` new requests get 429 at once, so accepted work keeps its latency. A request larger than
 the whole bound is still admitted when nothing else is queued, so no valid request is refused forever.
-Admission happens inside the enqueue script (``shared.arq_batch``), atomically with the enqueue itself; that script
+Admission happens inside the enqueue script (``shared.job_queue``), atomically with the enqueue itself; that script
 also puts the count back to 0 if it went below (releases of work an emptied Redis no longer counted).
 """
 

@@ -5,7 +5,7 @@ of the time it was made and random bits; whoever first touches an empty Redis (t
 reply reader checking) creates it. So:
 
 - a synchronous request whose job was written in an older epoch than the current one was lost with it: a
-  retryable 503 at once (``api.results``), while requests written in the current epoch wait for their reply;
+  retryable 503 at once (``api.replies``), while requests written in the current epoch wait for their reply;
 - a job id made before the current epoch began, whose record is gone, was lost (410), not mistyped (404).
 """
 

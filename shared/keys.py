@@ -67,7 +67,7 @@ def job_chunk(job_id: str, chunk: int) -> str:
 
 
 def job_chunk_parts(job_id: str, chunk: int) -> str:
-    """A batch chunk's outcome per request it holds (msgpack; ``shared.jobs.PartResult``), next to its vectors."""
+    """A batch chunk's outcome per request it holds (msgpack; ``shared.chunks.PartResult``), next to its vectors."""
     return f"{_JOB_PREFIX}{job_id}:parts:{chunk}"
 
 
@@ -85,7 +85,7 @@ def owner_batches(owner: str) -> str:
 
 
 def file(file_id: str) -> str:
-    """Hash: an uploaded file's record (``api.files``)."""
+    """Hash: an uploaded file's record (``api.files.store``)."""
     return f"{PREFIX}file:{file_id}"
 
 

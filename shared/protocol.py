@@ -6,7 +6,7 @@ Two kinds of job travel API -> worker, each as the single argument of an arq job
   ``SyncReply`` pushed on the job's ``reply_to`` list; the reply carries the OpenAI ``data`` array already rendered
   (JSON floats or base64), so the API only frames it.
 - ``ChunkJob`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job. No reply travels: the worker stores the
-  chunk's float32 vectors and counts it into its job's progress (``shared.jobs``), which the API reads when polled.
+  chunk's float32 vectors and counts it into its job's progress (``shared.chunks``), which the API reads when polled.
 
 Both carry what to embed (``EmbedJob``'s fields). Version 3: jobs split by kind; replies carry no raw vectors;
 prompts and normalization chosen per request; chunks of batches (``parts``, fields with defaults, so chunks

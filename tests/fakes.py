@@ -1,5 +1,5 @@
 """The test doubles of the unit tests, all here: fakeredis clients, a fake model, and a worker that runs the real
-``EmbeddingService`` over the fake model, claiming and finishing jobs through ``ArqBatch`` as the real worker does."""
+``EmbeddingService`` over the fake model, claiming and finishing jobs through ``JobQueue`` as the real worker does."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import fakeredis
 import numpy as np
 from arq.connections import ArqRedis
 
-from shared.arq_batch import ArqBatch
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
+from shared.job_queue import JobQueue
 from shared.protocol import ChunkJob, SyncJob
-from shared.queue import as_job_queue
+from shared.redis_client import as_job_queue
 from shared.workers import WorkerInfo, record_heartbeat
-from worker.registry import ModelRegistry
+from worker.models.registry import ModelRegistry
 from worker.service import EmbeddingService
 
 FAKE_DIM = 4
@@ -130,7 +130,7 @@ async def run_fake_worker(redis: ArqRedis, worker_id: str = "fake") -> None:
     await record_heartbeat(redis, WorkerInfo(worker_id, "cpu", ["fake-model"], 0), ttl_s=60)
     registry = make_registry(Loader(failing={"missing"}))
     service = EmbeddingService(registry, redis, worker_id, max_attempts=2)
-    queue = ArqBatch.sync(redis)
+    queue = JobQueue.sync(redis)
     try:
         while True:
             claimed = await queue.claim(64, 1024, 10_000, now_ms())

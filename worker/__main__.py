@@ -9,7 +9,7 @@ import uvloop
 
 from shared.settings import get_settings
 from worker.app import build_worker
-from worker.precision import PrecisionUnavailable
+from worker.models.precision import PrecisionUnavailable
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ What the project does itself, and why (``EmbeddingWorker._poll_iteration`` repla
 
 - It sleeps until woken (a job was enqueued, or capacity freed up: ``worker.wake_ups``), not for a fixed poll
   delay, so a job starts within a Redis round trip of being enqueued.
-- It claims the jobs it can take with one script (``shared.arq_batch``), not a transaction each, and only as many
+- It claims the jobs it can take with one script (``shared.job_queue``), not a transaction each, and only as many
   texts as it will encode soon (``worker_prefetch_texts``): the rest stay in Redis for other workers.
 - It claims jobs for a short lease (``job_lease_s``) and renews it while it runs them: a dead worker's jobs run
   again elsewhere after the lease, not after arq's whole job timeout.
@@ -34,17 +34,17 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.arq_batch import ArqBatch, ClaimedJob
 from shared.clock import now_ms
-from shared.queue import EMBED_FUNCTION, connect, deserialize_arq_job, serialize_arq_job
+from shared.job_queue import EMBED_FUNCTION, ClaimedJob, JobQueue, deserialize_arq_job, serialize_arq_job
+from shared.redis_client import connect
 from shared.redis_memory import EvictionGuard
 from shared.settings import Settings
 from shared.workers import WorkerInfo, record_heartbeat, remove_worker
 from worker import metrics
-from worker.encoder import pick_device
-from worker.model_source import load_encoder
-from worker.precision import declared_precision
-from worker.registry import ModelRegistry
+from worker.models.encoder import pick_device
+from worker.models.precision import declared_precision
+from worker.models.registry import ModelRegistry
+from worker.models.source import load_encoder
 from worker.service import EmbeddingService
 from worker.wake_ups import IDLE_POLL_S, WakeUps
 
@@ -84,8 +84,8 @@ class EmbeddingWorker(Worker):
         self.service = service
         self.wake_ups = WakeUps()
         self._lease_ms = int(settings.job_lease_s * 1000)
-        self._sync = ArqBatch.sync(redis)
-        self._chunks = ArqBatch.chunks(redis)
+        self._sync = JobQueue.sync(redis)
+        self._chunks = JobQueue.chunks(redis)
         self._held_texts = 0
         #: the held jobs that are chunks (their leases are renewed in the chunk queue)
         self._chunk_ids: set[str] = set()

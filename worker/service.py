@@ -26,11 +26,11 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from shared import keys
-from shared.arq_batch import ArqBatch, FinishedJob
+from shared.chunks import JobStore, PartResult
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
-from shared.jobs import JobStore, PartResult
+from shared.job_queue import FinishedJob, JobQueue
 from shared.openai_json import data_array
 from shared.protocol import (
     ChunkJob,
@@ -45,8 +45,8 @@ from shared.protocol import (
 from shared.storage import input_bytes
 from worker import metrics, openai_tokens
 from worker.batcher import BatchStats
-from worker.prompts import resolve_prompt
-from worker.registry import Encoder, LoadedModel, ModelRegistry
+from worker.models.prompts import resolve_prompt
+from worker.models.registry import Encoder, LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ class EmbeddingService:
         self.registry = registry
         self.worker_id = worker_id
         self._redis = redis
-        self._sync_queue = ArqBatch.sync(redis)
-        self._chunk_queue = ArqBatch.chunks(redis)
+        self._sync_queue = JobQueue.sync(redis)
+        self._chunk_queue = JobQueue.chunks(redis)
         self._jobs = JobStore(redis)
         self._finish_sync: Coalescer[tuple[FinishedJob, None], None] = Coalescer(self._finish_sync_batch, "finish")
         self._finish_chunks: Coalescer[tuple[FinishedJob, ChunkOutcome | None], None] = Coalescer(

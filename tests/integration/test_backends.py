@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.conftest import MODEL, TEXTS, assert_same_vectors, cosines, post_all, vectors_of
 from tests.stack import python_env, running_stack, served_card
-from worker.precision import TOLERANCES, native_on_cpu
+from worker.models.precision import TOLERANCES, native_on_cpu
 
 LONG = " ".join(["A long input fills the model's window and pads every shorter neighbour in its batch."] * 20)
 INPUTS = [*TEXTS, LONG]

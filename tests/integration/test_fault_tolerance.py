@@ -18,8 +18,8 @@ import redis
 
 from shared import keys
 from shared.clock import now_ms
+from shared.job_queue import EMBED_FUNCTION, serialize_arq_job
 from shared.protocol import SyncJob, encode_job
-from shared.queue import EMBED_FUNCTION, serialize_arq_job
 from tests.integration.conftest import (
     MODEL,
     TEXTS,

@@ -9,10 +9,10 @@ import signal
 import pytest
 
 from shared import keys
-from shared.arq_batch import ArqBatch, NewJob, queue_job_id
 from shared.clock import now_ms
+from shared.job_queue import JobQueue, NewJob, queue_job_id
 from shared.protocol import decode_reply, encode_job
-from shared.queue import connect
+from shared.redis_client import connect
 from shared.settings import Settings
 from shared.workers import live_workers
 from tests.fakes import REPLY_TO, Loader, make_registry, make_sync_job
@@ -34,7 +34,7 @@ def settings(redis_url: str) -> Settings:
 async def enqueue(redis, request_id: str) -> None:
     job = make_sync_job(request_id=request_id)
     new_job = NewJob(queue_job_id(request_id, 2), encode_job(job), now_ms(), 60_000, 2)
-    assert (await ArqBatch.sync(redis).enqueue([new_job], 100, now_ms())).admitted == [True]
+    assert (await JobQueue.sync(redis).enqueue([new_job], 100, now_ms())).admitted == [True]
 
 
 async def next_reply(redis):

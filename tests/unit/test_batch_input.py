@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from api.batch_input import Line, Options, chunk_starts, read_lines, validate
+from api.batches.input import Line, Options, chunk_starts, read_lines, validate
 from shared.errors import ErrorKind
 from shared.settings import Settings
 

@@ -7,11 +7,11 @@ import fakeredis
 import numpy as np
 import orjson
 
-from api.batch_output import render
-from api.batch_store import ERRORS, OUTPUT, BatchRecord, BatchStore, ManifestEntry
+from api.batches.output import render
+from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore, ManifestEntry
 from shared import keys
+from shared.chunks import JobStore, PartResult
 from shared.errors import ErrorKind
-from shared.jobs import JobStore, PartResult
 from shared.protocol import EmbedError
 from tests.fakes import fake_redis_factory
 

@@ -5,7 +5,7 @@ import time
 import fakeredis
 import pytest
 
-from api.batch_store import ERRORS, OUTPUT, BatchRecord, BatchStore, batch_of_file, output_file_id
+from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore, batch_of_file, output_file_id
 from shared import keys
 from tests.fakes import fake_redis_factory
 

@@ -21,5 +21,7 @@ def test_api_imports_no_torch_and_no_worker_code():
 
 
 def test_shared_imports_neither_torch_nor_fastapi():
-    modules = imported_after("import shared.protocol, shared.keys, shared.settings, shared.queue, shared.workers")
+    modules = imported_after(
+        "import shared.protocol, shared.keys, shared.settings, shared.redis_client, shared.workers"
+    )
     assert not modules & {*HEAVY, "fastapi", "starlette"}

@@ -8,8 +8,8 @@ import pytest
 from shared.errors import ErrorKind
 from shared.settings import Settings
 from tests.fakes import FakeEncoder
-from worker.faults import FaultInjectingEncoder, with_faults
-from worker.model_source import classify_load_failure
+from worker.models.faults import FaultInjectingEncoder, with_faults
+from worker.models.source import classify_load_failure
 
 
 @pytest.mark.parametrize(

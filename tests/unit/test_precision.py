@@ -4,7 +4,7 @@ CUDA's automatic choice, and the tolerances that tell float32 noise from drift."
 import numpy as np
 import pytest
 
-from worker.precision import (
+from worker.models.precision import (
     TOLERANCES,
     PrecisionUnavailable,
     agreement,

@@ -1,7 +1,7 @@
 import pytest
 
 from shared.errors import ErrorKind, ServiceError
-from worker.prompts import resolve_prompt
+from worker.models.prompts import resolve_prompt
 
 PROMPTS = {"query": "query: ", "document": "", "web": "web: "}
 

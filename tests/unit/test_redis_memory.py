@@ -7,11 +7,11 @@ import redis.asyncio
 from redis.exceptions import OutOfMemoryError
 
 from shared import keys, redis_memory
-from shared.arq_batch import ArqBatch, FinishedJob, NewJob
+from shared.chunks import JobStore
 from shared.errors import ErrorKind, ServiceError
-from shared.jobs import JobStore
+from shared.job_queue import FinishedJob, JobQueue, NewJob
 from shared.redis_memory import EvictionGuard
-from tests.unit.test_jobs import record
+from tests.unit.test_chunks import record
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ async def test_out_of_memory_a_chunk_is_neither_stored_nor_counted(client):
 async def test_out_of_memory_replies_and_releases_still_go_through(client):
     """Replies are tiny and read at once; the backlog release grows nothing: a full Redis must not make waiting
     requests time out or the backlog leak."""
-    queue = ArqBatch.sync(client)
+    queue = JobQueue.sync(client)
     await queue.enqueue([NewJob("r1.3", b"m", 1, 60_000, 3)], backlog_limit=100, now_ms=1)
     await queue.claim(10, 100, lease_ms=10_000, now_ms=2)
     await fill(client)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from worker import runtimes
-from worker.runtimes import choose_backend, cpu_budget, export_folder
+from worker.models import runtimes
+from worker.models.runtimes import choose_backend, cpu_budget, export_folder
 
 
 @pytest.mark.parametrize(

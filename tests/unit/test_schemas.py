@@ -1,6 +1,6 @@
 import pytest
 
-from api.schemas import parse_embedding_request
+from api.embeddings.schemas import parse_embedding_request
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from shared import keys
+from shared.chunks import JobStore
 from shared.clock import now_ms
 from shared.errors import ErrorKind
-from shared.jobs import JobStore
 from shared.protocol import SyncJob, decode_reply, encode_job
 from tests.fakes import (
     REPLY_TO,

@@ -7,10 +7,10 @@ import fakeredis
 import pytest
 
 from shared import keys
+from shared.chunks import JobStore
 from shared.errors import ErrorKind, ServiceError
-from shared.jobs import JobStore
 from shared.storage import StorageBudget, budget_bytes, input_bytes, results_bytes
-from tests.unit.test_jobs import record
+from tests.unit.test_chunks import record
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
-    """A model as the worker uses it (``worker.encoder.SentenceTransformerEncoder`` is the real one)."""
+    """A model as the worker uses it (``worker.models.encoder.SentenceTransformerEncoder`` is the real one)."""
 
     device: str
     dimension: int

@@ -2,7 +2,7 @@
 
 The bytes go in and come out a segment at a time, so no file is ever whole in the API's memory. Files belong to
 the key that uploaded them and expire with the job TTL. A batch's output and error files are not stored: they are
-rendered from the batch's chunks when read (``api.batch_output``); only their ids are listed with the owner's files.
+rendered from the batch's chunks when read (``api.batches.output``); only their ids are listed with the owner's files.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from shared import keys
 from shared.errors import ErrorKind, ServiceError
 
 FILE_ID_PREFIX = "file-"
+#: the only purpose an upload may have: a batch's input
+PURPOSE = "batch"
 #: bytes per stored segment
 SEGMENT_BYTES = 1 << 20
 

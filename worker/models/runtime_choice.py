@@ -1,6 +1,6 @@
 """How a loaded model runs: its runtime and precision, and the check that they change nothing beyond what they may.
 
-On CPU the precision is the one ``DTYPE`` declares (``worker.precision``: float32 unless asked). A model moved to
+On CPU the precision is the one ``DTYPE`` declares (``worker.models.precision``: float32 unless asked). A model moved to
 ONNX Runtime or OpenVINO, or run in bfloat16, is served only if its vectors for a few probe texts (short and long,
 in one padded batch) agree with torch float32's within that precision's tolerance, and only if the runtime reports
 computing at that precision. A float32 runtime that fails either is dropped for torch float32, with a warning; a
@@ -20,8 +20,8 @@ from sentence_transformers import SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
-from worker.encoder import SentenceTransformerEncoder
-from worker.precision import (
+from worker.models.encoder import SentenceTransformerEncoder
+from worker.models.precision import (
     INT8_TOLERANCE,
     TOLERANCES,
     TORCH_DTYPES,
@@ -33,7 +33,7 @@ from worker.precision import (
     declared_precision,
     pin_float32_math,
 )
-from worker.runtimes import Backend, choose_backend, cpu_budget, export_folder, installed, load_runtime
+from worker.models.runtimes import Backend, choose_backend, cpu_budget, export_folder, installed, load_runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""How embedding jobs ride on arq: the job function's name, the msgpack job serializer, Redis connections.
+"""Redis clients, built the same way on both sides.
 
-Both sides build their Redis clients here, so timeouts, passwords, TLS (``rediss://``) and Redis Sentinel behave
+Both sides build their clients here, so timeouts, passwords, TLS (``rediss://``) and Redis Sentinel behave
 the same. With sentinels configured, a client asks them for the primary on every new connection, so after a
 failover the next command that fails reconnects to the promoted replica by itself.
 """
@@ -10,26 +10,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-import msgpack
 from arq.connections import ArqRedis
 from redis.asyncio.sentinel import Sentinel
 
 from shared import keys
+from shared.job_queue import deserialize_arq_job, serialize_arq_job
 from shared.settings import Settings
-
-#: name of the arq function that embeds one ``EmbedJob``
-EMBED_FUNCTION = "embed"
-
-
-def serialize_arq_job(job: dict[str, Any]) -> bytes:
-    """arq job serializer: msgpack, so no worker ever unpickles data from Redis."""
-    packed: bytes = msgpack.packb(job, use_bin_type=True)
-    return packed
-
-
-def deserialize_arq_job(data: bytes) -> dict[str, Any]:
-    job: dict[str, Any] = msgpack.unpackb(data, raw=False)
-    return job
 
 
 def connect(settings: Settings, *, blocking_timeout_s: float = 0.0) -> ArqRedis:

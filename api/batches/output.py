@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 import numpy as np
 import orjson
 
-from api.batch_store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, ManifestEntry
+from api.batches.store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, ManifestEntry
 from api.errors import ERROR_TABLE, error_body
+from shared.chunks import JobStore, PartResult
 from shared.errors import ResultsLost
-from shared.jobs import JobStore, PartResult
 from shared.openai_json import data_array, embeddings_body
 
 #: chunks read per round trip

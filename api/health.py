@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
+from api.embeddings.schemas import error_responses
 from api.errors import error_response
 from api.http import json_response
 from api.model_cards import model_cards
-from api.schemas import error_responses
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from shared.workers import live_workers

@@ -3,8 +3,7 @@ import pytest
 from arq.jobs import Job
 
 from shared import keys
-from shared.arq_batch import ArqBatch, FinishedJob, NewJob, queue_job_id
-from shared.queue import deserialize_arq_job
+from shared.job_queue import FinishedJob, JobQueue, NewJob, deserialize_arq_job, queue_job_id
 from tests.fakes import fake_redis_factory
 
 
@@ -20,7 +19,7 @@ def new_job(i: int, texts: int = 1) -> NewJob:
 
 
 async def test_enqueued_jobs_are_arq_jobs(redis):
-    enqueued = await ArqBatch.sync(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5)
+    enqueued = await JobQueue.sync(redis).enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5)
     assert enqueued.admitted == [True, True]
     assert enqueued.epoch == (await redis.get("emb:epoch")).decode()  # the first write made this Redis's epoch
     info = await Job("j1", redis, _queue_name="emb:queue:sync", _deserializer=deserialize_arq_job).info()
@@ -31,9 +30,9 @@ async def test_enqueued_jobs_are_arq_jobs(redis):
 
 
 async def test_every_enqueue_of_one_redis_life_names_the_same_epoch(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     first = await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=5)
-    assert (await ArqBatch.chunks(redis).enqueue([new_job(2)], backlog_limit=100, now_ms=6)).epoch == first.epoch
+    assert (await JobQueue.chunks(redis).enqueue([new_job(2)], backlog_limit=100, now_ms=6)).epoch == first.epoch
     await redis.flushall()  # a restart without persistence
     assert (await arq.enqueue([new_job(3)], backlog_limit=100, now_ms=7)).epoch != first.epoch
 
@@ -41,12 +40,12 @@ async def test_every_enqueue_of_one_redis_life_names_the_same_epoch(redis):
 async def test_an_entry_that_is_no_arq_job_is_claimed_as_its_raw_bytes(redis):
     await redis.set("arq:job:evil.1", b"garbage")
     await redis.zadd("emb:queue:sync", {"evil.1": 1})
-    [claimed] = await ArqBatch.sync(redis).claim(10, 100, lease_ms=1000, now_ms=10)
+    [claimed] = await JobQueue.sync(redis).claim(10, 100, lease_ms=1000, now_ms=10)
     assert (claimed.job_id, claimed.message, claimed.texts) == ("evil.1", b"garbage", 1)
 
 
 async def test_enqueue_refuses_past_the_backlog_bound(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     enqueued = await arq.enqueue([new_job(1, 6), new_job(2, 3), new_job(3, 2)], backlog_limit=10, now_ms=5)
     assert enqueued.admitted == [True, True, False]
     assert await redis.exists("arq:job:j3") == 0
@@ -54,11 +53,11 @@ async def test_enqueue_refuses_past_the_backlog_bound(redis):
 
 
 async def test_a_request_larger_than_the_bound_passes_when_nothing_is_queued(redis):
-    assert (await ArqBatch.sync(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5)).admitted == [True]
+    assert (await JobQueue.sync(redis).enqueue([new_job(1, 50)], backlog_limit=10, now_ms=5)).admitted == [True]
 
 
 async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     await arq.enqueue([new_job(i) for i in range(5)], backlog_limit=100, now_ms=5)
     first = await arq.claim(3, 100, lease_ms=10_000, now_ms=10)
     assert [(c.job_id, c.message, c.attempt) for c in first] == [("j0", b"m0", 1), ("j1", b"m1", 1), ("j2", b"m2", 1)]
@@ -72,7 +71,7 @@ async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
 
 
 async def test_claimed_jobs_wait_out_of_reach_until_their_lease_ends(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     await arq.enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5)
     await arq.claim(1, 100, lease_ms=1000, now_ms=10)
     assert await redis.zrangebyscore("emb:queue:sync", "-inf", 10) == [b"j2"]  # the next claim scans j2 alone
@@ -85,7 +84,7 @@ async def test_claimed_jobs_wait_out_of_reach_until_their_lease_ends(redis):
 
 
 async def test_an_unclaimed_job_can_be_claimed_again_at_once(redis):
-    arq = ArqBatch.chunks(redis)
+    arq = JobQueue.chunks(redis)
     await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=5)
     [claimed] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10)
     await arq.unclaim(claimed.job_id, now_ms=20)
@@ -94,7 +93,7 @@ async def test_an_unclaimed_job_can_be_claimed_again_at_once(redis):
 
 
 async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     await arq.enqueue([new_job(1)], backlog_limit=100, now_ms=50)
     assert await arq.claim(10, 100, lease_ms=1000, now_ms=10) == []
     await redis.delete("arq:job:j1")
@@ -103,7 +102,7 @@ async def test_claim_skips_jobs_not_yet_due_and_drops_expired_ones(redis):
 
 
 async def test_finish_delivers_replies_and_cleans_up(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     finished = [FinishedJob("j1", 2, "emb:reply:a", b"r1"), FinishedJob("j2", 3)]
@@ -115,7 +114,7 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
 
 
 async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     jobs = [NewJob(queue_job_id(f"r{i}", 4), b"m", 1000 + i, 60_000, 4) for i in range(4)]
     await arq.enqueue(jobs, backlog_limit=100, now_ms=5)
     assert [c.texts for c in await arq.claim(10, 9, lease_ms=10_000, now_ms=10)] == [4, 4]
@@ -123,13 +122,13 @@ async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
 
 
 async def test_claims_read_the_text_count_from_the_job_id(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     await arq.enqueue([NewJob(queue_job_id("abc", 17), b"m", 1000, 60_000, 17), new_job(1)], 100, now_ms=5)
     assert [(c.job_id, c.texts) for c in await arq.claim(10, 100, 10_000, now_ms=10)] == [("abc.17", 17), ("j1", 1)]
 
 
 async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     [claimed] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10)
     assert claimed.job_id == "j1"
@@ -142,6 +141,6 @@ async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
 async def test_a_backlog_count_below_zero_is_put_back_to_zero_by_the_next_enqueue(redis):
     # releases of work an emptied Redis no longer counted
     await redis.set(keys.QUEUED_TEXTS, -7)
-    arq = ArqBatch.sync(redis)
+    arq = JobQueue.sync(redis)
     assert (await arq.enqueue([new_job(1, 3)], backlog_limit=10, now_ms=5)).admitted == [True]
     assert int(await redis.get(keys.QUEUED_TEXTS)) == 3

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from worker.precision import Precision, PrecisionUnavailable
+from worker.models.precision import Precision, PrecisionUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from api.schemas import EmbeddingRequest, parse_embedding_request
+from api.embeddings.schemas import EmbeddingRequest, parse_embedding_request
 from shared.errors import ServiceError
 from shared.protocol import EmbedError, InputKind
 from shared.settings import Settings

@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+import msgpack
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
 from redis.asyncio import Redis
@@ -25,7 +27,21 @@ from redis.exceptions import OutOfMemoryError
 from shared import keys
 from shared.backlog import READ_COUNTER_LUA, Backlog
 from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
-from shared.queue import EMBED_FUNCTION, deserialize_arq_job, serialize_arq_job
+
+#: name of the arq function that embeds one ``EmbedJob``
+EMBED_FUNCTION = "embed"
+
+
+def serialize_arq_job(job: dict[str, Any]) -> bytes:
+    """arq job serializer: msgpack, so no worker ever unpickles data from Redis."""
+    packed: bytes = msgpack.packb(job, use_bin_type=True)
+    return packed
+
+
+def deserialize_arq_job(data: bytes) -> dict[str, Any]:
+    job: dict[str, Any] = msgpack.unpackb(data, raw=False)
+    return job
+
 
 #: how long arq keeps a job's retry counter, as arq itself does
 _RETRY_KEY_TTL_S = 88_400
@@ -191,7 +207,7 @@ class FinishedJob:
     reply: bytes | None = None
 
 
-class ArqBatch:
+class JobQueue:
     """One arq queue, with its own backlog counter (``shared.backlog``); build it with ``sync`` or ``chunks``."""
 
     def __init__(self, redis: Redis, queue: str, backlog_key: str) -> None:
@@ -205,12 +221,12 @@ class ArqBatch:
         self._push_past_maxmemory = redis.register_script(_PUSH_PAST_MAXMEMORY)
 
     @classmethod
-    def sync(cls, redis: Redis) -> ArqBatch:
+    def sync(cls, redis: Redis) -> JobQueue:
         """The queue of synchronous ``/v1/embeddings`` requests."""
         return cls(redis, keys.SYNC_QUEUE, keys.QUEUED_TEXTS)
 
     @classmethod
-    def chunks(cls, redis: Redis) -> ArqBatch:
+    def chunks(cls, redis: Redis) -> JobQueue:
         """The queue of asynchronous jobs' chunks, bounded apart from the synchronous one."""
         return cls(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
 

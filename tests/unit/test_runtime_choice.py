@@ -12,11 +12,11 @@ from sentence_transformers import SentenceTransformer
 
 from shared.errors import ServiceError
 from shared.settings import Settings
-from worker import placement, runtimes
-from worker.encoder import SentenceTransformerEncoder
-from worker.placement import place, probe_agreement
-from worker.precision import INT8_TOLERANCE, TOLERANCES, native_on_cpu
-from worker.runtimes import CompiledRuntime, export_folder, load_runtime
+from worker.models import runtime_choice, runtimes
+from worker.models.encoder import SentenceTransformerEncoder
+from worker.models.precision import INT8_TOLERANCE, TOLERANCES, native_on_cpu
+from worker.models.runtime_choice import place, probe_agreement
+from worker.models.runtimes import CompiledRuntime, export_folder, load_runtime
 
 NAME = "sentence-transformers/all-MiniLM-L6-v2"
 needs_bfloat16 = pytest.mark.skipif(
@@ -97,12 +97,12 @@ def test_a_runtime_that_drifts_past_float32_noise_is_refused(tmp_path, monkeypat
         return hidden + 3e-3 * np.abs(hidden) * noise
 
     fake = CompiledRuntime(drifting, "float32")
-    monkeypatch.setattr(placement, "load_runtime", lambda *args, **kwargs: fake)
+    monkeypatch.setattr(runtime_choice, "load_runtime", lambda *args, **kwargs: fake)
     model = minilm()
     drifted = SentenceTransformerEncoder(model, drifting, "openvino")
     measured = probe_agreement(SentenceTransformerEncoder(model), drifted)
     assert measured.cosine >= 0.9999 and not measured.within(TOLERANCES["float32"])
-    with caplog.at_level(logging.WARNING, logger="worker.placement"):
+    with caplog.at_level(logging.WARNING, logger="worker.models.runtime_choice"):
         encoder = place(model, NAME, settings(tmp_path, backend="openvino"))
     assert (encoder.describe()["backend"], encoder.describe()["dtype"]) == ("torch", "float32")
     assert "outside the tolerance" in caplog.text
@@ -112,8 +112,8 @@ def test_a_runtime_that_computes_another_precision_than_asked_is_refused(tmp_pat
     def compiled_for_bfloat16(*args, **kwargs):
         raise runtimes.PrecisionUnavailable("OpenVINO compiled the model for bfloat16, not float32")
 
-    monkeypatch.setattr(placement, "load_runtime", compiled_for_bfloat16)
-    with caplog.at_level(logging.WARNING, logger="worker.placement"):
+    monkeypatch.setattr(runtime_choice, "load_runtime", compiled_for_bfloat16)
+    with caplog.at_level(logging.WARNING, logger="worker.models.runtime_choice"):
         encoder = place(minilm(), NAME, settings(tmp_path, backend="openvino"))
     assert (encoder.describe()["backend"], encoder.describe()["dtype"]) == ("torch", "float32")
     assert "compiled the model for bfloat16, not float32; serving it with torch" in caplog.text
@@ -121,7 +121,7 @@ def test_a_runtime_that_computes_another_precision_than_asked_is_refused(tmp_pat
 
 @needs_bfloat16
 def test_a_model_that_torch_cannot_hold_in_bfloat16_fails_to_load(tmp_path, monkeypatch):
-    monkeypatch.setattr(placement, "TOLERANCES", {**TOLERANCES, "bfloat16": TOLERANCES["float32"]})
+    monkeypatch.setattr(runtime_choice, "TOLERANCES", {**TOLERANCES, "bfloat16": TOLERANCES["float32"]})
     with pytest.raises(ServiceError, match="cannot be served in bfloat16"):
         place(minilm(), NAME, settings(tmp_path, backend="torch", dtype="bfloat16"))
 
@@ -145,7 +145,7 @@ def test_a_model_that_cannot_be_exported_is_served_with_torch_and_says_so(tmp_pa
         raise RuntimeError("this architecture does not export")
 
     monkeypatch.setattr(runtimes, "_export_into", fail)
-    with caplog.at_level(logging.WARNING, logger="worker.placement"):
+    with caplog.at_level(logging.WARNING, logger="worker.models.runtime_choice"):
         encoder = place(minilm(), NAME, settings(tmp_path, backend="onnx"))
     assert encoder.describe()["backend"] == "torch"
     assert "could not run on onnx; serving it with torch" in caplog.text

@@ -1,7 +1,7 @@
 """``/v1/batches``: OpenAI's Batch API for ``/v1/embeddings``, on the asynchronous jobs' queue and workers.
 
-Creating a batch reads its input file twice, a segment at a time: once to validate it (``api.batch_input``), once
-to write its chunks (``api.batch_submit``). It answers when both are done: in progress, or failed with the lines
+Creating a batch reads its input file twice, a segment at a time: once to validate it (``api.batches.input``), once
+to write its chunks (``api.batches.submit``). It answers when both are done: in progress, or failed with the lines
 that were wrong. Everything after that is in Redis, so any API process answers for any batch.
 """
 
@@ -15,19 +15,18 @@ from fastapi.responses import Response
 
 from api.admission import Admission
 from api.auth import owner_of
-from api.batch_input import chunk_starts, read_lines, validate
-from api.batch_schemas import BatchList, BatchObject, BatchRequest
-from api.batch_store import BATCH_ID_PREFIX, BatchRecord, BatchStore
-from api.batch_submit import chunk_ids, submit
-from api.files import FileStore
+from api.batches.input import chunk_starts, read_lines, validate
+from api.batches.schemas import BatchList, BatchObject, BatchRequest
+from api.batches.store import BATCH_ID_PREFIX, BatchRecord, BatchStore
+from api.batches.submit import chunk_ids, submit
+from api.embeddings.schemas import error_responses, parse_body
+from api.files.store import PURPOSE, FileStore
 from api.http import json_response, parse_json
 from api.ids import check_owner, new_id, owned
 from api.listing import kept_since_ms, page
-from api.routes.files import PURPOSE
-from api.schemas import error_responses, parse_body
 from shared import keys
-from shared.arq_batch import ArqBatch
 from shared.errors import ErrorKind, ServiceError
+from shared.job_queue import JobQueue
 from shared.settings import Settings
 from shared.storage import RECORD_BYTES, results_bytes
 
@@ -85,7 +84,7 @@ async def create_batch(request: Request) -> Response:
         dimensions = await admission.dimensions(found.model or "", None)
         held = results_bytes(found.inputs, dimensions, len(starts)) + upload.size + RECORD_BYTES
         await admission.reserve(record.batch_id, held, record.kept_until)
-        queue: ArqBatch = request.app.state.chunk_queue
+        queue: JobQueue = request.app.state.chunk_queue
         lines = read_lines(files.segments(upload.file_id), settings)
         try:
             await batches.create(record)
@@ -143,7 +142,7 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     record = await _batch_of(request, batch_id)
     if record.status() == "in_progress":
         batches: BatchStore = request.app.state.batches
-        queue: ArqBatch = request.app.state.chunk_queue
+        queue: JobQueue = request.app.state.chunk_queue
         entries = await batches.manifest(batch_id, 0, record.chunks)
         withdrawn = await queue.withdraw(chunk_ids(batch_id, entries))
         await batches.cancel(record, withdrawn)

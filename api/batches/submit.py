@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
-from api.batch_input import Line, LineError, Options
-from api.batch_store import BatchRecord, ManifestEntry
+from api.batches.input import Line, LineError, Options
+from api.batches.store import BatchRecord, ManifestEntry
 from shared import keys
-from shared.arq_batch import ArqBatch, NewJob, queue_job_id
+from shared.chunks import JobStore, PartResult
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.jobs import JobStore, PartResult
+from shared.job_queue import JobQueue, NewJob, queue_job_id
 from shared.protocol import ChunkJob, encode_job
 from shared.settings import Settings
 
@@ -33,7 +33,7 @@ def chunk_queue_id(batch_id: str, chunk: int, texts: int) -> str:
 
 
 class _Writer:
-    def __init__(self, redis: Redis, queue: ArqBatch, record: BatchRecord, settings: Settings) -> None:
+    def __init__(self, redis: Redis, queue: JobQueue, record: BatchRecord, settings: Settings) -> None:
         self._redis = redis
         self._queue = queue
         self._jobs = JobStore(redis)
@@ -119,7 +119,7 @@ class _Writer:
 
 async def submit(
     redis: Redis,
-    queue: ArqBatch,
+    queue: JobQueue,
     record: BatchRecord,
     lines: AsyncIterator[list[Line | LineError]],
     starts: list[int],

@@ -1,4 +1,4 @@
-"""Batches in Redis: the record (a job's hash: ``shared.jobs`` counts its chunks, in requests), and its manifest.
+"""Batches in Redis: the record (a job's hash: ``shared.chunks`` counts its chunks, in requests), and its manifest.
 
 A batch's status follows from its record alone, so any API process answers for any batch:
 

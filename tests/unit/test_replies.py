@@ -5,12 +5,12 @@ import asyncio
 
 import pytest
 
-from api import results
-from api.results import ResultListener
+from api import replies
+from api.replies import ReplyReader
 from shared.epoch import Epochs
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import SyncReply, encode_reply
-from shared.queue import connect
+from shared.redis_client import connect
 from shared.settings import Settings
 
 
@@ -22,7 +22,7 @@ async def redis(redis_url):
 
 
 async def test_a_reply_reaches_its_request(redis):
-    listener = ResultListener(redis, "emb:reply:api")
+    listener = ReplyReader(redis, "emb:reply:api")
     future = listener.expect("r1")
     listener.start()
     await redis.lpush("emb:reply:api", encode_reply(SyncReply("r1", data=b"[]")))
@@ -31,7 +31,7 @@ async def test_a_reply_reaches_its_request(redis):
 
 
 async def test_after_an_empty_restart_only_requests_written_before_it_fail(redis):
-    listener = ResultListener(redis, "emb:reply:api")
+    listener = ReplyReader(redis, "emb:reply:api")
     await listener.check_server()  # what the reader does when it starts and after every Redis error
     old_epoch = (await Epochs(redis).current()).id
     written_before = listener.expect("before")
@@ -49,7 +49,7 @@ async def test_after_an_empty_restart_only_requests_written_before_it_fail(redis
 
 
 async def test_a_restart_that_kept_its_data_fails_nothing(redis):
-    listener = ResultListener(redis, "emb:reply:api")
+    listener = ReplyReader(redis, "emb:reply:api")
     await listener.check_server()
     future = listener.expect("r1")
     await redis.set("arq:job:r1.1", b"job")
@@ -59,7 +59,7 @@ async def test_a_restart_that_kept_its_data_fails_nothing(redis):
 
 
 async def test_after_a_failover_a_request_whose_job_is_not_on_the_new_primary_fails(redis, monkeypatch):
-    listener = ResultListener(redis, "emb:reply:api")
+    listener = ReplyReader(redis, "emb:reply:api")
     await listener.check_server()
     epoch = (await Epochs(redis).current()).id
     await redis.set("arq:job:kept.1", b"job")
@@ -67,7 +67,7 @@ async def test_after_a_failover_a_request_whose_job_is_not_on_the_new_primary_fa
     listener.written("kept", epoch, "kept.1")
     listener.written("gone", epoch, "gone.1")  # its job never reached the replica
     monkeypatch.setattr(listener, "_run_id", "the old primary")
-    monkeypatch.setattr(results, "VANISHED_GRACE_S", 0.05)
+    monkeypatch.setattr(replies, "VANISHED_GRACE_S", 0.05)
     await listener.check_server()
     await asyncio.sleep(0.1)
     assert not kept.done()
@@ -76,7 +76,7 @@ async def test_after_a_failover_a_request_whose_job_is_not_on_the_new_primary_fa
 
 
 async def test_a_duplicate_reply_is_dropped_and_the_first_one_kept(redis):
-    listener = ResultListener(redis, "emb:reply:api")
+    listener = ReplyReader(redis, "emb:reply:api")
     future = listener.expect("r1")
     listener.start()
     # a job re-run after its worker seemed dead answers twice; the first answer wins

@@ -14,9 +14,9 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.dispatch import Dispatcher
+from api.embeddings.schemas import EmbeddingRequest, EmbeddingResponse, error_responses, parse_embedding_request
 from api.fast_route import FastRoute
 from api.http import parse_json
-from api.schemas import EmbeddingRequest, EmbeddingResponse, error_responses, parse_embedding_request
 from shared.clock import now_ms
 from shared.errors import ClientGone, ServiceError
 from shared.openai_json import embeddings_body

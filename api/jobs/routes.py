@@ -15,15 +15,22 @@ from redis.asyncio import Redis
 
 from api.admission import Admission
 from api.auth import owner_of
+from api.embeddings.schemas import (
+    DeletedJob,
+    EmbeddingResponse,
+    JobObject,
+    JobRequest,
+    error_responses,
+    parse_job_request,
+)
 from api.errors import results_lost
 from api.http import json_response, parse_json
 from api.ids import new_id, owned
-from api.schemas import DeletedJob, EmbeddingResponse, JobObject, JobRequest, error_responses, parse_job_request
 from shared import keys
-from shared.arq_batch import ArqBatch, NewJob
+from shared.chunks import JobRecord, JobStore
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ResultsLost, ServiceError
-from shared.jobs import JobRecord, JobStore
+from shared.job_queue import JobQueue, NewJob
 from shared.openai_json import embedding_items, usage
 from shared.protocol import ChunkJob, EncodingFormat, encode_job
 from shared.settings import Settings
@@ -151,7 +158,7 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
 
 async def _enqueue_chunks(request: Request, record: JobRecord, job_request: JobRequest) -> None:
     settings: Settings = request.app.state.settings
-    queue: ArqBatch = request.app.state.chunk_queue
+    queue: JobQueue = request.app.state.chunk_queue
     input_kind, inputs = job_request.input
     created = record.created_at
     enqueued = now_ms()
@@ -199,7 +206,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     record = await _job_of(request, job_id)
     if record.status() in ("queued", "in_progress"):
         store: JobStore = request.app.state.jobs
-        queue: ArqBatch = request.app.state.chunk_queue
+        queue: JobQueue = request.app.state.chunk_queue
         await store.cancel(job_id)
         await queue.withdraw([record.chunk_queue_id(chunk) for chunk in range(record.chunk_count)])
         record = await _job_of(request, job_id)
@@ -216,7 +223,7 @@ async def delete_job(request: Request, job_id: str) -> Response:
     run, and those running store nothing."""
     record = await _job_of(request, job_id)
     store: JobStore = request.app.state.jobs
-    queue: ArqBatch = request.app.state.chunk_queue
+    queue: JobQueue = request.app.state.chunk_queue
     admission: Admission = request.app.state.admission
     await queue.withdraw([record.chunk_queue_id(chunk) for chunk in range(record.chunk_count)])
     await store.delete(job_id, record.chunk_count)

@@ -1,7 +1,7 @@
 """``/v1/files``: OpenAI's files API, for batch input files and batch output files.
 
-Uploads (multipart, ``purpose=batch``) are stored a segment at a time (``api.files``). A batch's output and error
-files are listed and read like uploads, but rendered from the batch when read (``api.batch_output``).
+Uploads (multipart, ``purpose=batch``) are stored a segment at a time (``api.files.store``). A batch's output and error
+files are listed and read like uploads, but rendered from the batch when read (``api.batches.output``).
 """
 
 from __future__ import annotations
@@ -14,22 +14,20 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.auth import owner_of
-from api.batch_output import lost_requests, render
-from api.batch_schemas import DeletedFile, FileList, FileObject
-from api.batch_store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
+from api.batches.output import lost_requests, render
+from api.batches.schemas import DeletedFile, FileList, FileObject
+from api.batches.store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
+from api.embeddings.schemas import error_responses
 from api.errors import results_lost
-from api.files import FILE_ID_PREFIX, FileRecord, FileStore, file_object
+from api.files.store import FILE_ID_PREFIX, PURPOSE, FileRecord, FileStore, file_object
 from api.http import json_response
 from api.ids import check_owner, made_at_ms, raise_missing
 from api.listing import kept_since_ms, page
-from api.schemas import error_responses
 from shared import keys
 from shared.errors import ErrorKind, ResultsLost, ServiceError
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-
-PURPOSE = "batch"
 
 _UPLOAD_BODY = {
     "requestBody": {

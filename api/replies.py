@@ -36,7 +36,7 @@ VANISHED_GRACE_S = 1.0
 POP_COUNT = 512
 
 
-class ResultListener:
+class ReplyReader:
     def __init__(self, redis: Redis, reply_key: str) -> None:
         self._redis = redis
         self.reply_key = reply_key

@@ -20,11 +20,11 @@ from sentence_transformers import SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
-from worker.encoder import pick_device
-from worker.faults import with_faults
-from worker.placement import place
-from worker.registry import Encoder
-from worker.stand_ins import SimulatedGpuEncoder, StubEncoder
+from worker.models.encoder import pick_device
+from worker.models.faults import with_faults
+from worker.models.registry import Encoder
+from worker.models.runtime_choice import place
+from worker.models.stand_ins import SimulatedGpuEncoder, StubEncoder
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ import time
 import fakeredis
 import pytest
 
-from api.routes.jobs import job_object
+from api.jobs.routes import job_object
 from shared import keys
-from shared.jobs import JobRecord, JobStore
+from shared.chunks import JobRecord, JobStore
 
 
 def record(**overrides) -> JobRecord:

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
-from shared.arq_batch import queue_job_id
 from shared.errors import ErrorKind
+from shared.job_queue import queue_job_id
 from shared.protocol import EmbedError
 from shared.storage import RELEASE_PART_LUA, RESERVATION_KEYS
 

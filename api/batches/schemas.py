@@ -1,6 +1,6 @@
 """The Batch API's request and the shapes of its objects (files and batches), as OpenAI documents them.
 
-Responses are built as dicts (``api.batch_store``, ``api.files``); these models document them in the OpenAPI
+Responses are built as dicts (``api.batches.store``, ``api.files.store``); these models document them in the OpenAPI
 schema, which the fuzz test holds every answer to.
 """
 

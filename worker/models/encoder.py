@@ -18,8 +18,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
 
 from shared.errors import ErrorKind, ServiceError
-from worker.precision import TORCH_DTYPES, Precision
-from worker.runtimes import Forward
+from worker.models.precision import TORCH_DTYPES, Precision
+from worker.models.runtimes import Forward
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,10 @@ _PROBE_TEXT = "probe"
 
 
 class SentenceTransformerEncoder:
-    """``forward``: the transformer's forward pass on another runtime (``worker.runtimes``), named by ``backend``;
-    the modules after the transformer run in torch either way. ``precision``: what the model computes in; on CPU,
-    torch runs a reduced precision under autocast (the weights stay float32), on a GPU the caller has cast the
-    weights already."""
+    """``forward``: the transformer's forward pass on another runtime (``worker.models.runtimes``), named by
+    ``backend``; the modules after the transformer run in torch either way. ``precision``: what the model computes
+    in; on CPU, torch runs a reduced precision under autocast (the weights stay float32), on a GPU the caller has
+    cast the weights already."""
 
     def __init__(
         self,
