@@ -7,16 +7,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from arq.connections import ArqRedis
 from redis.exceptions import OutOfMemoryError, RedisError
 
+from api.embeddings.options import EmbedOptions
 from api.replies import ReplyReader
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue, NewJob, queue_job_id
-from shared.protocol import SyncJob, SyncReply, encode_job
+from shared.protocol import EncodingFormat, SyncJob, SyncReply, encode_job
 from shared.redis_memory import EvictionGuard
 from shared.workers import live_workers
 
@@ -42,6 +44,7 @@ class Dispatcher:
         *,
         worker_ttl_s: float,
         max_queued_texts: int,
+        request_timeout_s: float,
     ) -> None:
         self._redis = redis
         self._listener = listener
@@ -51,14 +54,14 @@ class Dispatcher:
         #: items: a request's id and its job
         self._enqueuer: Coalescer[tuple[str, NewJob], SyncReply] = Coalescer(self._enqueue_many, "enqueue")
         self._worker_ttl_s = worker_ttl_s
+        self._timeout_s = request_timeout_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
-    @property
-    def reply_key(self) -> str:
-        return self._listener.reply_key
-
-    async def run(self, job: SyncJob, timeout_s: float) -> SyncReply:
-        """The worker's reply to ``job``; ServiceError if it cannot be had in time.
+    async def run(
+        self, request_id: str, options: EmbedOptions, inputs: list[Any], encoding_format: EncodingFormat
+    ) -> SyncReply:
+        """The worker's reply to the request, within the deployment's request timeout; ServiceError if it cannot be
+        had in time.
 
         If the caller is cancelled (its client went away) or the deadline passes, a job no worker has started
         yet is taken off the queue.
@@ -68,6 +71,16 @@ class Dispatcher:
         except (RedisError, OSError) as exc:
             raise _unreachable() from exc
         await self._require_workers()
+        enqueued_ms = now_ms()
+        timeout_s = self._timeout_s
+        job = options.sync_job(
+            request_id,
+            inputs,
+            encoding_format,
+            reply_to=self._listener.reply_key,
+            enqueued_ms=enqueued_ms,
+            deadline_ms=enqueued_ms + int(timeout_s * 1000),
+        )
         new_job = self._new_job(job, timeout_s)
         future = self._enqueuer.add((job.request_id, new_job), self._listener.expect(job.request_id))
         timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future, timeout_s)

@@ -7,11 +7,13 @@ Internal exception text never reaches a client.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel
 from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -111,9 +113,15 @@ async def _redis_out_of_memory(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """A bug: 500, and ``Connection: close``. Starlette re-raises the exception once this response is sent and
+    uvicorn then closes the connection, so a client that kept it alive would meet a reset on its next request."""
     request_id = getattr(request.state, "request_id", "-")
     log.error("request %s on %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
-    return error_response(ErrorKind.INTERNAL, "the server failed to process this request")
+    response = error_response(ErrorKind.INTERNAL, "the server failed to process this request")
+    response.headers["connection"] = "close"
+    if request_id != "-":
+        response.headers["x-request-id"] = request_id  # outside RequestTracking, which adds it to every other answer
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -124,3 +132,22 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RedisError, _redis_unreachable)
     app.add_exception_handler(ConnectionError, _redis_unreachable)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+# The error body's shape, for the OpenAPI document.
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
+    return {status: {"model": ErrorBody, "description": "OpenAI-shaped error"} for status in statuses}

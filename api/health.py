@@ -6,8 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api.embeddings.schemas import error_responses
-from api.errors import error_response
+from api.errors import error_response, error_responses
 from api.http import json_response
 from api.model_cards import model_cards
 from shared.errors import ErrorKind, ServiceError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,10 +24,11 @@ from api.errors import install_error_handlers
 from api.files import routes as files
 from api.files.store import FileStore
 from api.jobs import routes as jobs
+from api.jobs.store import JobStore
 from api.metrics import RequestTracking
 from api.replies import BLOCK_S, ReplyReader
 from shared import keys
-from shared.chunks import JobStore
+from shared.chunks import ChunkStore
 from shared.epoch import Epochs
 from shared.job_queue import JobQueue
 from shared.redis_client import connect
@@ -41,51 +43,66 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     # under uvicorn the root logger has no handler, so the app's own INFO lines (request ids) would be lost
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     key_ring = KeyRing.from_settings(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not key_ring.enabled:
-            log.warning("no API keys are configured (API_KEYS, API_KEY_HASHES_FILE): the API is open to anyone")
-        redis = redis_factory(settings)
-        listener_redis = redis_factory(settings, blocking_timeout_s=BLOCK_S)
-        listener = ReplyReader(listener_redis, keys.reply_list(uuid.uuid4().hex))
-        listener.start()
-        app.state.redis = redis
-        app.state.admission = admission = Admission(redis, settings)
-        app.state.jobs = JobStore(redis)
-        app.state.files = FileStore(redis, settings.job_result_ttl_s, admission)
-        app.state.batches = BatchStore(redis)
-        app.state.chunk_queue = JobQueue.chunks(redis)
-        app.state.epochs = Epochs(redis)
-        app.state.dispatcher = Dispatcher(
-            redis,
-            listener,
-            admission.guard,
-            worker_ttl_s=settings.worker_ttl_s,
-            max_queued_texts=settings.max_queued_texts,
-        )
-        try:
-            yield
-        finally:
-            await listener.stop()
-            await listener_redis.aclose()
-            await redis.aclose()
-
+    if not key_ring.enabled:
+        log.warning("no API keys are configured (API_KEYS, API_KEY_HASHES_FILE): the API is open to anyone")
     otel = settings.otel_instrumentation
     app = FastAPI(
         title="Embeddings server",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=functools.partial(_connected, settings=settings, redis_factory=redis_factory),
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
     app.state.settings = settings
     install_error_handlers(app)
-    fast_route.install(app, embeddings.ROUTE)
+    _install_routes(app)
+    _install_middleware(app, settings, key_ring)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    app: FastAPI, *, settings: Settings, redis_factory: Callable[..., ArqRedis]
+) -> AsyncIterator[None]:
+    """The app's Redis clients, stores and reply reader, for as long as it serves."""
+    redis = redis_factory(settings)
+    reader_redis = redis_factory(settings, blocking_timeout_s=BLOCK_S)
+    replies = ReplyReader(reader_redis, keys.reply_list(uuid.uuid4().hex))
+    replies.start()
+    app.state.redis = redis
+    app.state.admission = admission = Admission(redis, settings)
+    app.state.chunks = chunks = ChunkStore(redis)
+    app.state.jobs = JobStore(redis, chunks)
+    app.state.files = FileStore(redis, settings.job_result_ttl_s, admission)
+    app.state.batches = BatchStore(redis, chunks)
+    app.state.chunk_queue = JobQueue.chunks(redis)
+    app.state.epochs = Epochs(redis)
+    app.state.dispatcher = Dispatcher(
+        redis,
+        replies,
+        admission.guard,
+        worker_ttl_s=settings.worker_ttl_s,
+        max_queued_texts=settings.max_queued_texts,
+        request_timeout_s=settings.request_timeout_s,
+    )
+    try:
+        yield
+    finally:
+        await replies.stop()
+        await reader_redis.aclose()
+        await redis.aclose()
+
+
+def _install_routes(app: FastAPI) -> None:
+    fast_route.install(app, embeddings.ROUTE)  # first: FastRoutes must be the innermost middleware
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+
+
+def _install_middleware(app: FastAPI, settings: Settings, key_ring: KeyRing) -> None:
+    """Added innermost first: the body limit, then keys, CORS, and request tracking outermost."""
     # a batch input file is larger than any request body; the multipart framing around it is small
     upload_limit = settings.max_batch_file_bytes + 64 * 1024
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, larger={"/v1/files": upload_limit})
@@ -98,4 +115,3 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestTracking)
-    return app

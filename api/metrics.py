@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import time
@@ -17,7 +18,7 @@ from api.model_cards import model_cards
 from shared import keys
 from shared.errors import ClientGone
 from shared.settings import Settings
-from shared.workers import live_workers
+from shared.workers import WorkerInfo, live_workers
 
 REQUESTS = Counter("embeddings_api_requests_total", "HTTP requests", ["route", "status"])
 REQUEST_SECONDS = Histogram(
@@ -30,6 +31,9 @@ ERRORS = Counter("embeddings_api_errors_total", "Error responses by kind", ["kin
 QUEUE_DEPTH = Gauge("embeddings_queue_jobs", "Jobs in the sync queue, waiting or running")
 QUEUED_TEXTS = Gauge("embeddings_queued_texts", "Texts queued or being encoded, deployment-wide")
 LIVE_WORKERS = Gauge("embeddings_live_workers", "Workers with a recent heartbeat")
+LIVE_WORKER_JOBS = Gauge(
+    "embeddings_live_worker_jobs", "Jobs the live workers handled since they started, by outcome", ["outcome"]
+)
 STORE_RESERVED = Gauge("embeddings_store_reserved_bytes", "Bytes of Redis reserved by jobs, batches and uploads")
 STORE_BUDGET = Gauge("embeddings_store_budget_bytes", "Bytes of Redis they may reserve (0: no bound)")
 REDIS_USED = Gauge("embeddings_redis_used_memory_bytes", "Redis' used_memory")
@@ -56,6 +60,8 @@ async def metrics(request: Request) -> Response:
         QUEUED_TEXTS.set(int(texts or 0))
         workers = await live_workers(redis, settings.worker_ttl_s)
         LIVE_WORKERS.set(len(workers))
+        for outcome, count in _summed_counters(workers).items():
+            LIVE_WORKER_JOBS.labels(outcome).set(count)
         model_cards([], workers)  # sets embeddings_model_variants
         usage, memory = await request.app.state.admission.usage()
         STORE_RESERVED.set(usage.reserved)
@@ -65,6 +71,14 @@ async def metrics(request: Request) -> Response:
     except (RedisError, OSError):
         pass  # the process's own metrics are still worth serving
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _summed_counters(workers: list[WorkerInfo]) -> dict[str, int]:
+    """Every worker's heartbeat counts, summed: the fleet's view without scraping each worker."""
+    totals: collections.Counter[str] = collections.Counter()
+    for worker in workers:
+        totals.update(worker.counters)
+    return dict(totals)
 
 
 class RequestTracking:

@@ -1,11 +1,16 @@
-"""Asynchronous embedding jobs in Redis: the record the API creates, the progress workers report, the chunks.
+"""The chunk contract between the API and the workers: how a chunk's work is counted and its results kept.
 
-A job's inputs are split into chunks of ``job_chunk_size`` texts; each chunk is an arq job on
-``keys.CHUNK_QUEUE`` that any worker may take (``JobRecord`` names and measures them). A finished chunk's vectors
-are stored under ``keys.job_chunk`` and the job's counters move, atomically and once per chunk (``_CHUNK_DONE``).
+A job (``/v1/embeddings/jobs``) or a batch (``/v1/batches``), the chunks' *parent*, is cut into chunks, each an
+entry on ``keys.CHUNK_QUEUE`` (``shared.protocol.ChunkJob``) that any worker may take. Its parts, in Redis:
 
-A batch (``/v1/batches``) is counted the same way, in units of requests rather than inputs: its chunks hold whole
-requests, and each request's outcome (``PartResult``) is stored beside the chunk's vectors.
+- the parent's progress (``keys.progress``), created by the API with the parent's record (``create_in``); the
+  chunk queue's claim marks it started and tells the worker whether it was cancelled (``shared.job_queue``);
+- a finished chunk's float32 vectors (``keys.chunk_vectors``, ``encode_vectors``) and, for a batch chunk, each of
+  its requests' outcomes (``keys.chunk_parts``, ``PartResult``), stored and counted into the progress in one step
+  and once per chunk, however many workers ran it (``ChunkStore.done_in``).
+
+Counts are in the parent's units: inputs for a job, requests for a batch. The parent's record (who owns it, what it
+is) belongs to the API alone (``api.jobs.store``, ``api.batches.store``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Awaitable
 from typing import cast
 
 import msgpack
-import orjson
+import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -26,16 +31,13 @@ from shared.job_queue import queue_job_id
 from shared.protocol import EmbedError
 from shared.storage import RELEASE_PART_LUA, RESERVATION_KEYS
 
-#: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
-RECORD_GRACE_S = 86_400
-
-# KEYS: job hash, chunk vectors, chunk parts, then the store's reservation keys (``shared.storage``).
+# KEYS: progress hash, chunk vectors, chunk parts, then the store's reservation keys (``shared.storage``).
 # ARGV: chunk, units completed, units failed, prompt tokens, now (s), error message or "", results' expiry (s),
-# vectors or "", parts or "", input bytes to give back to the reservation of the job (id).
+# vectors or "", parts or "", input bytes to give back to the reservation of the parent (id).
 # Stores the chunk's results and counts it in one step, once per chunk however many workers ran it (a chunk skipped,
 # cancelled or expired counts with zeros); stamps completed_at when the last unit lands, and finished_at when every
-# chunk has (for records that say how many). Its first write (HSETNX) is refused when Redis is out of memory, and
-# a script that has not written stops there: a chunk is counted if and only if its results were stored.
+# chunk has. Its first write (HSETNX) is refused when Redis is out of memory, and a script that has not written
+# stops there: a chunk is counted if and only if its results were stored.
 _CHUNK_DONE = (
     RELEASE_PART_LUA
     + """
@@ -49,8 +51,7 @@ if ARGV[9] ~= '' then
     redis.call('SET', KEYS[3], ARGV[9], 'EXAT', ARGV[7])
 end
 local chunks_done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-local chunks = redis.call('HGET', KEYS[1], 'chunks')
-if chunks and chunks_done >= tonumber(chunks) then
+if chunks_done >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
     redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[5])
 end
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', ARGV[2])
@@ -67,8 +68,39 @@ return 1
 """
 )
 #: the same for a chunk that failed and stores no vectors, allowed past maxmemory (a few bytes), so that a full
-#: Redis still learns that the chunk ended and its job finishes with the failure named (Redis 7's script flags)
+#: Redis still learns that the chunk ended and its parent finishes with the failure named (Redis 7's script flags)
 _CHUNK_FAILED_DESPITE_OOM = "#!lua flags=allow-oom\n" + _CHUNK_DONE
+
+# KEYS: progress hash. ARGV: chunks taken off the queue, now (s). Marks the parent cancelled; the chunks withdrawn
+# count as done (they will never run), and finished_at is stamped if no chunk is left running.
+_CANCEL = """
+redis.call('HSET', KEYS[1], 'cancelled', 1)
+redis.call('HSETNX', KEYS[1], 'cancelling_at', ARGV[2])
+local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[1])
+if done >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
+    redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2])
+end
+return done
+"""
+
+
+def chunk_request_id(parent_id: str, chunk: int) -> str:
+    """How a chunk's message and logs name it; the chunk queue's claim reads the parent back from it."""
+    return f"{parent_id}-{chunk}"
+
+
+def chunk_queue_id(parent_id: str, chunk: int, texts: int) -> str:
+    """The chunk's arq job id in ``keys.CHUNK_QUEUE``."""
+    return queue_job_id(chunk_request_id(parent_id, chunk), texts)
+
+
+def encode_vectors(vectors: np.ndarray) -> bytes:
+    """A chunk's vectors as stored: float32 little-endian, row after row."""
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def decode_vectors(stored: bytes, rows: int) -> np.ndarray:
+    return np.frombuffer(stored, dtype="<f4").reshape(rows, -1) if rows else np.empty((0, 0), dtype="<f4")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,6 +109,9 @@ class PartResult:
 
     prompt_tokens: int = 0
     error: EmbedError | None = None
+    #: its vectors' values as JSON floats take this many bytes (``openai_json.float_text_bytes``), so its line's
+    #: length is known without its vectors; None when stored by a worker that did not measure it
+    float_text_bytes: int | None = None
 
 
 def _encode_parts(parts: list[PartResult]) -> bytes:
@@ -85,6 +120,7 @@ def _encode_parts(parts: list[PartResult]) -> bytes:
             [
                 part.prompt_tokens,
                 None if part.error is None else [part.error.kind.value, part.error.message, part.error.param],
+                part.float_text_bytes,
             ]
             for part in parts
         ],
@@ -95,145 +131,94 @@ def _encode_parts(parts: list[PartResult]) -> bytes:
 
 def _decode_parts(data: bytes) -> list[PartResult]:
     return [
-        PartResult(tokens, None if error is None else EmbedError(ErrorKind(error[0]), error[1], error[2]))
-        for tokens, error in msgpack.unpackb(data, raw=False)
+        PartResult(
+            tokens,
+            None if error is None else EmbedError(ErrorKind(error[0]), error[1], error[2]),
+            measured[0] if measured else None,
+        )
+        for tokens, error, *measured in msgpack.unpackb(data, raw=False)
     ]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class JobRecord:
-    job_id: str
-    owner: str
-    model: str
-    created_at: int
-    expires_at: int
+class Progress:
+    """Where a parent's chunks stand, in its units (inputs or requests)."""
+
     total: int
-    chunk_size: int
-    encoding_format: str
-    dimensions: int | None
-    metadata: dict[str, str]
+    chunks: int
     completed: int = 0
     failed: int = 0
     prompt_tokens: int = 0
+    chunks_done: int = 0
     started: bool = False
     cancelled: bool = False
+    cancelling_at: int | None = None
+    #: when the last unit was counted
     completed_at: int | None = None
+    #: when the last chunk was counted (done, failed, skipped or withdrawn)
+    finished_at: int | None = None
     #: chunk index -> why it failed
     chunk_errors: dict[int, str] = dataclasses.field(default_factory=dict)
-    #: chunks counted done whose vectors are gone from the store (``JobStore.with_losses``)
-    lost_chunks: tuple[int, ...] = ()
 
-    @property
-    def chunk_count(self) -> int:
-        return -(-self.total // self.chunk_size)
-
-    def chunk_span(self, chunk: int) -> tuple[int, int]:
-        """First input index and number of inputs of ``chunk``."""
-        start = chunk * self.chunk_size
-        return start, min(self.chunk_size, self.total - start)
-
-    def chunks_between(self, start: int, end: int) -> range:
-        """The chunks holding inputs ``start`` to ``end`` (exclusive)."""
-        if start >= end:
-            return range(0)
-        return range(start // self.chunk_size, -(-end // self.chunk_size))
-
-    def chunk_request_id(self, chunk: int) -> str:
-        """How logs and the chunk's message name it."""
-        return f"{self.job_id}-{chunk}"
-
-    def chunk_queue_id(self, chunk: int) -> str:
-        """The chunk's arq job id in ``keys.CHUNK_QUEUE``."""
-        return queue_job_id(self.chunk_request_id(chunk), self.chunk_span(chunk)[1])
-
-    def status(self, now: float | None = None) -> str:
-        now = time.time() if now is None else now
-        if now >= self.expires_at:
-            return "expired"
-        if self.cancelled:
-            return "cancelled"
-        if self.completed + self.failed >= self.total:
-            return "completed" if self.completed and not self.lost_chunks else "failed"
-        return "in_progress" if self.started else "queued"
-
-
-class JobStore:
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._chunk_done = redis.register_script(_CHUNK_DONE)
-        self._chunk_failed_despite_oom = redis.register_script(_CHUNK_FAILED_DESPITE_OOM)
-
-    async def create(self, record: JobRecord) -> None:
-        fields = {
-            "owner": record.owner,
-            "model": record.model,
-            "created_at": record.created_at,
-            "expires_at": record.expires_at,
-            "total": record.total,
-            "chunk_size": record.chunk_size,
-            "encoding_format": record.encoding_format,
-            "dimensions": "" if record.dimensions is None else record.dimensions,
-            "metadata": orjson.dumps(record.metadata),
-            "completed": 0,
-            "failed": 0,
-            "prompt_tokens": 0,
-        }
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(record.job_id), mapping=fields)
-            pipe.expireat(keys.job(record.job_id), record.expires_at + RECORD_GRACE_S)
-            await pipe.execute()
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        raw: dict[bytes, bytes] = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.job(job_id)))
+    @classmethod
+    def parse(cls, raw: dict[bytes, bytes]) -> Progress | None:
         if not raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
-        return JobRecord(
-            job_id=job_id,
-            owner=fields["owner"],
-            model=fields["model"],
-            created_at=int(fields["created_at"]),
-            expires_at=int(fields["expires_at"]),
+
+        def stamp(name: str) -> int | None:
+            return int(fields[name]) if name in fields else None
+
+        return cls(
             total=int(fields["total"]),
-            chunk_size=int(fields["chunk_size"]),
-            encoding_format=fields["encoding_format"],
-            dimensions=int(fields["dimensions"]) if fields["dimensions"] else None,
-            metadata=orjson.loads(fields["metadata"]),
-            completed=int(fields["completed"]),
-            failed=int(fields["failed"]),
-            prompt_tokens=int(fields["prompt_tokens"]),
+            chunks=int(fields["chunks"]),
+            completed=int(fields.get("completed", 0)),
+            failed=int(fields.get("failed", 0)),
+            prompt_tokens=int(fields.get("prompt_tokens", 0)),
+            chunks_done=int(fields.get("chunks_done", 0)),
             started="started" in fields,
             cancelled="cancelled" in fields,
-            completed_at=int(fields["completed_at"]) if "completed_at" in fields else None,
+            cancelling_at=stamp("cancelling_at"),
+            completed_at=stamp("completed_at"),
+            finished_at=stamp("finished_at"),
             chunk_errors={int(k.split(":", 1)[1]): v for k, v in fields.items() if k.startswith("error:")},
         )
 
-    async def delete(self, job_id: str, chunks: int = 0) -> None:
-        """The job's record and its first ``chunks`` chunks' results."""
-        stored = [
-            key
-            for chunk in range(chunks)
-            for key in (keys.job_chunk(job_id, chunk), keys.job_chunk_parts(job_id, chunk))
-        ]
-        await self._redis.delete(keys.job(job_id), keys.job_workers(job_id), *stored)
 
-    async def cancel(self, job_id: str) -> None:
-        await cast(Awaitable[int], self._redis.hset(keys.job(job_id), "cancelled", "1"))
+class ChunkStore:
+    """Progress and results of the chunks of jobs and batches; the API and the workers both go through here."""
 
-    async def is_cancelled(self, job_id: str) -> bool:
-        return bool(await cast(Awaitable[bool], self._redis.hexists(keys.job(job_id), "cancelled")))
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._done = redis.register_script(_CHUNK_DONE)
+        self._failed_despite_oom = redis.register_script(_CHUNK_FAILED_DESPITE_OOM)
+        self._cancel = redis.register_script(_CANCEL)
 
-    async def mark_started(self, job_id: str, worker_id: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.job(job_id), "started", "1")
-            pipe.sadd(keys.job_workers(job_id), worker_id)
-            pipe.expire(keys.job_workers(job_id), RECORD_GRACE_S)
-            await pipe.execute()
+    @staticmethod
+    def create_in(pipe: Pipeline, parent_id: str, *, total: int, chunks: int, expire_at_s: int) -> None:
+        """Queue in ``pipe`` the creation of a parent's progress: ``total`` units in ``chunks`` chunks."""
+        key = keys.progress(parent_id)
+        pipe.hset(key, mapping={"total": total, "chunks": chunks, "completed": 0, "failed": 0, "chunks_done": 0})
+        pipe.expireat(key, expire_at_s)
 
-    async def chunk_done_in(
+    @staticmethod
+    def read_in(pipe: Pipeline, parent_id: str) -> None:
+        """Queue in ``pipe`` the read of a parent's progress; ``Progress.parse`` its reply."""
+        pipe.hgetall(keys.progress(parent_id))
+
+    async def progress(self, parent_id: str) -> Progress | None:
+        raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.progress(parent_id)))
+        return Progress.parse(raw)
+
+    async def cancel(self, parent_id: str, withdrawn_chunks: int = 0) -> None:
+        """Mark the parent cancelled; chunks already claimed see it when they end, those not yet claimed at their
+        claim. ``withdrawn_chunks``: chunks taken off the queue, counted as done."""
+        await self._cancel(keys=[keys.progress(parent_id)], args=[withdrawn_chunks, int(time.time())])
+
+    async def done_in(
         self,
         pipe: Pipeline | None,
-        job_id: str,
+        parent_id: str,
         chunk: int,
         *,
         vectors: bytes | None,
@@ -246,15 +231,16 @@ class JobStore:
         input_bytes: int = 0,
         despite_oom: bool = False,
     ) -> None:
-        """Store the chunk's vectors and its requests' outcomes (if any) and count it into the job's progress, in
-        one step: queued in ``pipe``, or run at once without one. ``input_bytes``: what its inputs held of the job's
-        reservation, given back. ``despite_oom``: for a chunk without vectors, even when Redis is out of memory."""
+        """Store the chunk's vectors and its requests' outcomes (if any) and count it into its parent's progress,
+        in one step: queued in ``pipe``, or run at once without one. ``input_bytes``: what its inputs held of the
+        parent's reservation, given back. ``despite_oom``: for a chunk without vectors, even when Redis is out of
+        memory."""
         if despite_oom and vectors is not None:
             raise ValueError("only a chunk without vectors may be written past maxmemory")
-        script = self._chunk_failed_despite_oom if despite_oom else self._chunk_done
-        chunk_keys = [keys.job(job_id), keys.job_chunk(job_id, chunk), keys.job_chunk_parts(job_id, chunk)]
+        script = self._failed_despite_oom if despite_oom else self._done
+        results = [keys.chunk_vectors(parent_id, chunk), keys.chunk_parts(parent_id, chunk)]
         await script(
-            keys=[*chunk_keys, *RESERVATION_KEYS],
+            keys=[keys.progress(parent_id), *results, *RESERVATION_KEYS],
             args=[
                 chunk,
                 completed,
@@ -266,44 +252,53 @@ class JobStore:
                 vectors or b"",
                 b"" if parts is None else _encode_parts(parts),
                 input_bytes,
-                job_id,
+                parent_id,
             ],
             client=pipe,
         )
 
-    async def with_losses(self, record: JobRecord) -> JobRecord:
-        """``record`` with ``lost_chunks`` filled in, once every chunk is counted: the chunks that should hold
-        vectors (those that did not fail) but hold none, gone from Redis by eviction or by hand."""
-        if record.completed + record.failed < record.total:
-            return record
-        expected = [chunk for chunk in range(record.chunk_count) if chunk not in record.chunk_errors]
-        chunk_keys = [keys.job_chunk(record.job_id, chunk) for chunk in expected]
-        if not expected or await self._redis.exists(*chunk_keys) == len(expected):
-            return record  # every poll of a finished job asks: one command, unless something is missing
+    async def vectors(self, parent_id: str, chunks: list[int]) -> list[bytes | None]:
+        if not chunks:
+            return []
+        values: list[bytes | None] = await self._redis.mget([keys.chunk_vectors(parent_id, c) for c in chunks])
+        return values
+
+    async def vector_bytes(self, parent_id: str, chunks: list[int]) -> list[int]:
+        """How many bytes each chunk's stored vectors take (0: none), without reading them."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                pipe.strlen(keys.chunk_vectors(parent_id, chunk))
+            lengths: list[int] = await pipe.execute()
+        return lengths
+
+    async def parts(self, parent_id: str, chunks: list[int]) -> list[list[PartResult] | None]:
+        """Batch chunks' outcomes per request; None for a chunk that has none (not run, or lost)."""
+        if not chunks:
+            return []
+        values: list[bytes | None] = await self._redis.mget([keys.chunk_parts(parent_id, c) for c in chunks])
+        return [None if value is None else _decode_parts(value) for value in values]
+
+    async def missing_vectors(self, parent_id: str, chunks: list[int]) -> list[int]:
+        """Those of ``chunks`` whose vectors are gone from Redis (evicted or deleted): one command when none is."""
+        return await self._missing([keys.chunk_vectors(parent_id, chunk) for chunk in chunks], chunks)
+
+    async def missing_parts(self, parent_id: str, chunks: list[int]) -> list[int]:
+        """Those of a batch's ``chunks`` whose requests' outcomes are gone from Redis."""
+        return await self._missing([keys.chunk_parts(parent_id, chunk) for chunk in chunks], chunks)
+
+    async def _missing(self, chunk_keys: list[str], chunks: list[int]) -> list[int]:
+        if not chunk_keys or await self._redis.exists(*chunk_keys) == len(chunk_keys):
+            return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in chunk_keys:
                 pipe.exists(key)
             found = await pipe.execute()
-        lost = tuple(chunk for chunk, present in zip(expected, found, strict=True) if not present)
-        return dataclasses.replace(record, lost_chunks=lost) if lost else record
+        return [chunk for chunk, present in zip(chunks, found, strict=True) if not present]
 
-    async def missing_parts(self, job_id: str, chunks: int) -> list[int]:
-        """The chunks of a batch (all counted done) whose requests' outcomes are gone from Redis."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for chunk in range(chunks):
-                pipe.exists(keys.job_chunk_parts(job_id, chunk))
-            found = await pipe.execute()
-        return [chunk for chunk, present in enumerate(found) if not present]
-
-    async def chunk_vectors(self, job_id: str, chunks: list[int]) -> list[bytes | None]:
-        if not chunks:
-            return []
-        values: list[bytes | None] = await self._redis.mget([keys.job_chunk(job_id, c) for c in chunks])
-        return values
-
-    async def chunk_parts(self, job_id: str, chunks: list[int]) -> list[list[PartResult] | None]:
-        """Batch chunks' outcomes per request; None for a chunk that has none (not run, or lost)."""
-        if not chunks:
-            return []
-        values: list[bytes | None] = await self._redis.mget([keys.job_chunk_parts(job_id, c) for c in chunks])
-        return [None if value is None else _decode_parts(value) for value in values]
+    @staticmethod
+    def delete_in(pipe: Pipeline, parent_id: str, chunks: int) -> None:
+        """Queue in ``pipe`` the deletion of a parent's progress and its first ``chunks`` chunks' results."""
+        stored = [
+            key for c in range(chunks) for key in (keys.chunk_vectors(parent_id, c), keys.chunk_parts(parent_id, c))
+        ]
+        pipe.delete(keys.progress(parent_id), *stored)

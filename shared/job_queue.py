@@ -43,6 +43,8 @@ def deserialize_arq_job(data: bytes) -> dict[str, Any]:
     return job
 
 
+#: seconds an unread reply list lives (its API process may have died)
+REPLY_TTL_S = 60
 #: how long arq keeps a job's retry counter, as arq itself does
 _RETRY_KEY_TTL_S = 88_400
 #: queue entries one claim looks at
@@ -89,7 +91,9 @@ return result
 )
 
 # KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, most texts to claim, entries to scan, arq's key
-# prefixes (in-progress, job, retry), retry key TTL. Returns id, job, try, texts for each claimed job, flattened.
+# prefixes (in-progress, job, retry), retry key TTL, the progress key prefix of the chunks' parents ("" for a queue
+# of requests). Returns id, job, try, texts, cancelled (1 or 0) for each claimed job, flattened. A chunk's parent
+# (``shared.chunks``) is marked started, unless it was cancelled: that rides the claim instead of costing round trips.
 # The first job is taken whatever its size. A claimed job's score moves to the end of its lease (renewals move
 # it on), so claims scan only the jobs that wait for a worker, or whose worker died, not the running ones.
 _CLAIM = (
@@ -116,10 +120,20 @@ for _, id in ipairs(ids) do
             local try = redis.call('INCR', ARGV[8] .. id)
             redis.call('EXPIRE', ARGV[8] .. id, ARGV[9])
             texts_left = texts_left - texts
+            local cancelled = 0
+            if ARGV[10] ~= '' then
+                local progress = ARGV[10] .. (string.match(id, '^(.+)%-%d+%.%d+$') or id)
+                if redis.call('HEXISTS', progress, 'cancelled') == 1 then
+                    cancelled = 1
+                elseif redis.call('EXISTS', progress) == 1 then
+                    redis.call('HSET', progress, 'started', 1)
+                end
+            end
             table.insert(claimed, id)
             table.insert(claimed, job)
             table.insert(claimed, try)
             table.insert(claimed, texts)
+            table.insert(claimed, cancelled)
         else
             redis.call('ZREM', KEYS[1], id)
         end
@@ -180,6 +194,8 @@ class ClaimedJob:
     message: bytes
     attempt: int
     texts: int
+    #: a chunk whose parent was cancelled before this claim
+    cancelled: bool = False
 
 
 def _message_of(arq_job: bytes) -> bytes:
@@ -210,10 +226,12 @@ class FinishedJob:
 class JobQueue:
     """One arq queue, with its own backlog counter (``shared.backlog``); build it with ``sync`` or ``chunks``."""
 
-    def __init__(self, redis: Redis, queue: str, backlog_key: str) -> None:
+    def __init__(self, redis: Redis, queue: str, backlog_key: str, parents_prefix: str = "") -> None:
+        """``parents_prefix``: for a queue of chunks, the prefix of their parents' progress keys."""
         self._redis = redis
         self._queue = queue
         self._backlog_key = backlog_key
+        self._parents_prefix = parents_prefix
         self.backlog = Backlog(redis, backlog_key)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
@@ -228,7 +246,7 @@ class JobQueue:
     @classmethod
     def chunks(cls, redis: Redis) -> JobQueue:
         """The queue of asynchronous jobs' chunks, bounded apart from the synchronous one."""
-        return cls(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS)
+        return cls(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS, keys.PROGRESS_PREFIX)
 
     async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> Enqueued:
         """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows: whether each one was, and in which
@@ -248,13 +266,13 @@ class JobQueue:
         texts, and at least one job when one is due."""
         limits: list[str | int] = [now_ms, lease_ms, most_jobs, most_texts, _CLAIM_SCAN_LIMIT]
         prefixes: list[str | int] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, _RETRY_KEY_TTL_S]
-        flat = await self._claim(keys=[self._queue], args=[*limits, *prefixes])
+        flat = await self._claim(keys=[self._queue], args=[*limits, *prefixes, self._parents_prefix])
         return [
-            ClaimedJob(flat[i].decode(), _message_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
-            for i in range(0, len(flat), 4)
+            ClaimedJob(flat[i].decode(), _message_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), flat[i + 4] == 1)
+            for i in range(0, len(flat), 5)
         ]
 
-    async def finish(self, jobs: Sequence[FinishedJob], reply_ttl_s: int) -> None:
+    async def finish(self, jobs: Sequence[FinishedJob]) -> None:
         """End ``jobs``: drop them from arq's keys, deliver their replies and release their texts, in one round trip
         of a few commands (one delete for every job, one push per reply list).
 
@@ -281,8 +299,8 @@ class JobQueue:
             redo += [None, None]
             for reply_to, messages in replies.items():
                 pipe.lpush(reply_to, *messages)
-                pipe.expire(reply_to, reply_ttl_s)
-                redo += [functools.partial(self._push_despite_oom, reply_to, messages, reply_ttl_s), None]
+                pipe.expire(reply_to, REPLY_TTL_S)
+                redo += [functools.partial(self._push_despite_oom, reply_to, messages), None]
             if released:
                 self.backlog.release_in(pipe, released)
                 redo.append(functools.partial(self.backlog.release_despite_oom, released))
@@ -293,8 +311,8 @@ class JobQueue:
             elif isinstance(result, Exception):
                 raise result
 
-    async def _push_despite_oom(self, reply_to: str, messages: list[bytes], reply_ttl_s: int) -> None:
-        await self._push_past_maxmemory(keys=[reply_to], args=[reply_ttl_s, *messages])
+    async def _push_despite_oom(self, reply_to: str, messages: list[bytes]) -> None:
+        await self._push_past_maxmemory(keys=[reply_to], args=[REPLY_TTL_S, *messages])
 
     async def withdraw(self, job_ids: Sequence[str]) -> int:
         """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken.

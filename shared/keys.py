@@ -53,30 +53,38 @@ def worker_info(worker_id: str) -> str:
     return _WORKER_INFO_PREFIX + worker_id
 
 
-_JOB_PREFIX = PREFIX + "job:"
-
-
 def job(job_id: str) -> str:
-    """Hash: an asynchronous embedding job's record and progress counters."""
-    return _JOB_PREFIX + job_id
+    """Hash: an asynchronous embedding job's record (``api.jobs.store``)."""
+    return f"{PREFIX}job:{job_id}"
 
 
-def job_chunk(job_id: str, chunk: int) -> str:
-    """float32 vectors of one chunk of a job, or nothing while it is not done."""
-    return f"{_JOB_PREFIX}{job_id}:chunk:{chunk}"
-
-
-def job_chunk_parts(job_id: str, chunk: int) -> str:
-    """A batch chunk's outcome per request it holds (msgpack; ``shared.chunks.PartResult``), next to its vectors."""
-    return f"{_JOB_PREFIX}{job_id}:parts:{chunk}"
+def batch(batch_id: str) -> str:
+    """Hash: a batch's record (``api.batches.store``)."""
+    return f"{PREFIX}batch:{batch_id}"
 
 
 def batch_manifest(batch_id: str) -> str:
-    """List: one msgpack entry per chunk of a batch, naming its requests in input order (``api.batch_plan``).
-
-    A batch's record and progress are a job's (``job(batch_id)``): its chunks are counted by the same script.
-    """
+    """List: one msgpack entry per chunk of a batch, naming its requests in input order (``api.batches.plan``)."""
     return f"{PREFIX}batch:{batch_id}:manifest"
+
+
+#: what ``progress`` keys begin with; the chunk queue's claim script builds them from a chunk's id
+PROGRESS_PREFIX = PREFIX + "progress:"
+
+
+def progress(parent_id: str) -> str:
+    """Hash: the progress of a job's or batch's chunks, which workers advance (``shared.chunks``)."""
+    return PROGRESS_PREFIX + parent_id
+
+
+def chunk_vectors(parent_id: str, chunk: int) -> str:
+    """float32 vectors of one chunk of a job or batch, or nothing while it is not done."""
+    return f"{PREFIX}chunk:{parent_id}:{chunk}:vectors"
+
+
+def chunk_parts(parent_id: str, chunk: int) -> str:
+    """A batch chunk's outcome per request it holds (msgpack; ``shared.chunks.PartResult``), next to its vectors."""
+    return f"{PREFIX}chunk:{parent_id}:{chunk}:parts"
 
 
 def owner_batches(owner: str) -> str:
@@ -97,11 +105,6 @@ def file_data(file_id: str) -> str:
 def owner_files(owner: str) -> str:
     """Sorted set: an owner's file ids (uploaded, and the outputs of their batches), scored by creation time (ms)."""
     return f"{PREFIX}files:{owner}"
-
-
-def job_workers(job_id: str) -> str:
-    """Set of the workers that processed chunks of a job."""
-    return f"{_JOB_PREFIX}{job_id}:workers"
 
 
 def idempotency(owner: str, key: str) -> str:

@@ -31,6 +31,25 @@ def data_array(vectors: np.ndarray, encoding_format: EncodingFormat) -> bytes:
     return orjson.dumps(embedding_items(vectors, encoding_format), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def float_text_bytes(vectors: np.ndarray) -> int:
+    """Bytes the rows' values take as JSON floats, each row's brackets and commas included: what ``data_array``
+    writes for them in the ``float`` format, bar each item's framing."""
+    if not len(vectors):
+        return 0
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    # one dump of the matrix: its rows, plus a comma between rows and the outer brackets
+    return len(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)) - len(rows) - 1
+
+
+def data_array_bytes(count: int, dimensions: int, encoding_format: EncodingFormat, float_bytes: int) -> int:
+    """``len(data_array(vectors, encoding_format))`` for ``count`` rows of ``dimensions`` values whose
+    ``float_text_bytes`` is ``float_bytes``, measured without the rows: the framing is rendered around empty ones."""
+    framing = len(data_array(np.zeros((count, 0), dtype="<f4"), encoding_format))
+    if encoding_format == "base64":
+        return framing + count * 4 * -(-(4 * dimensions) // 3)
+    return framing - 2 * count + float_bytes  # an empty row is written "[]"
+
+
 def usage(prompt_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
 

@@ -8,9 +8,9 @@ Two kinds of job travel API -> worker, each as the single argument of an arq job
 - ``ChunkJob`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job. No reply travels: the worker stores the
   chunk's float32 vectors and counts it into its job's progress (``shared.chunks``), which the API reads when polled.
 
-Both carry what to embed (``EmbedJob``'s fields). Version 3: jobs split by kind; replies carry no raw vectors;
-prompts and normalization chosen per request; chunks of batches (``parts``, fields with defaults, so chunks
-written before them still decode).
+Both carry what to embed (``EmbedJob``'s fields). Version 4: a chunk's parent keeps its progress apart from its
+record (``shared.chunks``), ``results_expire_at_s`` says what it holds (a timestamp), replies no longer name their
+worker. Messages of another version are moved aside, not guessed at (``worker.dead_letter``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 InputKind = Literal["text", "tokens"]
 EncodingFormat = Literal["float", "base64"]
@@ -66,8 +66,8 @@ class ChunkJob(EmbedJob):
     chunk: int
     #: a batch chunk: how many inputs each of its requests has, in order; each request succeeds or fails alone
     parts: list[int] | None = None
-    #: when the stored results expire (s); 0: at the deadline (a job's deadline is its results' expiry)
-    results_expire_s: int = 0
+    #: when the stored results expire (epoch seconds); 0: at the deadline (a job's deadline is its results' expiry)
+    results_expire_at_s: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +86,6 @@ class SyncReply:
     data: bytes = b""
     prompt_tokens: int = 0
     error: EmbedError | None = None
-    worker_id: str = ""
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     #: texts and requests in the largest batch that served this request

@@ -155,7 +155,8 @@ class EmbeddingWorker(Worker):
         if room <= 0:
             return
         for job in await self._chunks.claim(room, _NO_TEXT_BUDGET, self._lease_ms, now_ms()):
-            self._start(job, self.service.handle_chunk(job.job_id, job.message, job.attempt), chunk=True)
+            work = self.service.handle_chunk(job.job_id, job.message, job.attempt, cancelled=job.cancelled)
+            self._start(job, work, chunk=True)
 
     def _start(self, job: ClaimedJob, work: Coroutine[Any, Any, None], *, chunk: bool) -> None:
         if chunk:

@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 
+from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import EmbeddingRequest, parse_embedding_request
 from shared.errors import ServiceError
-from shared.protocol import EmbedError, InputKind
+from shared.protocol import EmbedError
 from shared.settings import Settings
 
 ENDPOINT = "/v1/embeddings"
@@ -43,18 +44,6 @@ class LineError:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Options:
-    """What a chunk's requests must share: everything the worker applies to a whole chunk."""
-
-    input_kind: InputKind
-    dimensions: int | None
-    truncate: bool
-    prompt_name: str | None
-    input_type: str | None
-    normalize: bool | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Line:
     """One request of the file: what to embed, or why the embeddings route would refuse it."""
 
@@ -68,14 +57,9 @@ class Line:
     def inputs(self) -> list[Any]:
         return [] if self.request is None else self.request.input[1]
 
-    def options(self, settings: Settings) -> Options | None:
-        if self.request is None:
-            return None
-        request = self.request
-        truncate = settings.truncate_inputs if request.truncate is None else request.truncate
-        return Options(
-            request.input[0], request.dimensions, truncate, request.prompt_name, request.input_type, request.normalize
-        )
+    def options(self, settings: Settings) -> EmbedOptions | None:
+        """What the worker applies to its inputs; None for a request that already failed."""
+        return None if self.request is None else EmbedOptions.of(self.request, settings)
 
 
 async def read_lines(segments: AsyncIterator[bytes], settings: Settings) -> AsyncIterator[list[Line | LineError]]:
@@ -140,7 +124,7 @@ class Validation:
     errors: list[LineError] = dataclasses.field(default_factory=list)
     error_count: int = 0
     #: each request's options and number of inputs (None: a request that already failed), what chunks are cut by
-    shapes: list[tuple[Options | None, int]] = dataclasses.field(default_factory=list)
+    shapes: list[tuple[EmbedOptions | None, int]] = dataclasses.field(default_factory=list)
 
     def fail(self, error: LineError) -> None:
         self.error_count += 1
@@ -179,18 +163,3 @@ async def validate(segments: AsyncIterator[bytes], settings: Settings) -> Valida
     if found.requests == 0 and not found.error_count:
         found.fail(LineError(0, "empty_file", "the input file has no requests"))
     return found
-
-
-def chunk_starts(shapes: list[tuple[Options | None, int]], chunk_size: int) -> list[int]:
-    """Where each chunk begins (request indices). A chunk holds whole requests with the same options, up to
-    ``chunk_size`` inputs (a larger request gets a chunk of its own); requests that already failed make chunks of
-    their own, whose results the API writes."""
-    starts: list[int] = []
-    current: Options | None = None
-    filled = 0
-    for index, (options, count) in enumerate(shapes):
-        if not starts or options != current or (filled + count > chunk_size and filled > 0):
-            starts.append(index)
-            current, filled = options, 0
-        filled += count
-    return starts

@@ -15,13 +15,14 @@ from fastapi.responses import Response
 
 from api.admission import Admission
 from api.auth import owner_of
-from api.batches.input import chunk_starts, read_lines, validate
+from api.batches.input import read_lines, validate
+from api.batches.plan import chunk_starts
 from api.batches.schemas import BatchList, BatchObject, BatchRequest
 from api.batches.store import BATCH_ID_PREFIX, BatchRecord, BatchStore
 from api.batches.submit import chunk_ids, submit
-from api.embeddings.schemas import error_responses, parse_body
+from api.errors import error_responses
 from api.files.store import PURPOSE, FileStore
-from api.http import json_response, parse_json
+from api.http import json_response, parse_body, parse_json
 from api.ids import check_owner, new_id, owned
 from api.listing import kept_since_ms, page
 from shared import keys

@@ -17,7 +17,7 @@ _MetadataValue = Annotated[str, Field(max_length=512)]
 class BatchRequest(BaseModel):
     """``POST /v1/batches``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(min_length=1, max_length=128)
     endpoint: Literal["/v1/embeddings"] = Field(description="Only embeddings batches are served.")

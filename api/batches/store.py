@@ -1,4 +1,5 @@
-"""Batches in Redis: the record (a job's hash: ``shared.chunks`` counts its chunks, in requests), and its manifest.
+"""Batches in Redis: the record (``keys.batch``), read with its chunks' progress (``shared.chunks``, counted in
+requests), and its manifest.
 
 A batch's status follows from its record alone, so any API process answers for any batch:
 
@@ -15,35 +16,17 @@ import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
-import msgpack
 import orjson
 from redis.asyncio import Redis
 
+from api.batches.plan import ManifestEntry
 from shared import keys
+from shared.chunks import ChunkStore, Progress
 
 BATCH_ID_PREFIX = "batch_"
 OUTPUT = "output"
 ERRORS = "errors"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ManifestEntry:
-    """One chunk of a batch: its requests (from ``first``, in input order), their inputs and encoding formats."""
-
-    first: int
-    custom_ids: list[str]
-    counts: list[int]
-    formats: str  # "f" (float) or "b" (base64) per request
-
-    def pack(self) -> bytes:
-        packed: bytes = msgpack.packb([self.first, self.custom_ids, self.counts, self.formats], use_bin_type=True)
-        return packed
-
-    @classmethod
-    def unpack(cls, data: bytes) -> ManifestEntry:
-        first, custom_ids, counts, formats = msgpack.unpackb(data, raw=False)
-        return cls(first, custom_ids, counts, formats)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,8 +122,9 @@ def batch_of_file(file_id: str) -> tuple[str, str] | None:
 
 
 class BatchStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, chunks: ChunkStore) -> None:
         self._redis = redis
+        self._chunks = chunks
 
     async def create(self, record: BatchRecord) -> None:
         fields: dict[str, str | int | bytes] = {
@@ -154,17 +138,16 @@ class BatchStore:
             "chunks": record.chunks,
             "metadata": orjson.dumps(record.metadata),
             "errors": orjson.dumps(record.errors),
-            "completed": 0,
-            "failed": 0,
-            "prompt_tokens": 0,
-            "chunks_done": 0,
         }
         if record.failed_at is not None:
             fields["failed_at"] = record.failed_at
         score = record.created_at * 1000
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(record.batch_id), mapping=fields)
-            pipe.expireat(keys.job(record.batch_id), record.kept_until)
+            pipe.hset(keys.batch(record.batch_id), mapping=fields)
+            pipe.expireat(keys.batch(record.batch_id), record.kept_until)
+            ChunkStore.create_in(
+                pipe, record.batch_id, total=record.total, chunks=record.chunks, expire_at_s=record.kept_until
+            )
             pipe.zadd(keys.owner_batches(record.owner), {record.batch_id: score})
             if record.failed_at is None:
                 outputs = {output_file_id(record.batch_id, which): score for which in (OUTPUT, ERRORS)}
@@ -172,14 +155,14 @@ class BatchStore:
             await pipe.execute()
 
     async def get(self, batch_id: str) -> BatchRecord | None:
-        raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.job(batch_id)))
-        if not raw or b"input_file_id" not in raw:  # not a batch (an embeddings job has the same kind of key)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.batch(batch_id))
+            ChunkStore.read_in(pipe, batch_id)
+            raw, raw_progress = await pipe.execute()
+        progress = Progress.parse(raw_progress)
+        if not raw or progress is None:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
-
-        def stamp(name: str) -> int | None:
-            return int(fields[name]) if name in fields else None
-
         return BatchRecord(
             batch_id=batch_id,
             owner=fields["owner"],
@@ -192,38 +175,30 @@ class BatchStore:
             chunks=int(fields["chunks"]),
             metadata=orjson.loads(fields["metadata"]),
             errors=orjson.loads(fields["errors"]),
-            failed_at=stamp("failed_at"),
-            completed=int(fields["completed"]),
-            failed=int(fields["failed"]),
-            prompt_tokens=int(fields["prompt_tokens"]),
-            chunks_done=int(fields["chunks_done"]),
-            cancelling_at=stamp("cancelling_at"),
-            completed_at=stamp("completed_at"),
-            finished_at=stamp("finished_at"),
+            failed_at=int(fields["failed_at"]) if "failed_at" in fields else None,
+            completed=progress.completed,
+            failed=progress.failed,
+            prompt_tokens=progress.prompt_tokens,
+            chunks_done=progress.chunks_done,
+            cancelling_at=progress.cancelling_at,
+            completed_at=progress.completed_at,
+            finished_at=progress.finished_at,
             deleted=frozenset(name.removeprefix("deleted:") for name in fields if name.startswith("deleted:")),
             sizes={name.removeprefix("bytes:"): int(v) for name, v in fields.items() if name.startswith("bytes:")},
         )
 
     async def cancel(self, record: BatchRecord, withdrawn_chunks: int) -> None:
         """Mark it cancelling, counting the chunks taken off the queue as done (the others finish on their own)."""
-        now = int(time.time())
-        key = keys.job(record.batch_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "cancelled", "1")
-            pipe.hsetnx(key, "cancelling_at", str(now))
-            pipe.hincrby(key, "chunks_done", withdrawn_chunks)
-            done = (await pipe.execute())[2]
-        if done >= record.chunks:
-            await cast(Awaitable[int], self._redis.hsetnx(key, "finished_at", str(now)))
+        await self._chunks.cancel(record.batch_id, withdrawn_chunks)
 
     async def file_deleted(self, record: BatchRecord, which: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(record.batch_id), f"deleted:{which}", "1")
+            pipe.hset(keys.batch(record.batch_id), f"deleted:{which}", "1")
             pipe.zrem(keys.owner_files(record.owner), output_file_id(record.batch_id, which))
             await pipe.execute()
 
     async def remember_size(self, batch_id: str, which: str, size: int) -> None:
-        await cast(Awaitable[int], self._redis.hset(keys.job(batch_id), f"bytes:{which}", str(size)))
+        await cast(Awaitable[int], self._redis.hset(keys.batch(batch_id), f"bytes:{which}", str(size)))
 
     async def manifest(self, batch_id: str, first_chunk: int, count: int) -> list[ManifestEntry]:
         raw = await cast(
@@ -235,7 +210,8 @@ class BatchStore:
     async def delete(self, record: BatchRecord) -> None:
         """Everything of a batch that never started (its planning failed)."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.job(record.batch_id), keys.batch_manifest(record.batch_id))
+            pipe.delete(keys.batch(record.batch_id), keys.batch_manifest(record.batch_id))
+            ChunkStore.delete_in(pipe, record.batch_id, record.chunks)
             pipe.zrem(keys.owner_batches(record.owner), record.batch_id)
             pipe.zrem(keys.owner_files(record.owner), *[output_file_id(record.batch_id, w) for w in (OUTPUT, ERRORS)])
             await pipe.execute()

@@ -1,6 +1,6 @@
 """Turn a validated batch file into chunks on the jobs queue (the second read of the file).
 
-Chunks are cut where ``batch_input.chunk_starts`` says. A chunk to run becomes a ``ChunkJob`` with ``parts`` (its
+Chunks are cut where ``api.batches.plan.chunk_starts`` says. A chunk to run becomes a ``ChunkJob`` with ``parts`` (its
 requests' input counts) on ``keys.CHUNK_QUEUE``, so batches share workers, leases, retries and the backlog bound
 with embedding jobs; a chunk of requests that already failed has its results written here. Each chunk's manifest
 entry names its requests for the output files. Written a group of chunks per round trip.
@@ -12,14 +12,16 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
-from api.batches.input import Line, LineError, Options
-from api.batches.store import BatchRecord, ManifestEntry
+from api.batches.input import Line, LineError
+from api.batches.plan import ManifestEntry
+from api.batches.store import BatchRecord
+from api.embeddings.options import EmbedOptions
 from shared import keys
-from shared.chunks import JobStore, PartResult
+from shared.chunks import ChunkStore, PartResult, chunk_queue_id
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.job_queue import JobQueue, NewJob, queue_job_id
-from shared.protocol import ChunkJob, encode_job
+from shared.job_queue import JobQueue, NewJob
+from shared.protocol import encode_job
 from shared.settings import Settings
 
 #: chunks written per round trip at most, and input characters held before they are written (long texts make
@@ -28,15 +30,11 @@ _CHUNKS_PER_WRITE = 64
 _CHARS_PER_WRITE = 2_000_000
 
 
-def chunk_queue_id(batch_id: str, chunk: int, texts: int) -> str:
-    return queue_job_id(f"{batch_id}-{chunk}", texts)
-
-
 class _Writer:
     def __init__(self, redis: Redis, queue: JobQueue, record: BatchRecord, settings: Settings) -> None:
         self._redis = redis
         self._queue = queue
-        self._jobs = JobStore(redis)
+        self._chunks = ChunkStore(redis)
         self._record = record
         self._settings = settings
         self._entries: list[ManifestEntry] = []
@@ -62,32 +60,22 @@ class _Writer:
         if len(self._entries) >= _CHUNKS_PER_WRITE or self._chars >= _CHARS_PER_WRITE:
             await self.flush()
 
-    def _chunk_job(self, chunk: int, lines: list[Line], entry: ManifestEntry, options: Options) -> NewJob:
+    def _chunk_job(self, chunk: int, lines: list[Line], entry: ManifestEntry, options: EmbedOptions) -> NewJob:
         record = self._record
-        request_id = f"{record.batch_id}-{chunk}"
         inputs = [value for line in lines for value in line.inputs]
         enqueued = now_ms()
-        message = ChunkJob(
-            request_id=request_id,
-            model=lines[0].model,
-            input_kind=options.input_kind,
-            inputs=inputs,
-            dimensions=options.dimensions,
-            truncate=options.truncate,
-            prompt_name=options.prompt_name,
-            input_type=options.input_type,
-            normalize=options.normalize,
+        message = options.chunk_job(
+            record.batch_id,
+            chunk,
+            inputs,
             enqueued_ms=enqueued,
             deadline_ms=record.expires_at * 1000,
-            parent_job=record.batch_id,
-            chunk=chunk,
             parts=entry.counts,
-            results_expire_s=record.kept_until,
+            results_expire_at_s=record.kept_until,
         )
         expires_ms = max(1, record.expires_at * 1000 - enqueued)
-        return NewJob(
-            chunk_queue_id(record.batch_id, chunk, len(inputs)), encode_job(message), enqueued, expires_ms, len(inputs)
-        )
+        queue_id = chunk_queue_id(record.batch_id, chunk, len(inputs))
+        return NewJob(queue_id, encode_job(message), enqueued, expires_ms, len(inputs))
 
     async def flush(self) -> None:
         record = self._record
@@ -97,7 +85,7 @@ class _Writer:
                     pipe.rpush(keys.batch_manifest(record.batch_id), *[entry.pack() for entry in self._entries])
                     pipe.expireat(keys.batch_manifest(record.batch_id), record.kept_until)
                 for chunk, lines in self._failed:
-                    await self._jobs.chunk_done_in(
+                    await self._chunks.done_in(
                         pipe,
                         record.batch_id,
                         chunk,

@@ -14,13 +14,14 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.dispatch import Dispatcher
-from api.embeddings.schemas import EmbeddingRequest, EmbeddingResponse, error_responses, parse_embedding_request
+from api.embeddings.options import EmbedOptions
+from api.embeddings.schemas import EmbeddingRequest, EmbeddingResponse, parse_embedding_request
+from api.errors import error_responses
 from api.fast_route import FastRoute
 from api.http import parse_json
-from shared.clock import now_ms
 from shared.errors import ClientGone, ServiceError
 from shared.openai_json import embeddings_body
-from shared.protocol import SyncJob, SyncReply
+from shared.protocol import SyncReply
 from shared.settings import Settings
 
 #: seconds into a request before a client's leaving is watched for
@@ -34,24 +35,10 @@ async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
     request_id = scope["state"]["request_id"]
     embedding_request = parse_embedding_request(parse_json(await _read_body(receive)), settings)
-    input_kind, inputs = embedding_request.input
-    enqueued_ms = now_ms()
-    job = SyncJob(
-        request_id=request_id,
-        model=embedding_request.model,
-        input_kind=input_kind,
-        inputs=inputs,
-        dimensions=embedding_request.dimensions,
-        truncate=settings.truncate_inputs if embedding_request.truncate is None else embedding_request.truncate,
-        prompt_name=embedding_request.prompt_name,
-        input_type=embedding_request.input_type,
-        normalize=embedding_request.normalize,
-        enqueued_ms=enqueued_ms,
-        deadline_ms=enqueued_ms + int(settings.request_timeout_s * 1000),
-        reply_to=dispatcher.reply_key,
-        encoding_format=embedding_request.encoding_format,
-    )
-    reply = await _unless_disconnected(receive, dispatcher.run(job, settings.request_timeout_s))
+    options = EmbedOptions.of(embedding_request, settings)
+    inputs = embedding_request.input[1]
+    work = dispatcher.run(request_id, options, inputs, embedding_request.encoding_format)
+    reply = await _unless_disconnected(receive, work)
     if reply.error is not None:
         raise ServiceError(reply.error.kind, reply.error.message, reply.error.param)
     body = embeddings_body(reply.data, embedding_request.model, reply.prompt_tokens)

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from api.http import parse_body
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import InputKind
 from shared.settings import Settings
 
 Request = TypeVar("Request", bound="EmbeddingRequest")
-Body = TypeVar("Body", bound=BaseModel)
 
 _Text = Annotated[str, Field(min_length=1)]
 _TokenId = Annotated[int, Field(ge=0)]
@@ -29,7 +29,8 @@ InputSchema = (
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    #: a misspelt option must not silently change what a client gets (OpenAI answers 400 to an unknown argument)
+    model_config = ConfigDict(extra="forbid")
 
     input: Any = Field(description="A string, a list of strings, a list of token ids, or a list of token-id lists.")
     model: str = Field(min_length=1, max_length=256)
@@ -117,56 +118,19 @@ def _invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_input", message)
 
 
-class JobRequest(EmbeddingRequest):
-    """``POST /v1/embeddings/jobs``: the embeddings request, with a larger input limit and metadata."""
-
-    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
-        None, max_length=16, description="Up to 16 string pairs (keys up to 64 characters), returned with the job."
-    )
-
-
 def parse_embedding_request(payload: Any, settings: Settings) -> EmbeddingRequest:
     """Validate a decoded JSON body; any problem becomes a 400 naming the offending field, and a model this
     deployment does not serve a 404."""
-    return _served(parse_body(EmbeddingRequest, payload, {"settings": settings}), settings)
+    return served(parse_body(EmbeddingRequest, payload, {"settings": settings}), settings)
 
 
-def parse_job_request(payload: Any, settings: Settings) -> JobRequest:
-    context = {"settings": settings, "max_inputs": settings.max_job_inputs}
-    return _served(parse_body(JobRequest, payload, context), settings)
-
-
-def _served(request: Request, settings: Settings) -> Request:
+def served(request: Request, settings: Settings) -> Request:
     if not settings.model_allowed(request.model):
         raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {request.model!r} is not served here", "model")
     return request
 
 
-def parse_body(model: type[Body], payload: Any, context: dict[str, Any] | None = None) -> Body:
-    """``payload`` (decoded JSON) as ``model``; any problem is a 400 naming the offending field."""
-    if not isinstance(payload, dict):
-        raise ServiceError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
-    try:
-        return model.model_validate(payload, context=context)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"] if first["type"] == "invalid_input" else f"{param}: {first['msg']}"
-        raise ServiceError(ErrorKind.INVALID_REQUEST, message, param) from None
-
-
 # Response shapes, for the OpenAPI document (responses are built with orjson, not through these models).
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 class Usage(BaseModel):
@@ -185,35 +149,3 @@ class EmbeddingResponse(BaseModel):
     data: list[EmbeddingItem]
     model: str
     usage: Usage
-
-
-class RequestCounts(BaseModel):
-    total: int
-    completed: int
-    failed: int
-
-
-class JobObject(BaseModel):
-    id: str
-    object: Literal["embedding.job"]
-    status: Literal["queued", "in_progress", "completed", "failed", "cancelled", "expired"]
-    model: str
-    created_at: int
-    completed_at: int | None
-    expires_at: int
-    request_counts: RequestCounts
-    usage: Usage
-    error: dict[str, str] | None
-    errors: list[dict[str, Any]]
-    metadata: dict[str, str]
-
-
-class DeletedJob(BaseModel):
-    id: str
-    object: Literal["embedding.job.deleted"]
-    deleted: bool
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
-    return {status: {"model": ErrorBody, "description": "OpenAI-shaped error"} for status in statuses}

@@ -14,17 +14,16 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.auth import owner_of
-from api.batches.output import lost_requests, render
+from api.batches.output import file_size, lost_requests, render
 from api.batches.schemas import DeletedFile, FileList, FileObject
 from api.batches.store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
-from api.embeddings.schemas import error_responses
-from api.errors import results_lost
+from api.errors import error_responses, results_lost
 from api.files.store import FILE_ID_PREFIX, PURPOSE, FileRecord, FileStore, file_object
 from api.http import json_response
 from api.ids import check_owner, made_at_ms, raise_missing
 from api.listing import kept_since_ms, page
 from shared import keys
-from shared.errors import ErrorKind, ResultsLost, ServiceError
+from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -120,10 +119,10 @@ async def get_file_content(request: Request, file_id: str) -> StreamingResponse:
     if derived is not None:
         record = await _batch_with_file(request, *derived)
         if record is not None:
-            lost = await lost_requests(request.app.state.batches, request.app.state.jobs, record)
+            lost = await lost_requests(request.app.state.batches, request.app.state.chunks, record)
             if lost:
                 raise results_lost("requests", lost)
-            stream = render(request.app.state.batches, request.app.state.jobs, record, derived[1])
+            stream = render(request.app.state.batches, request.app.state.chunks, record, derived[1])
             return StreamingResponse(stream, media_type="application/jsonl")
     else:
         upload = await _upload(request, file_id)
@@ -176,13 +175,10 @@ async def _file_object(request: Request, file_id: str) -> dict[str, Any] | None:
         return None
     which = derived[1]
     size = record.sizes.get(which)
-    if size is None:  # rendered once to measure it, then remembered
-        size = 0
-        try:
-            async for piece in render(request.app.state.batches, request.app.state.jobs, record, which):
-                size += len(piece)
-        except ResultsLost:
-            pass  # its content answers 410; the size of what is left is not remembered
+    if size is None:  # measured once, from the outcomes and not the vectors, then remembered
+        size = await file_size(request.app.state.batches, request.app.state.chunks, record, which)
+        if size is None:
+            size = 0  # its results are lost: its content answers 410
         else:
             await request.app.state.batches.remember_size(record.batch_id, which, size)
     made_at = record.completed_at or record.finished_at or record.expires_at

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -15,24 +14,20 @@ from redis.asyncio import Redis
 
 from api.admission import Admission
 from api.auth import owner_of
-from api.embeddings.schemas import (
-    DeletedJob,
-    EmbeddingResponse,
-    JobObject,
-    JobRequest,
-    error_responses,
-    parse_job_request,
-)
-from api.errors import results_lost
+from api.embeddings.options import EmbedOptions
+from api.embeddings.schemas import EmbeddingResponse
+from api.errors import error_responses, results_lost
 from api.http import json_response, parse_json
 from api.ids import new_id, owned
+from api.jobs.schemas import DeletedJob, JobObject, JobRequest, parse_job_request
+from api.jobs.store import JobRecord, JobStore
 from shared import keys
-from shared.chunks import JobRecord, JobStore
+from shared.chunks import decode_vectors
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ResultsLost, ServiceError
 from shared.job_queue import JobQueue, NewJob
 from shared.openai_json import embedding_items, usage
-from shared.protocol import ChunkJob, EncodingFormat, encode_job
+from shared.protocol import EncodingFormat, encode_job
 from shared.settings import Settings
 from shared.storage import RECORD_BYTES, input_bytes, results_bytes
 
@@ -159,27 +154,19 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
 async def _enqueue_chunks(request: Request, record: JobRecord, job_request: JobRequest) -> None:
     settings: Settings = request.app.state.settings
     queue: JobQueue = request.app.state.chunk_queue
-    input_kind, inputs = job_request.input
-    created = record.created_at
+    options = EmbedOptions.of(job_request, settings)
+    inputs = job_request.input[1]
     enqueued = now_ms()
-    expires_ms = (record.expires_at - created) * 1000
+    expires_ms = (record.expires_at - record.created_at) * 1000
     chunks = []
     for chunk in range(record.chunk_count):
         start, count = record.chunk_span(chunk)
-        message = ChunkJob(
-            request_id=record.chunk_request_id(chunk),
-            model=record.model,
-            input_kind=input_kind,
-            inputs=inputs[start : start + count],
-            dimensions=record.dimensions,
-            truncate=settings.truncate_inputs if job_request.truncate is None else job_request.truncate,
-            prompt_name=job_request.prompt_name,
-            input_type=job_request.input_type,
-            normalize=job_request.normalize,
+        message = options.chunk_job(
+            record.job_id,
+            chunk,
+            inputs[start : start + count],
             enqueued_ms=enqueued,
             deadline_ms=record.expires_at * 1000,
-            parent_job=record.job_id,
-            chunk=chunk,
         )
         chunks.append(NewJob(record.chunk_queue_id(chunk), encode_job(message), enqueued, expires_ms, count))
     admitted = (await queue.enqueue(chunks, settings.max_queued_job_texts, enqueued)).admitted
@@ -262,14 +249,14 @@ async def _result_body(store: JobStore, record: JobRecord, start: int, end: int)
     chunks = record.chunks_between(start, end)
     for group_start in range(0, len(chunks), _CHUNKS_PER_FETCH):
         group = list(chunks[group_start : group_start + _CHUNKS_PER_FETCH])
-        for chunk, stored in zip(group, await store.chunk_vectors(record.job_id, group), strict=True):
+        for chunk, stored in zip(group, await store.chunks.vectors(record.job_id, group), strict=True):
             if stored is None:
                 if chunk in record.chunk_errors:
                     continue  # a failed chunk: its inputs are listed in the job's errors
                 log.error("job %s: chunk %d vanished from Redis while its result was read", record.job_id, chunk)
                 raise ResultsLost(f"chunk {chunk} of {record.job_id}")
             chunk_start, count = record.chunk_span(chunk)
-            rows = np.frombuffer(stored, dtype="<f4").reshape(count, -1)
+            rows = decode_vectors(stored, count)
             rows = rows[max(0, start - chunk_start) : max(0, end - chunk_start)]
             if len(rows):
                 first_index = max(start, chunk_start)

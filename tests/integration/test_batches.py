@@ -7,6 +7,7 @@ import io
 import json
 import time
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -207,6 +208,40 @@ def test_what_the_batch_routes_refuse(openai_client, base_url):
     empty = openai_client.files.create(file=("empty.jsonl", io.BytesIO(b"\n\n")), purpose="batch")
     batch = openai_client.batches.create(input_file_id=empty.id, endpoint="/v1/embeddings", completion_window="24h")
     assert batch.status == "failed" and batch.errors.data[0].code == "empty_file"
+
+
+ROUTES_BY_KIND = {
+    "job": [
+        ("GET", "/v1/embeddings/jobs/{}"),
+        ("GET", "/v1/embeddings/jobs/{}/result"),
+        ("POST", "/v1/embeddings/jobs/{}/cancel"),
+        ("DELETE", "/v1/embeddings/jobs/{}"),
+    ],
+    "batch": [("GET", "/v1/batches/{}"), ("POST", "/v1/batches/{}/cancel")],
+    "file": [("GET", "/v1/files/{}"), ("GET", "/v1/files/{}/content"), ("DELETE", "/v1/files/{}")],
+}
+
+
+def test_an_id_on_a_route_of_another_kind_is_a_404_that_leaves_it_alone(openai_client, base_url):
+    batch = run_batch(openai_client, jsonl([{"model": MODEL, "input": "mine"}]))
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        job = http.post("/v1/embeddings/jobs", json={"model": MODEL, "input": ["also mine"]}).json()["id"]
+        ids = [("job", job), ("batch", batch.id), ("file", batch.input_file_id), ("file", batch.output_file_id)]
+        for kind, item_id in ids:
+            for route_kind, routes in ROUTES_BY_KIND.items():
+                for method, route in routes if route_kind != kind else ():
+                    response = http.request(method, route.format(item_id))
+                    assert response.status_code == 404, (method, route, item_id, response.text)
+                    assert response.json()["error"]["code"] == "not_found"
+            if kind != "file":
+                with pytest.raises(openai.NotFoundError):
+                    openai_client.batches.create(
+                        input_file_id=item_id, endpoint="/v1/embeddings", completion_window="24h"
+                    )
+        assert http.get(f"/v1/embeddings/jobs/{job}").status_code == 200
+    assert openai_client.batches.retrieve(batch.id).status == "completed"
+    assert openai_client.files.retrieve(batch.output_file_id).id == batch.output_file_id
+    assert len(lines_of(openai_client, batch.output_file_id)) == 1
 
 
 # A stack of its own: two keys, small limits, one request per chunk, so a cancel finds work still queued

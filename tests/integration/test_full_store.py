@@ -194,7 +194,7 @@ def test_a_full_store_refuses_what_does_not_fit_and_completes_everything_it_acce
 
             # a chunk that vanishes (as an eviction would make it) is named, never skipped
             lost_job = next(iter(accepted))
-            store.delete(keys.job_chunk(lost_job, 1))
+            store.delete(keys.chunk_vectors(lost_job, 1))
             job = client.get(f"/v1/embeddings/jobs/{lost_job}").json()
             assert job["status"] == "failed" and job["error"]["code"] == "job_lost"
             assert "inputs 256-511" in job["error"]["message"]

@@ -4,7 +4,7 @@ import urllib.request
 
 import httpx
 
-from tests.integration.conftest import MODEL, TEXTS
+from tests.integration.conftest import MODEL, TEXTS, wait_until
 from tests.stack import free_port, running_stack
 
 
@@ -27,6 +27,11 @@ def test_worker_and_api_metrics_move(tmp_path):
                 assert client.post("/v1/embeddings", json={"model": MODEL, "input": texts}).status_code == 200
             assert client.post("/v1/embeddings", json={"model": MODEL, "input": ""}).status_code == 400
             api_metrics = client.get("/metrics").text
+
+            def fleet_answered() -> float:  # the workers' heartbeat counts, summed by the API
+                return sample(client.get("/metrics").text, 'embeddings_live_worker_jobs{outcome="answered"}')
+
+            wait_until(lambda: fleet_answered() == 2, 10, "the worker's heartbeat to count both requests")
         after = urllib.request.urlopen(worker_url, timeout=5).read().decode()
     for name in (
         "embeddings_batch_size_count",

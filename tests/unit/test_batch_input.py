@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from api.batches.input import Line, Options, chunk_starts, read_lines, validate
+from api.batches.input import Line, read_lines, validate
+from api.batches.plan import chunk_starts
+from api.embeddings.options import EmbedOptions
 from shared.errors import ErrorKind
 from shared.settings import Settings
 
@@ -100,8 +102,8 @@ async def test_a_refused_body_keeps_the_routes_error():
 
 
 def test_chunks_hold_whole_requests_of_one_kind():
-    plain = Options("text", None, True, None, None, None)
-    cut = Options("text", 64, True, None, None, None)
+    plain = EmbedOptions("m", "text", None, True, None, None, None)
+    cut = EmbedOptions("m", "text", 64, True, None, None, None)
     shapes = [(plain, 2), (plain, 2), (plain, 1), (cut, 1), (None, 0), (None, 0), (plain, 9), (plain, 1)]
     # size 4: [0, 1] hold 4; 2 starts anew; a new option; failed requests together; 9 alone (larger than a chunk)
     assert chunk_starts(shapes, 4) == [0, 2, 3, 4, 6, 7]

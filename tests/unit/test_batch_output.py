@@ -6,19 +6,22 @@ import time
 import fakeredis
 import numpy as np
 import orjson
+import pytest
 
-from api.batches.output import render
-from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore, ManifestEntry
+from api.batches.output import file_size, render
+from api.batches.plan import ManifestEntry
+from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore
 from shared import keys
-from shared.chunks import JobStore, PartResult
+from shared.chunks import ChunkStore, PartResult
 from shared.errors import ErrorKind
+from shared.openai_json import float_text_bytes
 from shared.protocol import EmbedError
 from tests.fakes import fake_redis_factory
 
 BATCH = "batch_" + "d" * 44
 
 
-async def stored_batch():
+async def stored_batch(rows=None, *, measured=False):
     redis = fake_redis_factory(fakeredis.FakeServer())(None)
     now = int(time.time())
     record = BatchRecord(
@@ -34,7 +37,8 @@ async def stored_batch():
         metadata=None,
         errors=[],
     )
-    batches, jobs = BatchStore(redis), JobStore(redis)
+    jobs = ChunkStore(redis)
+    batches = BatchStore(redis, jobs)
     await batches.create(record)
     entries = [
         ManifestEntry(0, ["a", "b"], [2, 1], "fb"),  # b: base64
@@ -42,11 +46,17 @@ async def stored_batch():
         ManifestEntry(3, ["d", "e"], [1, 2], "ff"),  # never ran
     ]
     await redis.rpush(keys.batch_manifest(BATCH), *[entry.pack() for entry in entries])
-    rows = np.arange(12, dtype="<f4").reshape(3, 4)
+    rows = np.arange(12, dtype="<f4").reshape(3, 4) if rows is None else rows
     bad = PartResult(error=EmbedError(ErrorKind.INVALID_REQUEST, "input must not be empty", "input"))
+    a, b = (
+        PartResult(5, float_text_bytes=float_text_bytes(rows[:2])),
+        PartResult(2, float_text_bytes=float_text_bytes(rows[2:])),
+    )
+    if not measured:
+        a, b = PartResult(5), PartResult(2)
     async with redis.pipeline(transaction=False) as pipe:
-        for chunk, vectors, parts in ((0, rows.tobytes(), [PartResult(5), PartResult(2)]), (1, None, [bad])):
-            await jobs.chunk_done_in(
+        for chunk, vectors, parts in ((0, rows.tobytes(), [a, b]), (1, None, [bad])):
+            await jobs.done_in(
                 pipe,
                 BATCH,
                 chunk,
@@ -93,7 +103,29 @@ async def test_each_request_goes_to_its_file_in_input_order_in_its_own_encoding(
 
 async def test_requests_of_an_expired_batch_that_never_ran_say_so():
     redis, batches, jobs, _ = await stored_batch()
-    await redis.hset(keys.job(BATCH), "expires_at", int(time.time()) - 1)
+    await redis.hset(keys.batch(BATCH), "expires_at", int(time.time()) - 1)
     errors = await lines(batches, jobs, ERRORS)
     assert [line["error"]["code"] for line in errors if line["error"]] == ["batch_expired"] * 2
+    await redis.aclose()
+
+
+@pytest.mark.parametrize("measured", [True, False], ids=["measured by the worker", "stored unmeasured"])
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(measured, cancelled, monkeypatch):
+    rows = np.random.default_rng(7).standard_normal((3, 384)).astype("<f4") * np.float32(1e-3)
+    redis, batches, jobs, _ = await stored_batch(rows, measured=measured)
+    if cancelled:
+        await batches.cancel(await batches.get(BATCH), withdrawn_chunks=1)
+    record = await batches.get(BATCH)
+    rendered = {
+        which: b"".join([piece async for piece in render(batches, jobs, record, which)]) for which in (OUTPUT, ERRORS)
+    }
+    if measured:
+
+        async def not_read(*args):
+            raise AssertionError("the vectors were read to measure the file")
+
+        monkeypatch.setattr(jobs, "vectors", not_read)
+    for which in (OUTPUT, ERRORS):
+        assert await file_size(batches, jobs, record, which) == len(rendered[which]) > 0
     await redis.aclose()

@@ -7,6 +7,7 @@ import pytest
 
 from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore, batch_of_file, output_file_id
 from shared import keys
+from shared.chunks import ChunkStore
 from tests.fakes import fake_redis_factory
 
 NOW = 1_800_000_000
@@ -65,7 +66,7 @@ def test_an_output_files_id_names_its_batch():
 
 async def test_a_batch_is_stored_listed_for_its_owner_and_read_back():
     redis = fake_redis_factory(fakeredis.FakeServer())(None)
-    store = BatchStore(redis)
+    store = BatchStore(redis, ChunkStore(redis))
     made = record(metadata={"k": "v"})
     await store.create(made)
     assert await store.get(made.batch_id) == made

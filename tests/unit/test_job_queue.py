@@ -106,7 +106,7 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
     await arq.enqueue([new_job(1, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     finished = [FinishedJob("j1", 2, "emb:reply:a", b"r1"), FinishedJob("j2", 3)]
-    await arq.finish(finished, reply_ttl_s=60)
+    await arq.finish(finished)
     assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
     assert await redis.zcard("emb:queue:sync") == 0
     assert await redis.exists("arq:job:j1", "arq:in-progress:j1", "arq:retry:j1", "arq:job:j2") == 0

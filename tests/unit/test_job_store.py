@@ -4,8 +4,10 @@ import fakeredis
 import pytest
 
 from api.jobs.routes import job_object
-from shared import keys
-from shared.chunks import JobRecord, JobStore
+from api.jobs.store import JobRecord, JobStore
+from shared.chunks import ChunkStore
+from shared.clock import now_ms
+from shared.job_queue import JobQueue, NewJob
 
 
 def record(**overrides) -> JobRecord:
@@ -69,22 +71,22 @@ async def redis():
 
 
 async def test_store_round_trip_and_progress_counted_once_per_chunk(redis):
-    store = JobStore(redis)
+    store = JobStore(redis, ChunkStore(redis))
     await store.create(record())
     for _ in range(2):  # a chunk run twice (its first worker died) counts once
         async with redis.pipeline(transaction=False) as pipe:
-            await store.chunk_done_in(
+            await store.chunks.done_in(
                 pipe, "embjob_1", 0, vectors=b"\0" * 16, completed=4, failed=0, prompt_tokens=9, expires_at_s=2**31
             )
             await pipe.execute()
     job = await store.get("embjob_1")
     assert job is not None and (job.completed, job.prompt_tokens, job.completed_at) == (4, 9, None)
-    assert await store.chunk_vectors("embjob_1", [0, 1]) == [b"\0" * 16, None]
+    assert await store.chunks.vectors("embjob_1", [0, 1]) == [b"\0" * 16, None]
     async with redis.pipeline(transaction=False) as pipe:
-        await store.chunk_done_in(
+        await store.chunks.done_in(
             pipe, "embjob_1", 1, vectors=None, completed=0, failed=4, prompt_tokens=0, expires_at_s=2**31, error="bad"
         )
-        await store.chunk_done_in(
+        await store.chunks.done_in(
             pipe, "embjob_1", 2, vectors=b"\0" * 8, completed=2, failed=0, prompt_tokens=1, expires_at_s=2**31
         )
         await pipe.execute()
@@ -93,12 +95,18 @@ async def test_store_round_trip_and_progress_counted_once_per_chunk(redis):
     assert job.chunk_errors == {1: "bad"} and job.metadata == {"a": "b"}
 
 
-async def test_cancel_and_started(redis):
-    store = JobStore(redis)
-    await store.create(record())
-    await store.mark_started("embjob_1", "w1")
+async def test_the_claim_marks_a_job_started_and_tells_its_chunks_of_a_cancel(redis):
+    store = JobStore(redis, ChunkStore(redis))
+    job = record()
+    await store.create(job)
+    queue = JobQueue.chunks(redis)
+    chunks = [NewJob(job.chunk_queue_id(c), b"m", now_ms(), 60_000, job.chunk_span(c)[1]) for c in range(3)]
+    await queue.enqueue(chunks, 1000, now_ms())
+    [first] = await queue.claim(1, 100, 10_000, now_ms())
+    assert not first.cancelled and (await store.get("embjob_1")).started
     await store.cancel("embjob_1")
-    job = await store.get("embjob_1")
-    assert job is not None and job.started and job.cancelled and await store.is_cancelled("embjob_1")
-    assert await redis.smembers(keys.job_workers("embjob_1")) == {b"w1"}
+    claimed = await queue.claim(2, 100, 10_000, now_ms())
+    assert [chunk.cancelled for chunk in claimed] == [True, True]
+    cancelled = await store.get("embjob_1")
+    assert cancelled is not None and cancelled.started and cancelled.cancelled
     assert await store.get("embjob_other") is None

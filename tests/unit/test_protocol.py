@@ -28,15 +28,15 @@ def test_sync_job_round_trip():
 def test_chunk_job_round_trip():
     job = make_chunk_job(chunk=3, dimensions=2)
     assert decode_job(encode_job(job), ChunkJob) == job
-    batch_chunk = make_chunk_job(parts=[1, 1], results_expire_s=2_000_000_000)
+    batch_chunk = make_chunk_job(parts=[1, 1], results_expire_at_s=2_000_000_000)
     assert decode_job(encode_job(batch_chunk), ChunkJob) == batch_chunk
 
 
 def test_a_chunk_written_before_batches_still_decodes():
     fields = msgpack.unpackb(encode_job(make_chunk_job()), raw=False)
-    del fields["parts"], fields["results_expire_s"]
+    del fields["parts"], fields["results_expire_at_s"]
     job = decode_job(msgpack.packb(fields, use_bin_type=True), ChunkJob)
-    assert job.parts is None and job.results_expire_s == 0
+    assert job.parts is None and job.results_expire_at_s == 0
 
 
 def test_a_batch_chunk_whose_parts_do_not_add_up_is_rejected():

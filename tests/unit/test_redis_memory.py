@@ -6,12 +6,13 @@ import pytest
 import redis.asyncio
 from redis.exceptions import OutOfMemoryError
 
+from api.jobs.store import JobStore
 from shared import keys, redis_memory
-from shared.chunks import JobStore
+from shared.chunks import ChunkStore
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import FinishedJob, JobQueue, NewJob
 from shared.redis_memory import EvictionGuard
-from tests.unit.test_chunks import record
+from tests.unit.test_job_store import record
 
 
 @pytest.fixture
@@ -52,18 +53,18 @@ async def fill(client) -> None:
 
 
 async def test_out_of_memory_a_chunk_is_neither_stored_nor_counted(client):
-    store = JobStore(client)
+    store = JobStore(client, ChunkStore(client))
     await store.create(record())
     await fill(client)
     with pytest.raises(OutOfMemoryError):
-        await store.chunk_done_in(
+        await store.chunks.done_in(
             None, "embjob_1", 0, vectors=b"\1" * 64, completed=4, failed=0, prompt_tokens=4, expires_at_s=2**31
         )
     job = await store.get("embjob_1")
     assert job is not None and (job.completed, job.failed) == (0, 0)
-    assert await store.chunk_vectors("embjob_1", [0]) == [None]
+    assert await store.chunks.vectors("embjob_1", [0]) == [None]
     # a failure is a few bytes: it is recorded past maxmemory, so the job still ends
-    await store.chunk_done_in(
+    await store.chunks.done_in(
         None,
         "embjob_1",
         0,
@@ -88,7 +89,7 @@ async def test_out_of_memory_replies_and_releases_still_go_through(client):
     await fill(client)
     with pytest.raises(OutOfMemoryError):
         await client.lpush("emb:reply:a", b"plain push")
-    await queue.finish([FinishedJob("r1.3", 3, "emb:reply:a", b"reply")], reply_ttl_s=60)
+    await queue.finish([FinishedJob("r1.3", 3, "emb:reply:a", b"reply")])
     assert await client.lrange("emb:reply:a", 0, -1) == [b"reply"]
     assert int(await client.get(keys.QUEUED_TEXTS)) == 0
     assert await client.zcard(keys.SYNC_QUEUE) == 0

@@ -36,8 +36,13 @@ def test_defaults():
     assert request.dimensions is None and request.truncate is None
 
 
-def test_unknown_fields_are_ignored():
-    assert parse(input="x", something_new=1).input == ("text", ["x"])
+@pytest.mark.parametrize("field", ["encodin_format", "output_dtype"])
+def test_unknown_fields_are_refused_naming_the_field(field):
+    with pytest.raises(ServiceError) as caught:
+        parse(input="x", **{field: "base64"})
+    assert caught.value.kind is ErrorKind.INVALID_REQUEST
+    assert caught.value.param == field
+    assert field in caught.value.message
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from shared import keys
-from shared.chunks import JobStore
+from shared.chunks import ChunkStore
 from shared.clock import now_ms
 from shared.errors import ErrorKind
 from shared.protocol import SyncJob, decode_reply, encode_job
@@ -52,7 +52,7 @@ async def reply(redis):
 async def test_job_result_is_published_to_its_reply_list(service, redis):
     await service.handle("job-1", encode_job(job()))
     result = await reply(redis)
-    assert result.error is None and (result.request_id, result.worker_id) == ("r1", "w1")
+    assert result.error is None and result.request_id == "r1"
     assert [item["embedding"] for item in orjson.loads(result.data)] == [fake_vector("abc"), fake_vector("de")]
     assert result.prompt_tokens == 2  # one token per text; the special token is not counted
     assert await redis.ttl(REPLY_TO) > 0
@@ -182,7 +182,7 @@ async def test_finishing_removes_the_job_from_arqs_keys(service, redis):
 
 async def _batch_record(redis, requests: int) -> None:
     fields = {"total": requests, "chunks": 1, "completed": 0, "failed": 0, "prompt_tokens": 0, "chunks_done": 0}
-    await redis.hset(keys.job("batch_1"), mapping=fields)
+    await redis.hset(keys.progress("batch_1"), mapping=fields)
 
 
 async def test_a_batch_chunk_fails_only_the_requests_that_cannot_be_encoded(service, redis):
@@ -190,15 +190,15 @@ async def test_a_batch_chunk_fails_only_the_requests_that_cannot_be_encoded(serv
     # three requests: one input; one input with a token id outside the vocabulary; two inputs
     chunk = make_chunk_job(parent_job="batch_1", input_kind="tokens", inputs=[[1, 2], [150], [3], [4]], parts=[1, 1, 2])
     await service.handle_chunk("chunk-1", encode_job(chunk))
-    store = JobStore(redis)
-    [parts] = await store.chunk_parts("batch_1", [0])
+    store = ChunkStore(redis)
+    [parts] = await store.parts("batch_1", [0])
     assert [part.prompt_tokens for part in parts] == [2, 0, 2]
     assert parts[0].error is None and parts[2].error is None
     assert (parts[1].error.kind, parts[1].error.param) == (ErrorKind.INVALID_REQUEST, "input")
-    [stored] = await store.chunk_vectors("batch_1", [0])
+    [stored] = await store.vectors("batch_1", [0])
     rows = np.frombuffer(stored, dtype="<f4").reshape(-1, 4)
     assert rows.tolist() == [[2, 1, 0, 0], [3, 1, 0, 0], [4, 1, 0, 0]]  # the requests that succeeded, in order
-    progress = await redis.hgetall(keys.job("batch_1"))
+    progress = await redis.hgetall(keys.progress("batch_1"))
     assert (progress[b"completed"], progress[b"failed"], progress[b"chunks_done"]) == (b"2", b"1", b"1")
     assert b"completed_at" in progress and b"finished_at" in progress
 
@@ -207,15 +207,15 @@ async def test_a_batch_chunk_that_fails_as_a_whole_fails_each_of_its_requests(se
     await _batch_record(redis, 2)
     chunk = make_chunk_job(parent_job="batch_1", model="missing", inputs=["a", "b", "c"], parts=[2, 1])
     await service.handle_chunk("chunk-1", encode_job(chunk))
-    [parts] = await JobStore(redis).chunk_parts("batch_1", [0])
+    [parts] = await ChunkStore(redis).parts("batch_1", [0])
     assert [part.error.kind for part in parts] == [ErrorKind.MODEL_NOT_FOUND] * 2
-    assert (await redis.hget(keys.job("batch_1"), "failed")) == b"2"
+    assert (await redis.hget(keys.progress("batch_1"), "failed")) == b"2"
 
 
 async def test_a_chunk_of_a_cancelled_batch_is_counted_as_done_with_nothing_run(service, redis):
     await _batch_record(redis, 1)
-    await redis.hset(keys.job("batch_1"), "cancelled", "1")
-    await service.handle_chunk("chunk-1", encode_job(make_chunk_job(parent_job="batch_1", parts=[2])))
-    progress = await redis.hgetall(keys.job("batch_1"))
+    chunk = make_chunk_job(parent_job="batch_1", parts=[2])
+    await service.handle_chunk("chunk-1", encode_job(chunk), cancelled=True)  # as the claim said
+    progress = await redis.hgetall(keys.progress("batch_1"))
     assert (progress[b"completed"], progress[b"failed"], progress[b"chunks_done"]) == (b"0", b"0", b"1")
-    assert await JobStore(redis).chunk_parts("batch_1", [0]) == [None]
+    assert await ChunkStore(redis).parts("batch_1", [0]) == [None]

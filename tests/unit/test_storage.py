@@ -6,11 +6,12 @@ import time
 import fakeredis
 import pytest
 
+from api.jobs.store import JobStore
 from shared import keys
-from shared.chunks import JobStore
+from shared.chunks import ChunkStore
 from shared.errors import ErrorKind, ServiceError
 from shared.storage import StorageBudget, budget_bytes, input_bytes, results_bytes
-from tests.unit.test_chunks import record
+from tests.unit.test_job_store import record
 
 
 @pytest.fixture
@@ -51,11 +52,11 @@ async def test_expired_reservations_are_given_back_by_the_next_one(redis):
 
 
 async def test_a_stored_chunk_gives_its_inputs_share_back(redis):
-    budget, store = StorageBudget(redis), JobStore(redis)
+    budget, store = StorageBudget(redis), JobStore(redis, ChunkStore(redis))
     await store.create(record())
     await budget.reserve("embjob_1", 10_000, later(), budget=0)
     for _ in range(2):  # counted once, given back once
-        await store.chunk_done_in(
+        await store.chunks.done_in(
             None,
             "embjob_1",
             0,

@@ -126,7 +126,7 @@ class SentenceTransformerEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts cut to the model's length, encoded as one padded batch, raw (no prompt, no Normalize): what
-        placement checks and the benchmarks time without the service around the encoder."""
+        the runtime choice and the benchmarks time without the service around the encoder."""
         return self.encode([self.prepare(ids, truncate=True, param="input") for ids in self.tokenize(texts)])
 
     def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shared.settings import Settings
-from worker.models.registry import Encoder
+from worker.models.encoder_protocol import Encoder
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from sentence_transformers import SentenceTransformer
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from worker.models.encoder import pick_device
+from worker.models.encoder_protocol import Encoder
 from worker.models.faults import with_faults
-from worker.models.registry import Encoder
 from worker.models.runtime_choice import place
 from worker.models.stand_ins import SimulatedGpuEncoder, StubEncoder
 

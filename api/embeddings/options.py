@@ -1,0 +1,85 @@
+"""A validated embeddings request as what it asks of a worker: the one place ``SyncJob`` and ``ChunkJob`` fields
+are built from a request, whichever way it came in (``/v1/embeddings``, a job, a line of a batch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from api.embeddings.schemas import EmbeddingRequest
+from shared.chunks import chunk_request_id
+from shared.protocol import ChunkJob, EncodingFormat, InputKind, SyncJob
+from shared.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EmbedOptions:
+    """Everything a worker applies to a request's inputs; requests with equal options may share a chunk."""
+
+    model: str
+    input_kind: InputKind
+    dimensions: int | None
+    truncate: bool
+    prompt_name: str | None
+    input_type: str | None
+    normalize: bool | None
+
+    @classmethod
+    def of(cls, request: EmbeddingRequest, settings: Settings) -> EmbedOptions:
+        """The request's options, with the deployment's defaults filled in."""
+        return cls(
+            model=request.model,
+            input_kind=request.input[0],
+            dimensions=request.dimensions,
+            truncate=settings.truncate_inputs if request.truncate is None else request.truncate,
+            prompt_name=request.prompt_name,
+            input_type=request.input_type,
+            normalize=request.normalize,
+        )
+
+    def sync_job(
+        self,
+        request_id: str,
+        inputs: list[Any],
+        encoding_format: EncodingFormat,
+        *,
+        reply_to: str,
+        enqueued_ms: int,
+        deadline_ms: int,
+    ) -> SyncJob:
+        return SyncJob(
+            **self._fields(),
+            request_id=request_id,
+            inputs=inputs,
+            enqueued_ms=enqueued_ms,
+            deadline_ms=deadline_ms,
+            reply_to=reply_to,
+            encoding_format=encoding_format,
+        )
+
+    def chunk_job(
+        self,
+        parent_job: str,
+        chunk: int,
+        inputs: list[Any],
+        *,
+        enqueued_ms: int,
+        deadline_ms: int,
+        parts: list[int] | None = None,
+        results_expire_at_s: int = 0,
+    ) -> ChunkJob:
+        """Chunk ``chunk`` of job or batch ``parent_job``; a batch's chunks say how many inputs each request has."""
+        return ChunkJob(
+            **self._fields(),
+            request_id=chunk_request_id(parent_job, chunk),
+            inputs=inputs,
+            enqueued_ms=enqueued_ms,
+            deadline_ms=deadline_ms,
+            parent_job=parent_job,
+            chunk=chunk,
+            parts=parts,
+            results_expire_at_s=results_expire_at_s,
+        )
+
+    def _fields(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

@@ -1,0 +1,120 @@
+"""The life of a ``SyncJob`` in a worker: decoded, embedded, answered with a ``SyncReply`` on the API's reply list.
+
+Never raises: work that was answered is not run again. Jobs answered together are finished together
+(``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgpack
+
+from shared.clock import now_ms
+from shared.coalesce import Coalescer
+from shared.errors import ErrorKind, ProtocolError, ServiceError
+from shared.job_queue import FinishedJob, JobQueue
+from shared.openai_json import data_array
+from shared.protocol import EmbedError, SyncJob, SyncReply, decode_job, encode_reply
+from worker import metrics
+from worker.dead_letter import DeadLetters
+from worker.pipeline import EmbeddingPipeline
+
+log = logging.getLogger(__name__)
+
+
+class SyncJobs:
+    def __init__(
+        self,
+        pipeline: EmbeddingPipeline,
+        queue: JobQueue,
+        dead_letters: DeadLetters,
+        counters: dict[str, int],
+        *,
+        max_attempts: int,
+    ) -> None:
+        """``counters``: jobs answered, expired and abandoned, counted into (the worker logs them at shutdown)."""
+        self._pipeline = pipeline
+        self._queue = queue
+        self._dead_letters = dead_letters
+        self._counters = counters
+        self._max_attempts = max_attempts
+        self._finish: Coalescer[FinishedJob, None] = Coalescer(self._finish_many, "finish")
+
+    async def handle(self, queue_id: str, message: bytes, attempt: int = 1) -> None:
+        """Run one job and answer it. ``attempt`` counts its runs: more than one means a worker died holding it."""
+        try:
+            job = decode_job(message, SyncJob)
+        except ProtocolError as exc:
+            await self._reject_undecodable(queue_id, message, exc)
+            return
+        if now_ms() > job.deadline_ms:
+            log.info("job %s expired before it started; skipped", job.request_id)
+            self._counters["expired"] += 1
+            metrics.JOBS.labels("expired").inc()
+            await self._finish.add(FinishedJob(queue_id, len(job.inputs)))
+            return
+        if attempt > self._max_attempts:
+            log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
+            self._counters["abandoned"] += 1
+            metrics.JOBS.labels("abandoned").inc()
+            reason = f"processing this request failed {attempt - 1} times; it was abandoned"
+            await self._answer(queue_id, job, _error_reply(job, ErrorKind.INTERNAL, reason))
+            return
+        queue_ms = float(now_ms() - job.enqueued_ms)
+        metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
+        try:
+            embedded = await self._pipeline.embed(job, deadline_ms=job.deadline_ms)
+        except ServiceError as exc:
+            reply = _error_reply(job, exc.kind, exc.message, exc.param, queue_ms)
+        except TimeoutError:
+            reason = "the request's deadline passed before it was encoded"
+            reply = _error_reply(job, ErrorKind.TIMEOUT, reason, queue_ms=queue_ms)
+        except Exception:
+            log.exception("job %s failed", job.request_id)
+            reason = "the worker failed to process this request"
+            reply = _error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
+        else:
+            stats = embedded.stats
+            reply = SyncReply(
+                job.request_id,
+                data=data_array(embedded.vectors, job.encoding_format),
+                prompt_tokens=embedded.prompt_tokens,
+                queue_ms=queue_ms,
+                inference_ms=stats.inference_ms,
+                batch_size=stats.batch_size,
+                batch_requests=stats.batch_requests,
+            )
+        await self._answer(queue_id, job, reply)
+        self._counters["answered"] += 1
+        metrics.JOBS.labels("answered").inc()
+        if reply.error is not None:
+            metrics.ERRORS.labels(reply.error.kind.value).inc()
+
+    async def _answer(self, queue_id: str, job: SyncJob, reply: SyncReply) -> None:
+        await self._finish.add(FinishedJob(queue_id, len(job.inputs), job.reply_to, encode_reply(reply)))
+
+    async def _finish_many(self, batch: list[tuple[FinishedJob, asyncio.Future[None]]]) -> None:
+        await self._queue.finish([finished for finished, _ in batch])
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _reject_undecodable(self, queue_id: str, message: bytes, exc: ProtocolError) -> None:
+        """Move aside a job we cannot read and answer it, if it at least says where to answer; never crash on it."""
+        await self._dead_letters.keep(queue_id, message, exc)
+        reply_to = reply = None
+        with contextlib.suppress(Exception):
+            fields = msgpack.unpackb(message, raw=False)
+            error = EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job")
+            reply = encode_reply(SyncReply(str(fields["request_id"]), error=error))
+            reply_to = str(fields["reply_to"])
+        await self._finish.add(FinishedJob(queue_id, 0, reply_to, reply))
+
+
+def _error_reply(
+    job: SyncJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
+) -> SyncReply:
+    return SyncReply(job.request_id, error=EmbedError(kind, message, param), queue_ms=queue_ms)
