@@ -201,10 +201,16 @@ class ChunkStore:
         pipe.hset(key, mapping={"total": total, "chunks": chunks, "completed": 0, "failed": 0, "chunks_done": 0})
         pipe.expireat(key, expire_at_s)
 
-    @staticmethod
-    def read_in(pipe: Pipeline, parent_id: str) -> None:
-        """Queue in ``pipe`` the read of a parent's progress; ``Progress.parse`` its reply."""
-        pipe.hgetall(keys.progress(parent_id))
+    async def record_with_progress(self, record_key: str, parent_id: str) -> tuple[dict[str, str], Progress] | None:
+        """A parent's record hash (decoded) and its progress, in one round trip; None if either is gone."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(record_key)
+            pipe.hgetall(keys.progress(parent_id))
+            raw, raw_progress = await pipe.execute()
+        progress = Progress.parse(raw_progress)
+        if not raw or progress is None:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}, progress
 
     async def progress(self, parent_id: str) -> Progress | None:
         raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.progress(parent_id)))

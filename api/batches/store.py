@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from api.batches.plan import ManifestEntry
 from shared import keys
-from shared.chunks import ChunkStore, Progress
+from shared.chunks import ChunkStore
 
 BATCH_ID_PREFIX = "batch_"
 OUTPUT = "output"
@@ -155,14 +155,10 @@ class BatchStore:
             await pipe.execute()
 
     async def get(self, batch_id: str) -> BatchRecord | None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.batch(batch_id))
-            ChunkStore.read_in(pipe, batch_id)
-            raw, raw_progress = await pipe.execute()
-        progress = Progress.parse(raw_progress)
-        if not raw or progress is None:
+        found = await self._chunks.record_with_progress(keys.batch(batch_id), batch_id)
+        if found is None:
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields, progress = found
         return BatchRecord(
             batch_id=batch_id,
             owner=fields["owner"],

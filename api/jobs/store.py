@@ -13,7 +13,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.chunks import ChunkStore, Progress, chunk_queue_id
+from shared.chunks import ChunkStore, chunk_queue_id
 
 #: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
 RECORD_GRACE_S = 86_400
@@ -99,14 +99,10 @@ class JobStore:
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobRecord | None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.job(job_id))
-            ChunkStore.read_in(pipe, job_id)
-            raw, raw_progress = await pipe.execute()
-        progress = Progress.parse(raw_progress)
-        if not raw or progress is None:
+        found = await self.chunks.record_with_progress(keys.job(job_id), job_id)
+        if found is None:
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields, progress = found
         return JobRecord(
             job_id=job_id,
             owner=fields["owner"],

@@ -82,6 +82,7 @@ def mixed_bodies(count: int) -> list[dict]:
         bodies.append(body)
     bodies[10] = {"model": MODEL, "input": ""}  # an empty input: the route says 400
     bodies[11] = {"model": MODEL, "input": "fine", "dimensions": 0}
+    bodies[12] = {"model": MODEL, "input": "fine", "encodin_format": "base64"}  # a typo: refused, not ignored
     # three requests that refuse to be cut, in one chunk: the long one fails at the worker, the others pass
     bodies[40] = {"model": MODEL, "input": "short and fine", "truncate": False}
     bodies[41] = {"model": MODEL, "input": LONG_TEXT, "truncate": False}
@@ -94,12 +95,12 @@ def test_the_sdk_batch_flow_gives_the_sync_apis_vectors_in_input_order(openai_cl
     batch = run_batch(openai_client, jsonl(bodies))
     assert batch.status == "completed" and batch.errors is None
     assert batch.request_counts.total == 300
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (297, 3)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (296, 4)
     assert batch.completed_at >= batch.created_at and batch.in_progress_at is not None
 
     output = lines_of(openai_client, batch.output_file_id)
     failed = lines_of(openai_client, batch.error_file_id)
-    failed_ids = {"request-10", "request-11", "request-41"}
+    failed_ids = {"request-10", "request-11", "request-12", "request-41"}
     assert [line["custom_id"] for line in failed] == sorted(failed_ids, key=lambda c: int(c.split("-")[1]))
     assert [line["custom_id"] for line in output] == [
         f"request-{i}" for i in range(300) if f"request-{i}" not in failed_ids
@@ -139,6 +140,7 @@ def test_the_sdk_batch_flow_gives_the_sync_apis_vectors_in_input_order(openai_cl
         assert response["status_code"] == 400 and response["body"]["error"]["type"] == "invalid_request_error"
     assert by_id["request-41"]["response"]["body"]["error"]["code"] == "context_length_exceeded"
     assert by_id["request-11"]["response"]["body"]["error"]["param"] == "dimensions"
+    assert by_id["request-12"]["response"]["body"]["error"]["param"] == "encodin_format"
 
 
 def test_files_are_listed_read_back_and_deleted(openai_client):

@@ -162,7 +162,12 @@ def test_an_internal_error_is_an_openai_500_that_closes_its_connection_so_the_ne
 
 
 def test_bad_job_requests_are_400(client):
-    for body in ({"model": MODEL, "input": []}, {"model": MODEL, "input": "x", "metadata": {"k": 1}}, {"input": "x"}):
+    for body in (
+        {"model": MODEL, "input": []},
+        {"model": MODEL, "input": "x", "metadata": {"k": 1}},
+        {"input": "x"},
+        {"model": MODEL, "input": "x", "metdata": {"k": "v"}},
+    ):
         response = client.post("/v1/embeddings/jobs", json=body)
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
 
