@@ -18,6 +18,23 @@ from shared.errors import ErrorKind, ServiceError
 
 _TOKEN_LENGTH = 44
 
+JOB_ID_PREFIX = "embjob_"
+BATCH_ID_PREFIX = "batch_"
+FILE_ID_PREFIX = "file-"
+#: a batch's two files: ``file-<batch token>-output`` and ``file-<batch token>-errors``
+OUTPUT = "output"
+ERRORS = "errors"
+
+
+def output_file_id(batch_id: str, which: str) -> str:
+    return f"{FILE_ID_PREFIX}{batch_id.removeprefix(BATCH_ID_PREFIX)}-{which}"
+
+
+def batch_of_file(file_id: str) -> tuple[str, str] | None:
+    """The batch and the kind (output or errors) of an output file's id; None for any other id."""
+    token, _, which = file_id.removeprefix(FILE_ID_PREFIX).rpartition("-")
+    return (BATCH_ID_PREFIX + token, which) if which in (OUTPUT, ERRORS) and token else None
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{now_ms():012x}{secrets.token_hex(16)}"

@@ -400,10 +400,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
-    parser.add_argument("--only", choices=["model", "precision", "pipeline", "scaling", "batch"], action="append")
+    parser.add_argument(
+        "--only", choices=["model", "precision", "pipeline", "scaling", "batch", "files"], action="append"
+    )
     parser.add_argument("--batch-lines", type=int, default=50_000)
+    parser.add_argument("--listed-batches", type=int, default=1_000)
     args = parser.parse_args()
-    sections = args.only or ["model", "precision", "pipeline", "scaling", "batch"]
+    sections = args.only or ["model", "precision", "pipeline", "scaling", "batch", "files"]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
         cpu_section()
@@ -422,6 +425,10 @@ def main() -> None:
 
             batch_section(logs, args.batch_lines, args.seconds)
             large_file_section(logs)
+        if "files" in sections:
+            from bench.files import files_listing_section
+
+            files_listing_section(logs, args.listed_batches)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import numpy as np
 import orjson
 
 from api.batches.plan import ManifestEntry
-from api.batches.store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore
+from api.batches.store import BatchRecord, BatchStore
 from api.errors import ERROR_TABLE, error_body
+from api.ids import BATCH_ID_PREFIX, OUTPUT
 from shared.chunks import ChunkStore, PartResult, decode_vectors
 from shared.errors import ResultsLost
 from shared.openai_json import data_array, data_array_bytes, embeddings_body

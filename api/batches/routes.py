@@ -18,12 +18,12 @@ from api.auth import owner_of
 from api.batches.input import read_lines, validate
 from api.batches.plan import chunk_starts
 from api.batches.schemas import BatchList, BatchObject, BatchRequest
-from api.batches.store import BATCH_ID_PREFIX, BatchRecord, BatchStore
+from api.batches.store import BatchRecord, BatchStore
 from api.batches.submit import chunk_ids, submit
 from api.errors import error_responses
 from api.files.store import PURPOSE, FileStore
 from api.http import json_response, parse_body, parse_json
-from api.ids import check_owner, new_id, owned
+from api.ids import BATCH_ID_PREFIX, check_owner, new_id, owned
 from api.listing import kept_since_ms, page
 from shared import keys
 from shared.errors import ErrorKind, ServiceError

@@ -1,7 +1,7 @@
-"""The Batch API's request and the shapes of its objects (files and batches), as OpenAI documents them.
+"""The Batch API's request and the shape of its batch objects, as OpenAI documents them.
 
-Responses are built as dicts (``api.batches.store``, ``api.files.store``); these models document them in the OpenAPI
-schema, which the fuzz test holds every answer to.
+Responses are built as dicts (``api.batches.store``); these models document them in the OpenAPI schema, which the
+fuzz test holds every answer to.
 """
 
 from __future__ import annotations
@@ -23,32 +23,6 @@ class BatchRequest(BaseModel):
     endpoint: Literal["/v1/embeddings"] = Field(description="Only embeddings batches are served.")
     completion_window: Literal["24h"]
     metadata: dict[_MetadataKey, _MetadataValue] | None = Field(None, max_length=16)
-
-
-class FileObject(BaseModel):
-    id: str
-    object: Literal["file"]
-    bytes: int
-    created_at: int
-    expires_at: int | None
-    filename: str
-    purpose: Literal["batch", "batch_output"]
-    status: Literal["uploaded", "processed", "error"]
-    status_details: str | None
-
-
-class FileList(BaseModel):
-    object: Literal["list"]
-    data: list[FileObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class DeletedFile(BaseModel):
-    id: str
-    object: Literal["file"]
-    deleted: bool
 
 
 class BatchErrorItem(BaseModel):

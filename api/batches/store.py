@@ -20,12 +20,10 @@ import orjson
 from redis.asyncio import Redis
 
 from api.batches.plan import ManifestEntry
+from api.ids import ERRORS, OUTPUT, output_file_id
 from shared import keys
 from shared.chunks import ChunkStore
 
-BATCH_ID_PREFIX = "batch_"
-OUTPUT = "output"
-ERRORS = "errors"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -109,16 +107,6 @@ class BatchRecord:
             },
             "metadata": self.metadata,
         }
-
-
-def output_file_id(batch_id: str, which: str) -> str:
-    return f"file-{batch_id.removeprefix(BATCH_ID_PREFIX)}-{which}"
-
-
-def batch_of_file(file_id: str) -> tuple[str, str] | None:
-    """The batch and the kind (output or errors) of an output file's id; None for any other id."""
-    token, _, which = file_id.removeprefix("file-").rpartition("-")
-    return (BATCH_ID_PREFIX + token, which) if which in (OUTPUT, ERRORS) and token else None
 
 
 class BatchStore:

@@ -15,12 +15,12 @@ from starlette.datastructures import UploadFile
 
 from api.auth import owner_of
 from api.batches.output import file_size, lost_requests, render
-from api.batches.schemas import DeletedFile, FileList, FileObject
-from api.batches.store import BATCH_ID_PREFIX, OUTPUT, BatchRecord, BatchStore, batch_of_file
+from api.batches.store import BatchRecord, BatchStore
 from api.errors import error_responses, results_lost
-from api.files.store import FILE_ID_PREFIX, PURPOSE, FileRecord, FileStore, file_object
+from api.files.schemas import DeletedFile, FileList, FileObject
+from api.files.store import PURPOSE, FileRecord, FileStore, file_object
 from api.http import json_response
-from api.ids import check_owner, made_at_ms, raise_missing
+from api.ids import BATCH_ID_PREFIX, FILE_ID_PREFIX, OUTPUT, batch_of_file, check_owner, made_at_ms, raise_missing
 from api.listing import kept_since_ms, page
 from shared import keys
 from shared.errors import ErrorKind, ServiceError

@@ -15,11 +15,10 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from api.admission import Admission
-from api.ids import new_id
+from api.ids import FILE_ID_PREFIX, new_id
 from shared import keys
 from shared.errors import ErrorKind, ServiceError
 
-FILE_ID_PREFIX = "file-"
 #: the only purpose an upload may have: a batch's input
 PURPOSE = "batch"
 #: bytes per stored segment

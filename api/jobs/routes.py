@@ -18,7 +18,7 @@ from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import EmbeddingResponse
 from api.errors import error_responses, results_lost
 from api.http import json_response, parse_json
-from api.ids import new_id, owned
+from api.ids import JOB_ID_PREFIX, new_id, owned
 from api.jobs.schemas import DeletedJob, JobObject, JobRequest, parse_job_request
 from api.jobs.store import JobRecord, JobStore
 from shared import keys
@@ -73,7 +73,6 @@ def job_object(record: JobRecord, now: float | None = None) -> dict[str, Any]:
     }
 
 
-JOB_ID_PREFIX = "embjob_"
 LOST_MESSAGE = "these results were lost from the job store (evicted or deleted); submit these inputs again"
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from api.batches.output import file_size, render
 from api.batches.plan import ManifestEntry
-from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore
+from api.batches.store import BatchRecord, BatchStore
+from api.ids import ERRORS, OUTPUT
 from shared import keys
 from shared.chunks import ChunkStore, PartResult
 from shared.errors import ErrorKind

@@ -5,7 +5,8 @@ import time
 import fakeredis
 import pytest
 
-from api.batches.store import ERRORS, OUTPUT, BatchRecord, BatchStore, batch_of_file, output_file_id
+from api.batches.store import BatchRecord, BatchStore
+from api.ids import ERRORS, OUTPUT, batch_of_file, output_file_id
 from shared import keys
 from shared.chunks import ChunkStore
 from tests.fakes import fake_redis_factory
