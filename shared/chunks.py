@@ -201,16 +201,22 @@ class ChunkStore:
         pipe.hset(key, mapping={"total": total, "chunks": chunks, "completed": 0, "failed": 0, "chunks_done": 0})
         pipe.expireat(key, expire_at_s)
 
-    async def record_with_progress(self, record_key: str, parent_id: str) -> tuple[dict[str, str], Progress] | None:
-        """A parent's record hash (decoded) and its progress, in one round trip; None if either is gone."""
+    async def records_with_progress(
+        self, parents: list[tuple[str, str]]
+    ) -> list[tuple[dict[str, str], Progress] | None]:
+        """For each (record key, parent id): the parent's record hash (decoded) and its progress, all in one round
+        trip; None where either is gone."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(record_key)
-            pipe.hgetall(keys.progress(parent_id))
-            raw, raw_progress = await pipe.execute()
-        progress = Progress.parse(raw_progress)
-        if not raw or progress is None:
-            return None
-        return {k.decode(): v.decode() for k, v in raw.items()}, progress
+            for record_key, parent_id in parents:
+                pipe.hgetall(record_key)
+                pipe.hgetall(keys.progress(parent_id))
+            replies = await pipe.execute()
+        found: list[tuple[dict[str, str], Progress] | None] = []
+        for raw, raw_progress in zip(replies[::2], replies[1::2], strict=True):
+            progress = Progress.parse(raw_progress)
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            found.append(None if not fields or progress is None else (fields, progress))
+        return found
 
     async def progress(self, parent_id: str) -> Progress | None:
         raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.progress(parent_id)))

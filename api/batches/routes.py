@@ -108,7 +108,7 @@ async def list_batches(
     batches: BatchStore = request.app.state.batches
 
     async def resolve(ids: list[str]) -> list[dict[str, Any] | None]:
-        return [None if (record := await batches.get(batch_id)) is None else record.as_object() for batch_id in ids]
+        return [None if record is None else record.as_object() for record in await batches.get_many(ids)]
 
     owner = owner_of(request.state)
     body = await page(

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from api.batches.plan import ManifestEntry
 from api.ids import ERRORS, OUTPUT, output_file_id
 from shared import keys
-from shared.chunks import ChunkStore
+from shared.chunks import ChunkStore, Progress
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -143,33 +143,14 @@ class BatchStore:
             await pipe.execute()
 
     async def get(self, batch_id: str) -> BatchRecord | None:
-        found = await self._chunks.record_with_progress(keys.batch(batch_id), batch_id)
-        if found is None:
-            return None
-        fields, progress = found
-        return BatchRecord(
-            batch_id=batch_id,
-            owner=fields["owner"],
-            model=fields["model"] or None,
-            input_file_id=fields["input_file_id"],
-            created_at=int(fields["created_at"]),
-            expires_at=int(fields["expires_at"]),
-            kept_until=int(fields["kept_until"]),
-            total=int(fields["total"]),
-            chunks=int(fields["chunks"]),
-            metadata=orjson.loads(fields["metadata"]),
-            errors=orjson.loads(fields["errors"]),
-            failed_at=int(fields["failed_at"]) if "failed_at" in fields else None,
-            completed=progress.completed,
-            failed=progress.failed,
-            prompt_tokens=progress.prompt_tokens,
-            chunks_done=progress.chunks_done,
-            cancelling_at=progress.cancelling_at,
-            completed_at=progress.completed_at,
-            finished_at=progress.finished_at,
-            deleted=frozenset(name.removeprefix("deleted:") for name in fields if name.startswith("deleted:")),
-            sizes={name.removeprefix("bytes:"): int(v) for name, v in fields.items() if name.startswith("bytes:")},
-        )
+        return (await self.get_many([batch_id]))[0]
+
+    async def get_many(self, batch_ids: list[str]) -> list[BatchRecord | None]:
+        """The batches, in one round trip; None for each that is gone."""
+        found = await self._chunks.records_with_progress([(keys.batch(batch_id), batch_id) for batch_id in batch_ids])
+        return [
+            None if item is None else _parse(batch_id, *item) for batch_id, item in zip(batch_ids, found, strict=True)
+        ]
 
     async def cancel(self, record: BatchRecord, withdrawn_chunks: int) -> None:
         """Mark it cancelling, counting the chunks taken off the queue as done (the others finish on their own)."""
@@ -199,3 +180,29 @@ class BatchStore:
             pipe.zrem(keys.owner_batches(record.owner), record.batch_id)
             pipe.zrem(keys.owner_files(record.owner), *[output_file_id(record.batch_id, w) for w in (OUTPUT, ERRORS)])
             await pipe.execute()
+
+
+def _parse(batch_id: str, fields: dict[str, str], progress: Progress) -> BatchRecord:
+    return BatchRecord(
+        batch_id=batch_id,
+        owner=fields["owner"],
+        model=fields["model"] or None,
+        input_file_id=fields["input_file_id"],
+        created_at=int(fields["created_at"]),
+        expires_at=int(fields["expires_at"]),
+        kept_until=int(fields["kept_until"]),
+        total=int(fields["total"]),
+        chunks=int(fields["chunks"]),
+        metadata=orjson.loads(fields["metadata"]),
+        errors=orjson.loads(fields["errors"]),
+        failed_at=int(fields["failed_at"]) if "failed_at" in fields else None,
+        completed=progress.completed,
+        failed=progress.failed,
+        prompt_tokens=progress.prompt_tokens,
+        chunks_done=progress.chunks_done,
+        cancelling_at=progress.cancelling_at,
+        completed_at=progress.completed_at,
+        finished_at=progress.finished_at,
+        deleted=frozenset(name.removeprefix("deleted:") for name in fields if name.startswith("deleted:")),
+        sizes={name.removeprefix("bytes:"): int(v) for name, v in fields.items() if name.startswith("bytes:")},
+    )

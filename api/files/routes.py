@@ -6,7 +6,9 @@ files are listed and read like uploads, but rendered from the batch when read (`
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any, Literal, NoReturn
 
 from fastapi import APIRouter, Query, Request
@@ -27,6 +29,9 @@ from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+
+#: batch files a listing measures at once (a few round trips each, the first time one is listed)
+_MEASURED_AT_ONCE = 16
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -83,7 +88,7 @@ async def list_files(
     owner = owner_of(request.state)
 
     async def resolve(ids: list[str]) -> list[dict[str, Any] | None]:
-        found = [await _file_object(request, file_id) for file_id in ids]
+        found = await _file_objects(request, ids)
         return [item for item in found if item is None or purpose is None or item["purpose"] == purpose]
 
     body = await page(
@@ -160,20 +165,46 @@ async def _batch_with_file(request: Request, batch_id: str, which: str) -> Batch
     """The caller's batch whose output ``which`` exists."""
     batches: BatchStore = request.app.state.batches
     record = await batches.get(batch_id)
-    if record is None or not check_owner(request.state, record.owner) or record.file_id(which) is None:
-        return None
-    return record
+    return record if record is not None and _has_file(request, record, which) else None
+
+
+def _has_file(request: Request, record: BatchRecord, which: str) -> bool:
+    return check_owner(request.state, record.owner) and record.file_id(which) is not None
 
 
 async def _file_object(request: Request, file_id: str) -> dict[str, Any] | None:
-    derived = batch_of_file(file_id)
-    if derived is None:
-        upload = await _upload(request, file_id)
-        return None if upload is None else upload.as_object()
-    record = await _batch_with_file(request, *derived)
-    if record is None:
-        return None
-    which = derived[1]
+    return (await _file_objects(request, [file_id]))[0]
+
+
+async def _file_objects(request: Request, file_ids: list[str]) -> list[dict[str, Any] | None]:
+    """The caller's files' objects, None for each that is not there: the records in two round trips, uploads and
+    batches; a batch file's size is measured the first time it is asked for."""
+    files: FileStore = request.app.state.files
+    batches: BatchStore = request.app.state.batches
+    derived = [batch_of_file(file_id) for file_id in file_ids]
+    upload_ids = [file_id for file_id, batch in zip(file_ids, derived, strict=True) if batch is None]
+    uploads = dict(zip(upload_ids, await files.get_many(upload_ids), strict=True))
+    batch_ids = list(dict.fromkeys(batch[0] for batch in derived if batch is not None))
+    records = dict(zip(batch_ids, await batches.get_many(batch_ids), strict=True))
+    found: list[dict[str, Any] | None] = [None] * len(file_ids)
+    measured: list[tuple[int, Coroutine[Any, Any, dict[str, Any]]]] = []
+    for position, (file_id, batch) in enumerate(zip(file_ids, derived, strict=True)):
+        if batch is None:
+            upload = uploads[file_id]
+            if upload is not None and check_owner(request.state, upload.owner):
+                found[position] = upload.as_object()
+            continue
+        record = records[batch[0]]
+        if record is not None and _has_file(request, record, batch[1]):
+            measured.append((position, _batch_file_object(request, record, file_id, batch[1])))
+    for first in range(0, len(measured), _MEASURED_AT_ONCE):
+        group = measured[first : first + _MEASURED_AT_ONCE]
+        for (position, _), item in zip(group, await asyncio.gather(*(work for _, work in group)), strict=True):
+            found[position] = item
+    return found
+
+
+async def _batch_file_object(request: Request, record: BatchRecord, file_id: str, which: str) -> dict[str, Any]:
     size = record.sizes.get(which)
     if size is None:  # measured once, from the outcomes and not the vectors, then remembered
         size = await file_size(request.app.state.batches, request.app.state.chunks, record, which)

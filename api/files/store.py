@@ -106,9 +106,17 @@ class FileStore:
         return record
 
     async def get(self, file_id: str) -> FileRecord | None:
-        raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(keys.file(file_id)))
-        if not raw:
-            return None
+        return (await self.get_many([file_id]))[0]
+
+    async def get_many(self, file_ids: list[str]) -> list[FileRecord | None]:
+        """The uploads' records, in one round trip; None for each that is gone."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for file_id in file_ids:
+                pipe.hgetall(keys.file(file_id))
+            replies: list[dict[bytes, bytes]] = await pipe.execute()
+        return [self._parse(file_id, raw) if raw else None for file_id, raw in zip(file_ids, replies, strict=True)]
+
+    def _parse(self, file_id: str, raw: dict[bytes, bytes]) -> FileRecord:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         created = int(fields["created_at"])
         return FileRecord(

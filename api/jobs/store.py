@@ -99,7 +99,7 @@ class JobStore:
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobRecord | None:
-        found = await self.chunks.record_with_progress(keys.job(job_id), job_id)
+        [found] = await self.chunks.records_with_progress([(keys.job(job_id), job_id)])
         if found is None:
             return None
         fields, progress = found
