@@ -94,8 +94,9 @@ def _requests_of(
     record: BatchRecord, status: str, which: str, entry: ManifestEntry, results: list[PartResult] | None, stored: bool
 ) -> Iterator[tuple[int, str, PartResult | None, int]]:
     """The chunk's requests that go to file ``which``: index, custom id, outcome, and for a success the offset of
-    its first row among the chunk's vectors."""
-    if status == "completed" and (results is None or (_succeeded_inputs(entry, results) and not stored)):
+    its first row among the chunk's vectors (``stored``: whether they are there; the errors file needs none)."""
+    vectors_lost = which == OUTPUT and not stored and results is not None and _succeeded_inputs(entry, results)
+    if status == "completed" and (results is None or vectors_lost):
         raise ResultsLost(f"requests {entry.first}.. of {record.batch_id}")
     offset = 0
     for j, custom_id in enumerate(entry.custom_ids):

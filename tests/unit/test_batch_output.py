@@ -111,13 +111,29 @@ async def test_requests_of_an_expired_batch_that_never_ran_say_so():
 
 
 @pytest.mark.parametrize("measured", [True, False], ids=["measured by the worker", "stored unmeasured"])
-@pytest.mark.parametrize("cancelled", [False, True])
-async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(measured, cancelled, monkeypatch):
+@pytest.mark.parametrize("ending", ["in_progress", "cancelled", "completed"])
+async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(measured, ending, monkeypatch):
     rows = np.random.default_rng(7).standard_normal((3, 384)).astype("<f4") * np.float32(1e-3)
     redis, batches, jobs, _ = await stored_batch(rows, measured=measured)
-    if cancelled:
+    if ending == "cancelled":
         await batches.cancel(await batches.get(BATCH), withdrawn_chunks=1)
+    if ending == "completed":  # the last chunk's two requests fail at the worker
+        failure = PartResult(error=EmbedError(ErrorKind.INTERNAL, "the worker failed"))
+        async with redis.pipeline(transaction=False) as pipe:
+            await jobs.done_in(
+                pipe,
+                BATCH,
+                2,
+                vectors=None,
+                parts=[failure] * 2,
+                completed=0,
+                failed=2,
+                prompt_tokens=0,
+                expires_at_s=int(time.time()) + 600,
+            )
+            await pipe.execute()
     record = await batches.get(BATCH)
+    assert record.status() == ending
     rendered = {
         which: b"".join([piece async for piece in render(batches, jobs, record, which)]) for which in (OUTPUT, ERRORS)
     }
