@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 
-.PHONY: run test install lint bench lock
+.PHONY: run test install lint bench lock infinity-venv
 
 run: $(VENV)/.installed
 	./scripts/run-local.sh
@@ -33,6 +33,13 @@ bench: $(VENV)/.installed
 	./scripts/install-system-deps.sh wrk
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.run
+
+# Infinity 0.0.78, the rerank benchmark's peer, in its own venv (its pins conflict with ours), on the same CPU torch
+infinity-venv:
+	test -x .venv-infinity/bin/python || $(PYTHON) -m venv .venv-infinity
+	echo "torch==2.13.0" > .venv-infinity/torch-constraint.txt
+	.venv-infinity/bin/pip install -q $(PIP_TORCH_ARGS) -c .venv-infinity/torch-constraint.txt "$(TORCH_SPEC)" \
+		"infinity-emb[server,torch]==0.0.78"
 
 # the images' locked dependencies (deploy/*.lock); TORCH_INDEX_URL: where the worker image's torch comes from
 TORCH_INDEX_URL ?=

@@ -7,18 +7,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from arq.connections import ArqRedis
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from api.embeddings.options import EmbedOptions
 from api.replies import ReplyReader
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue, NewJob, queue_job_id
-from shared.protocol import EncodingFormat, SyncJob, SyncReply, encode_job
+from shared.protocol import RerankJob, SyncJob, SyncReply, encode_job
 from shared.redis_memory import EvictionGuard
 from shared.workers import live_workers
 
@@ -28,6 +27,12 @@ log = logging.getLogger(__name__)
 _LIVENESS_CACHE_S = 1.0
 #: arq keeps a job's definition this long past its deadline, so a late worker still sees (and skips) it
 _JOB_KEY_EXTRA_S = 3600
+
+
+class JobBuilder(Protocol):
+    """A request's job, once the dispatcher says where to answer it and by when."""
+
+    def __call__(self, *, reply_to: str, enqueued_ms: int, deadline_ms: int) -> SyncJob | RerankJob: ...
 
 
 class Dispatcher:
@@ -57,9 +62,7 @@ class Dispatcher:
         self._timeout_s = request_timeout_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
-    async def run(
-        self, request_id: str, options: EmbedOptions, inputs: list[Any], encoding_format: EncodingFormat
-    ) -> SyncReply:
+    async def run(self, build: JobBuilder) -> SyncReply:
         """The worker's reply to the request, within the deployment's request timeout; ServiceError if it cannot be
         had in time.
 
@@ -73,10 +76,7 @@ class Dispatcher:
         await self._require_workers()
         enqueued_ms = now_ms()
         timeout_s = self._timeout_s
-        job = options.sync_job(
-            request_id,
-            inputs,
-            encoding_format,
+        job = build(
             reply_to=self._listener.reply_key,
             enqueued_ms=enqueued_ms,
             deadline_ms=enqueued_ms + int(timeout_s * 1000),
@@ -98,7 +98,7 @@ class Dispatcher:
             self._listener.forget(job.request_id)
 
     @staticmethod
-    def _new_job(job: SyncJob, timeout_s: float) -> NewJob:
+    def _new_job(job: SyncJob | RerankJob, timeout_s: float) -> NewJob:
         return NewJob(
             job_id=queue_job_id(job.request_id, len(job.inputs)),
             message=encode_job(job),

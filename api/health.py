@@ -47,7 +47,10 @@ async def list_models(request: Request) -> Response:
         workers = await live_workers(request.app.state.redis, settings.worker_ttl_s)
     except (RedisError, OSError):
         workers = []  # the configured list is still true
-    cards = model_cards([*settings.embed_models, *settings.model_paths], workers)
+    configured = [*settings.embed_models, *settings.model_paths]
+    if settings.default_rerank_model:
+        configured.append(settings.default_rerank_model)
+    cards = model_cards(configured, workers)
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server", **card}
         for name, card in cards.items()

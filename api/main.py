@@ -19,6 +19,7 @@ from api.batches import routes as batches
 from api.batches.store import BatchStore
 from api.body_limit import BodySizeLimit
 from api.dispatch import Dispatcher
+from api.embeddings import cohere
 from api.embeddings import routes as embeddings
 from api.errors import install_error_handlers
 from api.files import routes as files
@@ -27,6 +28,7 @@ from api.jobs import routes as jobs
 from api.jobs.store import JobStore
 from api.metrics import RequestTracking
 from api.replies import BLOCK_S, ReplyReader
+from api.rerank import routes as rerank
 from shared import keys
 from shared.chunks import ChunkStore
 from shared.epoch import Epochs
@@ -93,7 +95,8 @@ async def _connected(
 
 
 def _install_routes(app: FastAPI) -> None:
-    fast_route.install(app, embeddings.ROUTE)  # first: FastRoutes must be the innermost middleware
+    # first: FastRoutes must be the innermost middleware
+    fast_route.install(app, embeddings.ROUTE, cohere.ROUTE, *rerank.ROUTES)
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)

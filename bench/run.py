@@ -16,6 +16,8 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
    commands per request.
 5. The Batch API: a 50,000-request batch end to end, the API's peak memory, against sync throughput
    (``bench/batch.py``).
+6. ``GET /v1/files`` with many batches listed (``bench/files.py``).
+7. Rerank against ``CrossEncoder.predict`` and Infinity (``bench/rerank.py``).
 """
 
 from __future__ import annotations
@@ -401,12 +403,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
     parser.add_argument(
-        "--only", choices=["model", "precision", "pipeline", "scaling", "batch", "files"], action="append"
+        "--only", choices=["model", "precision", "pipeline", "scaling", "batch", "files", "rerank"], action="append"
     )
     parser.add_argument("--batch-lines", type=int, default=50_000)
     parser.add_argument("--listed-batches", type=int, default=1_000)
     args = parser.parse_args()
-    sections = args.only or ["model", "precision", "pipeline", "scaling", "batch", "files"]
+    sections = args.only or ["model", "precision", "pipeline", "scaling", "batch", "files", "rerank"]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
         cpu_section()
@@ -429,6 +431,10 @@ def main() -> None:
             from bench.files import files_listing_section
 
             files_listing_section(logs, args.listed_batches)
+        if "rerank" in sections:
+            from bench.rerank import rerank_section
+
+            rerank_section(logs, args.seconds)
 
 
 if __name__ == "__main__":

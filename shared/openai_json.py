@@ -12,12 +12,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shared.protocol import EncodingFormat
+from shared.protocol import EncodingFormat, OutputDtype
+from shared.quantize import quantize
 
 
-def embedding_items(vectors: np.ndarray, encoding_format: EncodingFormat, first_index: int = 0) -> list[dict[str, Any]]:
-    """The ``data`` items for the rows of ``vectors`` (float32); serialize with OPT_SERIALIZE_NUMPY."""
-    rows = np.ascontiguousarray(vectors, dtype="<f4")
+def embedding_items(
+    vectors: np.ndarray, encoding_format: EncodingFormat, first_index: int = 0, output_dtype: OutputDtype = "float"
+) -> list[dict[str, Any]]:
+    """The ``data`` items for the rows of ``vectors`` (float32); serialize with OPT_SERIALIZE_NUMPY. Packed bits
+    (``output_dtype``) are JSON integers, or base64 of their bytes."""
+    rows = quantize(np.ascontiguousarray(vectors, dtype="<f4"), output_dtype)
     if encoding_format == "base64":
         return [
             {"object": "embedding", "index": first_index + i, "embedding": base64.b64encode(row.tobytes()).decode()}
@@ -26,9 +30,10 @@ def embedding_items(vectors: np.ndarray, encoding_format: EncodingFormat, first_
     return [{"object": "embedding", "index": first_index + i, "embedding": row} for i, row in enumerate(rows)]
 
 
-def data_array(vectors: np.ndarray, encoding_format: EncodingFormat) -> bytes:
+def data_array(vectors: np.ndarray, encoding_format: EncodingFormat, output_dtype: OutputDtype = "float") -> bytes:
     """The whole ``data`` array, as JSON."""
-    return orjson.dumps(embedding_items(vectors, encoding_format), option=orjson.OPT_SERIALIZE_NUMPY)
+    items = embedding_items(vectors, encoding_format, output_dtype=output_dtype)
+    return orjson.dumps(items, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def float_text_bytes(vectors: np.ndarray) -> int:

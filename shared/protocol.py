@@ -1,16 +1,18 @@
 """Wire protocol between the API and the workers: versioned msgpack messages, never pickle.
 
-Two kinds of job travel API -> worker, each as the single argument of an arq job on its own queue:
+Three kinds of job travel API -> worker, each as the single argument of an arq job:
 
 - ``SyncJob`` (``keys.SYNC_QUEUE``): one ``POST /v1/embeddings`` request. The worker answers it with one
   ``SyncReply`` pushed on the job's ``reply_to`` list; the reply carries the OpenAI ``data`` array already rendered
-  (JSON floats or base64), so the API only frames it.
+  (JSON floats, base64, packed bits), so the API only frames it.
+- ``RerankJob`` (the same queue, leases and priorities): one rerank request. Its ``SyncReply`` carries the scores,
+  one per document in order, as a JSON array; the API sorts and frames them.
 - ``ChunkJob`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job. No reply travels: the worker stores the
   chunk's float32 vectors and counts it into its job's progress (``shared.chunks``), which the API reads when polled.
 
-Both carry what to embed (``EmbedJob``'s fields). Version 4: a chunk's parent keeps its progress apart from its
-record (``shared.chunks``), ``results_expire_at_s`` says what it holds (a timestamp), replies no longer name their
-worker. Messages of another version are moved aside, not guessed at (``worker.dead_letter``).
+The embedding jobs carry what to embed (``EmbedJob``'s fields); messages on the sync queue say their ``task``.
+Version 5: rerank jobs and ``output_dtype``. Messages of another version are moved aside, not guessed at
+(``worker.dead_letter``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 InputKind = Literal["text", "tokens"]
 EncodingFormat = Literal["float", "base64"]
+#: what each value of an embedding is: a float, or one sign bit of it, packed eight to a (signed or unsigned) byte
+OutputDtype = Literal["float", "binary", "ubinary"]
+OUTPUT_DTYPES: tuple[OutputDtype, ...] = ("float", "binary", "ubinary")
 
 Job = TypeVar("Job", bound="EmbedJob")
 
@@ -56,6 +61,27 @@ class SyncJob(EmbedJob):
 
     reply_to: str
     encoding_format: EncodingFormat
+    output_dtype: OutputDtype = "float"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RerankJob:
+    """A rerank request: ``query`` scored against each document, answered on ``reply_to``."""
+
+    request_id: str
+    model: str
+    query: str
+    #: the documents, in the client's order
+    inputs: list[str]
+    #: cut pairs longer than the model reads (longest first), or refuse them
+    truncate: bool
+    #: cut each document to this many tokens first
+    max_tokens_per_doc: int | None
+    #: the model's logits rather than its activation of them
+    raw_scores: bool
+    enqueued_ms: int
+    deadline_ms: int
+    reply_to: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,7 +119,11 @@ class SyncReply:
     batch_requests: int = 0
 
 
-_FIELDS = {cls: tuple(field.name for field in dataclasses.fields(cls)) for cls in (SyncJob, ChunkJob, SyncReply)}
+_FIELDS = {
+    cls: tuple(field.name for field in dataclasses.fields(cls)) for cls in (SyncJob, RerankJob, ChunkJob, SyncReply)
+}
+#: the ``task`` of a message on the sync queue
+_TASKS: dict[type[Any], str] = {SyncJob: "embed", RerankJob: "rerank"}
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -121,18 +151,47 @@ def _build(cls: type[Any], fields: dict[str, Any], what: str) -> Any:
         raise ProtocolError(f"{what} has missing or unknown fields") from exc
 
 
-def encode_job(job: SyncJob | ChunkJob) -> bytes:
+def encode_job(job: SyncJob | RerankJob | ChunkJob) -> bytes:
     # built by hand: dataclasses.asdict deep-copies every input, and this runs once a request
-    return _pack({field: getattr(job, field) for field in _FIELDS[type(job)]})
+    fields = {field: getattr(job, field) for field in _FIELDS[type(job)]}
+    task = _TASKS.get(type(job))
+    return _pack(fields if task is None else {"task": task, **fields})
+
+
+def decode_sync_job(data: bytes) -> SyncJob | RerankJob:
+    """What a message on the sync queue asks: an embedding or a rerank; ProtocolError if it is neither."""
+    fields = _unpack(data, "job")
+    task = fields.pop("task", None)
+    if task == "rerank":
+        job: RerankJob = _build(RerankJob, fields, "job")
+        if not isinstance(job.query, str) or not isinstance(job.inputs, list):
+            raise ProtocolError("job has malformed inputs")
+        if not all(isinstance(document, str) for document in job.inputs):
+            raise ProtocolError("job has malformed inputs")
+        return job
+    if task != "embed":
+        raise ProtocolError(f"job has an unknown task {task!r}")
+    embedding: SyncJob = _build(SyncJob, fields, "job")
+    return _checked(embedding)
 
 
 def decode_job(data: bytes, kind: type[Job]) -> Job:
-    """A ``SyncJob`` or a ``ChunkJob``, as the queue it came from says; ProtocolError if it is not one."""
-    job: Job = _build(kind, _unpack(data, "job"), "job")
+    """A ``ChunkJob`` (or an embedding ``SyncJob``), as the queue it came from says; ProtocolError if it is not
+    one."""
+    fields = _unpack(data, "job")
+    if kind is SyncJob and fields.pop("task", None) != "embed":
+        raise ProtocolError("job is not an embedding")
+    job: Job = _build(kind, fields, "job")
+    return _checked(job)
+
+
+def _checked(job: Job) -> Job:
     if job.input_kind not in ("text", "tokens") or not isinstance(job.inputs, list):
         raise ProtocolError("job has malformed inputs")
     if isinstance(job, SyncJob) and job.encoding_format not in ("float", "base64"):
         raise ProtocolError("job has an unknown encoding format")
+    if isinstance(job, SyncJob) and job.output_dtype not in OUTPUT_DTYPES:
+        raise ProtocolError("job has an unknown output dtype")
     if isinstance(job, ChunkJob) and job.parts is not None and sum(job.parts) != len(job.inputs):
         raise ProtocolError("chunk's parts do not add up to its inputs")
     return job

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # Models
     #: models workers load and warm up at start; also what ``/v1/models`` lists before any request
     embed_models: Annotated[list[str], NoDecode] = [DEFAULT_MODEL]
+    #: the reranker TEI-shaped ``POST /rerank`` requests use when they name none (TEI serves one model)
+    default_rerank_model: str | None = None
     max_loaded_models: int = Field(4, ge=1)
     #: seconds a model that failed to load keeps failing fast before a new attempt
     model_failure_ttl_s: float = Field(30.0, ge=0)
@@ -89,6 +91,8 @@ class Settings(BaseSettings):
 
     # Request limits (API)
     max_inputs_per_request: int = Field(2048, ge=1)
+    #: documents in one rerank request
+    max_rerank_documents: int = Field(1000, ge=1)
     max_input_chars: int = Field(50_000, ge=1)
     #: model tokens in one request (checked by the worker, which has the tokenizer)
     max_tokens_per_request: int = Field(500_000, ge=1)
@@ -203,7 +207,7 @@ class Settings(BaseSettings):
 
     def model_allowed(self, name: str) -> bool:
         """Configured models always; with ``allow_any_model``, any hub id too, but never a local path."""
-        if name in self.embed_models or name in self.allowed_models or name in self.model_paths:
+        if name in (*self.embed_models, *self.allowed_models, *self.model_paths, self.default_rerank_model):
             return True
         return self.allow_any_model and _HUB_ID.fullmatch(name) is not None and ".." not in name
 

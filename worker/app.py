@@ -44,7 +44,7 @@ from worker import metrics
 from worker.models.encoder import pick_device
 from worker.models.precision import declared_precision
 from worker.models.registry import ModelRegistry
-from worker.models.source import load_encoder
+from worker.models.source import load_model
 from worker.service import EmbeddingService
 from worker.wake_ups import IDLE_POLL_S, WakeUps
 
@@ -100,7 +100,13 @@ class EmbeddingWorker(Worker):
         for name in settings.embed_models:
             with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
                 model = await registry.get(name)
-                await model.batcher.submit([model.encoder.prepare([], truncate=True, param="input")])  # warm-up
+                loaded = model.encoder
+                warm_up = (
+                    loaded.prepare([], truncate=True, param="input")
+                    if loaded.kind == "embedding"
+                    else loaded.pairs("warm", ["up"], truncate=True)[0]
+                )
+                await model.batcher.submit([warm_up])
         self._background = [
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self.wake_ups.listen(self.pool)),
@@ -227,7 +233,7 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
     declared_precision(settings.dtype, pick_device(settings.device))
     redis = connect(settings)
     registry = ModelRegistry(
-        functools.partial(load_encoder, settings=settings),
+        functools.partial(load_model, settings=settings),
         max_loaded=settings.max_loaded_models,
         failure_ttl_s=settings.model_failure_ttl_s,
         max_batch_size=settings.max_batch_size,

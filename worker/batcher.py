@@ -9,9 +9,11 @@ for the GPU's memory) fails only the request it belongs to; a failure that persi
 the batch. Requests whose caller has gone (their future cancelled) or whose deadline has passed are dropped when
 the next batch is formed (one clock read a batch, not a timer a request). The loop restarts itself if it ever dies.
 
-Sequences carry a ``group``: only sequences of one group share a batch, and the encoder is told the group. Models
-whose pooling leaves a prompt's tokens out group sequences by the prompt's length, which their pooling needs for a
-whole batch; for every other model all sequences are in group 0.
+A sequence is whatever the encoder takes, sized by its tokens: an embedding model's token ids, a reranker's (query,
+document) pair (``worker.models.reranker.PairTokens``). Sequences carry a ``group``: only sequences of one group
+share a batch, and the encoder is told the group. Models whose pooling leaves a prompt's tokens out group sequences
+by the prompt's length, which their pooling needs for a whole batch; for every other model all sequences are in
+group 0.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from concurrent.futures import Executor
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -32,8 +35,10 @@ from worker import metrics
 
 log = logging.getLogger(__name__)
 
+#: one sequence of model input, as the encoder takes it; ``len()`` is its tokens
+Item = TypeVar("Item", bound=Sized)
 #: encodes a batch of sequences of one group: (sequences, group) -> one row per sequence
-EncodeFn = Callable[[Sequence[list[int]], int], np.ndarray]
+EncodeFn = Callable[[Sequence[Item], int], np.ndarray]
 
 #: how far past the oldest waiting sequence a batch may look for sequences of similar length
 _LOOKAHEAD_BATCHES = 4
@@ -89,8 +94,8 @@ class _Request:
 
 
 @dataclasses.dataclass(slots=True)
-class _Sequence:
-    tokens: list[int]
+class _Sequence(Generic[Item]):
+    tokens: Item
     request: _Request
     index: int
     group: int
@@ -108,10 +113,10 @@ def batch_limits(device: str, max_batch_size: int | None, max_batch_tokens: int 
     return max_batch_size or size, max_batch_tokens or tokens
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[Item]):
     def __init__(
         self,
-        encode: EncodeFn,
+        encode: EncodeFn[Item],
         *,
         executor: Executor,
         max_batch_size: int,
@@ -124,8 +129,8 @@ class MicroBatcher:
         self._max_batch_tokens = max_batch_tokens
         self._name = name
         #: sequences of synchronous requests, served first; then those of asynchronous jobs' chunks
-        self._urgent: collections.deque[_Sequence] = collections.deque()
-        self._background: collections.deque[_Sequence] = collections.deque()
+        self._urgent: collections.deque[_Sequence[Item]] = collections.deque()
+        self._background: collections.deque[_Sequence[Item]] = collections.deque()
         self._work = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -136,7 +141,7 @@ class MicroBatcher:
         return len(self._urgent) + len(self._background)
 
     async def submit(
-        self, sequences: Sequence[list[int]], *, group: int = 0, urgent: bool = True, deadline_ms: int | None = None
+        self, sequences: Sequence[Item], *, group: int = 0, urgent: bool = True, deadline_ms: int | None = None
     ) -> Encoded:
         """Vectors for ``sequences`` (model inputs, special tokens included), in order; a TIMEOUT ServiceError
         if no batch took them by ``deadline_ms`` (epoch milliseconds)."""
@@ -219,7 +224,7 @@ class MicroBatcher:
                 else:
                     sequence.request.deliver(sequence.index, outcome)
 
-    def _encode_isolating(self, batch: Sequence[list[int]], group: int) -> Sequence[np.ndarray | Exception]:
+    def _encode_isolating(self, batch: Sequence[Item], group: int) -> Sequence[np.ndarray | Exception]:
         """Encode ``batch``; if that fails, encode its halves, down to single sequences.
 
         So a poisonous input fails alone, and an out-of-memory batch is retried smaller. Runs in the executor.
@@ -234,7 +239,7 @@ class MicroBatcher:
             middle = len(batch) // 2
             return [*self._encode_isolating(batch[:middle], group), *self._encode_isolating(batch[middle:], group)]
 
-    def _take_batch(self) -> list[_Sequence]:
+    def _take_batch(self) -> list[_Sequence[Item]]:
         """The oldest waiting sequence, plus the waiting ones of its group nearest it in length that fit the bounds.
 
         Synchronous sequences go first, in batches of their own: a request someone waits on is never slowed by

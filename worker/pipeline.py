@@ -50,18 +50,17 @@ class EmbeddingPipeline:
     async def embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> Embedded:
         """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
         one already in a running batch finishes with it."""
-        model, prompt = await self._model_for(job, deadline_ms)
+        model, encoder, prompt = await self._model_for(job, deadline_ms)
         if sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
-            sequences = self._sequences(model.encoder, job, job.inputs, prompt)
+            sequences = self._sequences(encoder, job, job.inputs, prompt)
         else:
-            sequences = await asyncio.to_thread(self._sequences, model.encoder, job, job.inputs, prompt)
-        return await self._encode(model, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
+            sequences = await asyncio.to_thread(self._sequences, encoder, job, job.inputs, prompt)
+        return await self._encode(model, encoder, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
 
     async def embed_parts(self, job: ChunkJob, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
         """A batch chunk: each request (``parts``) is tokenized and checked alone, so one that cannot be encoded
         fails by itself; the others are encoded together. Rows of the requests that succeeded, in order."""
-        model, prompt = await self._model_for(job, None)
-        encoder = model.encoder
+        model, encoder, prompt = await self._model_for(job, None)
 
         def tokenize() -> list[list[list[int]] | ServiceError]:
             tokenized: list[list[list[int]] | ServiceError] = []
@@ -77,7 +76,8 @@ class EmbeddingPipeline:
         sequences = [sequence for part in tokenized if isinstance(part, list) for sequence in part]
         vectors = None
         if sequences:
-            vectors = (await self._encode(model, job, sequences, prompt, urgent=False, deadline_ms=None)).vectors
+            embedded = await self._encode(model, encoder, job, sequences, prompt, urgent=False, deadline_ms=None)
+            vectors = embedded.vectors
         results = []
         offset = 0
         for part in tokenized:
@@ -90,18 +90,29 @@ class EmbeddingPipeline:
             results.append(PartResult(_prompt_tokens(encoder, part), float_text_bytes=float_text_bytes(rows)))
         return vectors, results
 
-    async def _model_for(self, job: EmbedJob, deadline_ms: int | None) -> tuple[LoadedModel, str]:
-        """The job's model, loaded, and the prompt its options choose; ServiceError if they do not fit the model."""
+    async def _model_for(self, job: EmbedJob, deadline_ms: int | None) -> tuple[LoadedModel, Encoder, str]:
+        """The job's model, loaded, and the prompt its options choose; ServiceError if they do not fit the model
+        (a reranker is not an embedding model)."""
         timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
         model = await self.registry.get(job.model, timeout_s)
         encoder = model.encoder
+        if encoder.kind != "embedding":
+            raise ServiceError(
+                ErrorKind.INVALID_REQUEST,
+                f"model {job.model!r} is a reranker, not an embedding model; use it with /v1/rerank",
+                "model",
+            )
         if job.dimensions is not None and not 0 < job.dimensions <= encoder.dimension:
             raise ServiceError(
                 ErrorKind.INVALID_REQUEST,
                 f"dimensions must be between 1 and {encoder.dimension} for this model",
                 "dimensions",
             )
-        return model, resolve_prompt(encoder.prompts, encoder.default_prompt_name, job.prompt_name, job.input_type)
+        return (
+            model,
+            encoder,
+            resolve_prompt(encoder.prompts, encoder.default_prompt_name, job.prompt_name, job.input_type),
+        )
 
     def _sequences(self, encoder: Encoder, job: EmbedJob, inputs: list[Any], prompt: str) -> list[list[int]]:
         """One request's model inputs, refused if they hold more tokens than a request may."""
@@ -115,6 +126,7 @@ class EmbeddingPipeline:
     async def _encode(
         self,
         model: LoadedModel,
+        encoder: Encoder,
         job: EmbedJob,
         sequences: list[list[int]],
         prompt: str,
@@ -123,7 +135,6 @@ class EmbeddingPipeline:
         deadline_ms: int | None,
     ) -> Embedded:
         """Encode through the model's batcher, then cut to ``dimensions`` and normalize as the job asks."""
-        encoder = model.encoder
         group = encoder.prompt_length(prompt)  # sequences whose pooling leaves out prompts of one length batch together
         encoded = await model.batcher.submit(sequences, group=group, urgent=urgent, deadline_ms=deadline_ms)
         vectors = encoded.vectors

@@ -1,5 +1,6 @@
-"""What a worker does with the jobs it claims: the embedding pipeline (``worker.pipeline``) and the two job
-lifecycles around it, one per queue (``worker.sync_jobs``, ``worker.chunk_jobs``)."""
+"""What a worker does with the jobs it claims: the embedding and rerank pipelines (``worker.pipeline``,
+``worker.reranking``) and the two job lifecycles around them, one per queue (``worker.sync_jobs``,
+``worker.chunk_jobs``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from worker.chunk_jobs import ChunkJobs
 from worker.dead_letter import DeadLetters
 from worker.models.registry import ModelRegistry
 from worker.pipeline import EmbeddingPipeline
+from worker.reranking import RerankPipeline
 from worker.sync_jobs import SyncJobs
 
 
@@ -32,8 +34,9 @@ class EmbeddingService:
         dead_letters = DeadLetters(redis, worker_id)
         #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
         self.counters = {"answered": 0, "expired": 0, "abandoned": 0}
+        reranking = RerankPipeline(registry, max_tokens=max_tokens)
         self._sync = SyncJobs(
-            self.pipeline, JobQueue.sync(redis), dead_letters, self.counters, max_attempts=max_attempts
+            self.pipeline, reranking, JobQueue.sync(redis), dead_letters, self.counters, max_attempts=max_attempts
         )
         self._chunks = ChunkJobs(
             self.pipeline,

@@ -1,4 +1,5 @@
-"""The life of a ``SyncJob`` in a worker: decoded, embedded, answered with a ``SyncReply`` on the API's reply list.
+"""The life of a job on the sync queue in a worker: decoded, embedded (``SyncJob``) or scored (``RerankJob``),
+answered with a ``SyncReply`` on the API's reply list.
 
 Never raises: work that was answered is not run again. Jobs answered together are finished together
 (``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts.
@@ -11,16 +12,18 @@ import contextlib
 import logging
 
 import msgpack
+import orjson
 
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.job_queue import FinishedJob, JobQueue
 from shared.openai_json import data_array
-from shared.protocol import EmbedError, SyncJob, SyncReply, decode_job, encode_reply
+from shared.protocol import EmbedError, RerankJob, SyncJob, SyncReply, decode_sync_job, encode_reply
 from worker import metrics
 from worker.dead_letter import DeadLetters
 from worker.pipeline import EmbeddingPipeline
+from worker.reranking import RerankPipeline
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class SyncJobs:
     def __init__(
         self,
         pipeline: EmbeddingPipeline,
+        reranking: RerankPipeline,
         queue: JobQueue,
         dead_letters: DeadLetters,
         counters: dict[str, int],
@@ -37,6 +41,7 @@ class SyncJobs:
     ) -> None:
         """``counters``: jobs answered, expired and abandoned, counted into (the worker logs them at shutdown)."""
         self._pipeline = pipeline
+        self._reranking = reranking
         self._queue = queue
         self._dead_letters = dead_letters
         self._counters = counters
@@ -46,7 +51,7 @@ class SyncJobs:
     async def handle(self, queue_id: str, message: bytes, attempt: int = 1) -> None:
         """Run one job and answer it. ``attempt`` counts its runs: more than one means a worker died holding it."""
         try:
-            job = decode_job(message, SyncJob)
+            job = decode_sync_job(message)
         except ProtocolError as exc:
             await self._reject_undecodable(queue_id, message, exc)
             return
@@ -66,7 +71,7 @@ class SyncJobs:
         queue_ms = float(now_ms() - job.enqueued_ms)
         metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
         try:
-            embedded = await self._pipeline.embed(job, deadline_ms=job.deadline_ms)
+            reply = await self._run(job, queue_ms)
         except ServiceError as exc:
             reply = _error_reply(job, exc.kind, exc.message, exc.param, queue_ms)
         except TimeoutError:
@@ -76,24 +81,32 @@ class SyncJobs:
             log.exception("job %s failed", job.request_id)
             reason = "the worker failed to process this request"
             reply = _error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
-        else:
-            stats = embedded.stats
-            reply = SyncReply(
-                job.request_id,
-                data=data_array(embedded.vectors, job.encoding_format),
-                prompt_tokens=embedded.prompt_tokens,
-                queue_ms=queue_ms,
-                inference_ms=stats.inference_ms,
-                batch_size=stats.batch_size,
-                batch_requests=stats.batch_requests,
-            )
         await self._answer(queue_id, job, reply)
         self._counters["answered"] += 1
         metrics.JOBS.labels("answered").inc()
         if reply.error is not None:
             metrics.ERRORS.labels(reply.error.kind.value).inc()
 
-    async def _answer(self, queue_id: str, job: SyncJob, reply: SyncReply) -> None:
+    async def _run(self, job: SyncJob | RerankJob, queue_ms: float) -> SyncReply:
+        if isinstance(job, RerankJob):
+            ranked = await self._reranking.rerank(job, deadline_ms=job.deadline_ms)
+            data = orjson.dumps(ranked.scores, option=orjson.OPT_SERIALIZE_NUMPY)
+            tokens, stats = ranked.tokens, ranked.stats
+        else:
+            embedded = await self._pipeline.embed(job, deadline_ms=job.deadline_ms)
+            data = data_array(embedded.vectors, job.encoding_format, job.output_dtype)
+            tokens, stats = embedded.prompt_tokens, embedded.stats
+        return SyncReply(
+            job.request_id,
+            data=data,
+            prompt_tokens=tokens,
+            queue_ms=queue_ms,
+            inference_ms=stats.inference_ms,
+            batch_size=stats.batch_size,
+            batch_requests=stats.batch_requests,
+        )
+
+    async def _answer(self, queue_id: str, job: SyncJob | RerankJob, reply: SyncReply) -> None:
         await self._finish.add(FinishedJob(queue_id, len(job.inputs), job.reply_to, encode_reply(reply)))
 
     async def _finish_many(self, batch: list[tuple[FinishedJob, asyncio.Future[None]]]) -> None:
@@ -115,6 +128,6 @@ class SyncJobs:
 
 
 def _error_reply(
-    job: SyncJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
+    job: SyncJob | RerankJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
 ) -> SyncReply:
     return SyncReply(job.request_id, error=EmbedError(kind, message, param), queue_ms=queue_ms)

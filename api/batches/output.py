@@ -24,7 +24,6 @@ from api.ids import BATCH_ID_PREFIX, OUTPUT
 from shared.chunks import ChunkStore, PartResult, decode_vectors
 from shared.errors import ResultsLost
 from shared.openai_json import data_array, data_array_bytes, embeddings_body
-from shared.protocol import EncodingFormat
 
 #: chunks read per round trip: rendered (vectors read), and measured (only their manifest and outcomes)
 _CHUNKS_PER_READ = 4
@@ -78,7 +77,7 @@ async def file_size(store: BatchStore, chunks: ChunkStore, record: BatchRecord, 
         for chunk, entry, results, vector_bytes in zip(read, entries, parts, stored_bytes, strict=True):
             try:
                 size += _chunk_size(record, status, which, entry, results, vector_bytes)
-            except _Unmeasured:  # stored by a worker that did not measure its vectors
+            except _Unmeasured:  # packed bits, or stored by a worker that did not measure its vectors
                 [vectors] = await chunks.vectors(record.batch_id, [chunk])
                 size += len(_render_chunks(record, status, which, [entry], [vectors], [results]))
             except ResultsLost:
@@ -128,7 +127,7 @@ def _render_chunks(
             if rows is None:
                 rows = decode_vectors(stored, _succeeded_inputs(entry, results))
             j = index - entry.first
-            body = _success_body(record, rows[offset : offset + entry.counts[j]], entry.formats[j], result)
+            body = _success_body(record, rows[offset : offset + entry.counts[j]], entry, j, result)
             lines.append(_line(record, index, custom_id, 200, body))
     return b"".join(lines)
 
@@ -147,11 +146,11 @@ def _chunk_size(
             size += len(_failure_line(record, status, index, custom_id, result))
             continue
         assert result is not None and results is not None
-        if result.float_text_bytes is None:
-            raise _Unmeasured
         j = index - entry.first
+        fmt, output_dtype = entry.output_format(j)
+        if result.float_text_bytes is None or output_dtype != "float":
+            raise _Unmeasured
         count = entry.counts[j]
-        fmt: EncodingFormat = "base64" if entry.formats[j] == "b" else "float"
         dimensions = vector_bytes // 4 // _succeeded_inputs(entry, results)
         data = data_array_bytes(count, dimensions, fmt, result.float_text_bytes)
         body = len(embeddings_body(b"", record.model or "", result.prompt_tokens)) + data
@@ -163,8 +162,8 @@ def _succeeded_inputs(entry: ManifestEntry, results: list[PartResult]) -> int:
     return sum(count for count, result in zip(entry.counts, results, strict=True) if not result.error)
 
 
-def _success_body(record: BatchRecord, rows: np.ndarray, fmt: str, result: PartResult) -> bytes:
-    data = data_array(rows, "base64" if fmt == "b" else "float")
+def _success_body(record: BatchRecord, rows: np.ndarray, entry: ManifestEntry, j: int, result: PartResult) -> bytes:
+    data = data_array(rows, *entry.output_format(j))
     return embeddings_body(data, record.model or "", result.prompt_tokens)
 
 

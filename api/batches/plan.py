@@ -11,16 +11,36 @@ import dataclasses
 import msgpack
 
 from api.embeddings.options import EmbedOptions
+from shared.protocol import EncodingFormat, OutputDtype
+
+#: each request's output format in a manifest, one letter: (encoding_format, output_dtype)
+_FORMAT_CODES: dict[tuple[EncodingFormat, OutputDtype], str] = {
+    ("float", "float"): "f",
+    ("base64", "float"): "b",
+    ("float", "binary"): "s",
+    ("base64", "binary"): "S",
+    ("float", "ubinary"): "u",
+    ("base64", "ubinary"): "U",
+}
+_FORMATS = {code: output for output, code in _FORMAT_CODES.items()}
+
+
+def format_code(encoding_format: EncodingFormat, output_dtype: OutputDtype) -> str:
+    return _FORMAT_CODES[encoding_format, output_dtype]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ManifestEntry:
-    """One chunk of a batch: its requests (from ``first``, in input order), their inputs and encoding formats."""
+    """One chunk of a batch: its requests (from ``first``, in input order), their inputs and output formats."""
 
     first: int
     custom_ids: list[str]
     counts: list[int]
-    formats: str  # "f" (float) or "b" (base64) per request
+    formats: str  # a ``format_code`` per request
+
+    def output_format(self, request: int) -> tuple[EncodingFormat, OutputDtype]:
+        """The ``encoding_format`` and ``output_dtype`` of the chunk's ``request``-th request."""
+        return _FORMATS[self.formats[request]]
 
     def pack(self) -> bytes:
         packed: bytes = msgpack.packb([self.first, self.custom_ids, self.counts, self.formats], use_bin_type=True)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 
 from api.batches.input import Line, LineError
-from api.batches.plan import ManifestEntry
+from api.batches.plan import ManifestEntry, format_code
 from api.batches.store import BatchRecord
 from api.embeddings.options import EmbedOptions
 from shared import keys
@@ -48,7 +48,10 @@ class _Writer:
             first,
             [line.custom_id for line in lines],
             [len(line.inputs) for line in lines],
-            "".join("b" if line.request and line.request.encoding_format == "base64" else "f" for line in lines),
+            "".join(
+                format_code(line.request.encoding_format, line.request.output_dtype) if line.request else "f"
+                for line in lines
+            ),
         )
         self._entries.append(entry)
         options = lines[0].options(self._settings)  # the same for every request of the chunk

@@ -8,7 +8,7 @@ from typing import Any
 
 from api.embeddings.schemas import EmbeddingRequest
 from shared.chunks import chunk_request_id
-from shared.protocol import ChunkJob, EncodingFormat, InputKind, SyncJob
+from shared.protocol import ChunkJob, EncodingFormat, InputKind, OutputDtype, SyncJob
 from shared.settings import Settings
 
 
@@ -42,11 +42,13 @@ class EmbedOptions:
         request_id: str,
         inputs: list[Any],
         encoding_format: EncodingFormat,
+        output_dtype: OutputDtype,
         *,
         reply_to: str,
         enqueued_ms: int,
         deadline_ms: int,
     ) -> SyncJob:
+        """The job for a synchronous request (``api.dispatch`` gives the reply list and the deadline)."""
         return SyncJob(
             **self._fields(),
             request_id=request_id,
@@ -55,6 +57,7 @@ class EmbedOptions:
             deadline_ms=deadline_ms,
             reply_to=reply_to,
             encoding_format=encoding_format,
+            output_dtype=output_dtype,
         )
 
     def chunk_job(

@@ -5,17 +5,23 @@ Limits come in through the validation context (``{"settings": Settings}``), so o
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from api.http import parse_body
 from shared.errors import ErrorKind, ServiceError
-from shared.protocol import InputKind
+from shared.protocol import OUTPUT_DTYPES, InputKind, OutputDtype
 from shared.settings import Settings
 
-Request = TypeVar("Request", bound="EmbeddingRequest")
+
+class _NamesModel(Protocol):
+    @property
+    def model(self) -> str: ...
+
+
+Request = TypeVar("Request", bound=_NamesModel)
 
 _Text = Annotated[str, Field(min_length=1)]
 _TokenId = Annotated[int, Field(ge=0)]
@@ -35,6 +41,12 @@ class EmbeddingRequest(BaseModel):
     input: Any = Field(description="A string, a list of strings, a list of token ids, or a list of token-id lists.")
     model: str = Field(min_length=1, max_length=256)
     encoding_format: Literal["float", "base64"] = "float"
+    output_dtype: OutputDtype = Field(
+        "float",
+        description="Each value as a float, or as one sign bit packed eight to a byte: `binary` (int8, as "
+        "sentence-transformers' `quantize_embeddings`), `ubinary` (uint8). Bits come as JSON integers, or as "
+        "base64 of their bytes with `encoding_format: base64`.",
+    )
     dimensions: int | None = Field(None, ge=1, le=65_536, strict=True)
     user: str | None = None
     truncate: bool | None = Field(
@@ -54,6 +66,19 @@ class EmbeddingRequest(BaseModel):
     normalize: bool | None = Field(
         None, description="Unit-length vectors (true) or raw ones (false); default: as the model gives them."
     )
+
+    @field_validator("output_dtype", mode="before")
+    @classmethod
+    def _check_output_dtype(cls, value: Any) -> Any:
+        if value in ("int8", "uint8"):
+            raise PydanticCustomError(
+                "invalid_input",
+                f"output_dtype {value} is not offered: its ranges would depend on the other texts quantized with "
+                "it; use float, binary or ubinary",
+            )
+        if value not in OUTPUT_DTYPES:
+            raise PydanticCustomError("invalid_input", "output_dtype must be one of float, binary, ubinary")
+        return value
 
     @field_validator("input", mode="plain", json_schema_input_type=InputSchema)
     @classmethod

@@ -27,7 +27,7 @@ from shared.clock import now_ms
 from shared.errors import ErrorKind, ResultsLost, ServiceError
 from shared.job_queue import JobQueue, NewJob
 from shared.openai_json import embedding_items, usage
-from shared.protocol import EncodingFormat, encode_job
+from shared.protocol import EncodingFormat, OutputDtype, encode_job
 from shared.settings import Settings
 from shared.storage import RECORD_BYTES, input_bytes, results_bytes
 
@@ -133,6 +133,7 @@ async def _submit(request: Request, owner: str, job_id: str, job_request: JobReq
         total=len(inputs),
         chunk_size=settings.job_chunk_size,
         encoding_format=job_request.encoding_format,
+        output_dtype=job_request.output_dtype,
         dimensions=job_request.dimensions,
         metadata=job_request.metadata or {},
     )
@@ -243,6 +244,7 @@ async def get_result(
 
 async def _result_body(store: JobStore, record: JobRecord, start: int, end: int) -> AsyncIterator[bytes]:
     encoding = cast(EncodingFormat, record.encoding_format)
+    output_dtype = cast(OutputDtype, record.output_dtype)
     yield b'{"object":"list","data":['
     first = True
     chunks = record.chunks_between(start, end)
@@ -259,7 +261,9 @@ async def _result_body(store: JobStore, record: JobRecord, start: int, end: int)
             rows = rows[max(0, start - chunk_start) : max(0, end - chunk_start)]
             if len(rows):
                 first_index = max(start, chunk_start)
-                body = orjson.dumps(embedding_items(rows, encoding, first_index), option=orjson.OPT_SERIALIZE_NUMPY)
+                body = orjson.dumps(
+                    embedding_items(rows, encoding, first_index, output_dtype), option=orjson.OPT_SERIALIZE_NUMPY
+                )
                 yield body[1:-1] if first else b"," + body[1:-1]
                 first = False
     tail = {"model": record.model, "usage": usage(record.prompt_tokens)}

@@ -31,6 +31,7 @@ class JobRecord:
     encoding_format: str
     dimensions: int | None
     metadata: dict[str, str]
+    output_dtype: str = "float"
     completed: int = 0
     failed: int = 0
     prompt_tokens: int = 0
@@ -86,6 +87,7 @@ class JobStore:
             "total": record.total,
             "chunk_size": record.chunk_size,
             "encoding_format": record.encoding_format,
+            "output_dtype": record.output_dtype,
             "dimensions": "" if record.dimensions is None else record.dimensions,
             "metadata": orjson.dumps(record.metadata),
         }
@@ -112,6 +114,7 @@ class JobStore:
             total=int(fields["total"]),
             chunk_size=int(fields["chunk_size"]),
             encoding_format=fields["encoding_format"],
+            output_dtype=fields.get("output_dtype", "float"),
             dimensions=int(fields["dimensions"]) if fields["dimensions"] else None,
             metadata=orjson.loads(fields["metadata"]),
             completed=progress.completed,

@@ -7,6 +7,7 @@ import fakeredis
 import numpy as np
 import orjson
 import pytest
+from sentence_transformers.util import quantize_embeddings
 
 from api.batches.output import file_size, render
 from api.batches.plan import ManifestEntry
@@ -22,7 +23,7 @@ from tests.fakes import fake_redis_factory
 BATCH = "batch_" + "d" * 44
 
 
-async def stored_batch(rows=None, *, measured=False):
+async def stored_batch(rows=None, *, measured=False, formats="fb"):
     redis = fake_redis_factory(fakeredis.FakeServer())(None)
     now = int(time.time())
     record = BatchRecord(
@@ -42,7 +43,7 @@ async def stored_batch(rows=None, *, measured=False):
     batches = BatchStore(redis, jobs)
     await batches.create(record)
     entries = [
-        ManifestEntry(0, ["a", "b"], [2, 1], "fb"),  # b: base64
+        ManifestEntry(0, ["a", "b"], [2, 1], formats),  # b: base64
         ManifestEntry(2, ["c"], [0], "f"),  # refused by the API's checks
         ManifestEntry(3, ["d", "e"], [1, 2], "ff"),  # never ran
     ]
@@ -102,6 +103,16 @@ async def test_each_request_goes_to_its_file_in_input_order_in_its_own_encoding(
     await redis.aclose()
 
 
+async def test_packed_bits_render_as_their_request_asked():
+    rows = np.random.default_rng(8).standard_normal((3, 16)).astype("<f4")
+    redis, batches, jobs, _ = await stored_batch(rows, formats="sU")
+    first, second = (line["response"]["body"] for line in await lines(batches, jobs, OUTPUT))
+    assert [item["embedding"] for item in first["data"]] == quantize_embeddings(rows[:2], "binary").tolist()
+    bits = np.frombuffer(base64.b64decode(second["data"][0]["embedding"]), dtype=np.uint8)
+    assert bits.tolist() == quantize_embeddings(rows[2:], "ubinary")[0].tolist()
+    await redis.aclose()
+
+
 async def test_requests_of_an_expired_batch_that_never_ran_say_so():
     redis, batches, jobs, _ = await stored_batch()
     await redis.hset(keys.batch(BATCH), "expires_at", int(time.time()) - 1)
@@ -112,9 +123,11 @@ async def test_requests_of_an_expired_batch_that_never_ran_say_so():
 
 @pytest.mark.parametrize("measured", [True, False], ids=["measured by the worker", "stored unmeasured"])
 @pytest.mark.parametrize("ending", ["in_progress", "cancelled", "completed"])
-async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(measured, ending, monkeypatch):
+@pytest.mark.parametrize("formats", ["fb", "sU", "uS"], ids=["floats", "binary+ubinary64", "ubinary+binary64"])
+async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(measured, ending, formats, monkeypatch):
+    """Float output is measured without its vectors; packed bits (JSON integers of any width) are rendered."""
     rows = np.random.default_rng(7).standard_normal((3, 384)).astype("<f4") * np.float32(1e-3)
-    redis, batches, jobs, _ = await stored_batch(rows, measured=measured)
+    redis, batches, jobs, _ = await stored_batch(rows, measured=measured, formats=formats)
     if ending == "cancelled":
         await batches.cancel(await batches.get(BATCH), withdrawn_chunks=1)
     if ending == "completed":  # the last chunk's two requests fail at the worker
@@ -137,7 +150,7 @@ async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(me
     rendered = {
         which: b"".join([piece async for piece in render(batches, jobs, record, which)]) for which in (OUTPUT, ERRORS)
     }
-    if measured:
+    if measured and formats == "fb":
 
         async def not_read(*args):
             raise AssertionError("the vectors were read to measure the file")

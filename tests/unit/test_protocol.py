@@ -6,14 +6,16 @@ from shared.protocol import (
     PROTOCOL_VERSION,
     ChunkJob,
     EmbedError,
+    RerankJob,
     SyncJob,
     SyncReply,
     decode_job,
     decode_reply,
+    decode_sync_job,
     encode_job,
     encode_reply,
 )
-from tests.fakes import make_chunk_job, make_sync_job
+from tests.fakes import make_chunk_job, make_rerank_job, make_sync_job
 
 
 def make_job(**overrides) -> SyncJob:
@@ -23,6 +25,35 @@ def make_job(**overrides) -> SyncJob:
 def test_sync_job_round_trip():
     for job in (make_job(), make_job(input_kind="tokens", inputs=[[1, 2], [3]], dimensions=8, truncate=False)):
         assert decode_job(encode_job(job), SyncJob) == job
+
+
+def test_the_sync_queue_carries_embeddings_and_reranks():
+    embedding = make_job(output_dtype="ubinary", encoding_format="base64")
+    rerank = make_rerank_job(max_tokens_per_doc=12, raw_scores=True, truncate=False)
+    assert decode_sync_job(encode_job(embedding)) == embedding
+    assert decode_sync_job(encode_job(rerank)) == rerank
+    assert isinstance(decode_sync_job(encode_job(rerank)), RerankJob)
+    with pytest.raises(ProtocolError):
+        decode_job(encode_job(rerank), SyncJob)
+    with pytest.raises(ProtocolError):
+        decode_job(encode_job(rerank), ChunkJob)
+    with pytest.raises(ProtocolError):
+        decode_sync_job(encode_job(make_chunk_job()))  # no task: not a sync-queue message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"task": "classify"}, {"inputs": ["a", 3]}, {"query": ["q"]}, {"inputs": "abc"}],
+)
+def test_a_malformed_rerank_job_is_rejected(overrides):
+    fields = msgpack.unpackb(encode_job(make_rerank_job()), raw=False) | overrides
+    with pytest.raises(ProtocolError):
+        decode_sync_job(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_an_unknown_output_dtype_is_rejected():
+    with pytest.raises(ProtocolError):
+        decode_sync_job(encode_job(make_job(output_dtype="int8")))
 
 
 def test_chunk_job_round_trip():

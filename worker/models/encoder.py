@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ class SentenceTransformerEncoder:
     ``backend``; the modules after the transformer run in torch either way. ``precision``: what the model computes
     in; on CPU, torch runs a reduced precision under autocast (the weights stay float32), on a GPU the caller has
     cast the weights already."""
+
+    kind: Literal["embedding"] = "embedding"
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class SentenceTransformerEncoder:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "dimensions": self.dimension,
             "max_tokens": self.max_seq_length,
             "prompt_names": list(self.prompts),

@@ -1,16 +1,22 @@
-"""What the worker needs of a model: the ``Encoder`` protocol, which the real encoder and the stand-ins meet."""
+"""What the worker needs of a model: the ``Encoder`` protocol for embedding models, which the real encoder and the
+stand-ins meet, and the ``Reranker`` protocol for cross-encoders. ``kind`` tells them apart."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from worker.models.reranker import PairTokens
+
 
 class Encoder(Protocol):
-    """A model as the worker uses it (``worker.models.encoder.SentenceTransformerEncoder`` is the real one)."""
+    """An embedding model as the worker uses it (``worker.models.encoder.SentenceTransformerEncoder`` is the real
+    one)."""
 
+    kind: Literal["embedding"]
     device: str
     dimension: int
     special_token_count: int
@@ -31,3 +37,25 @@ class Encoder(Protocol):
     def check_token_ids(self, sequences: Sequence[Sequence[int]]) -> None: ...
 
     def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray: ...
+
+
+class Reranker(Protocol):
+    """A cross-encoder as the worker uses it (``worker.models.reranker.CrossEncoderReranker``)."""
+
+    kind: Literal["reranker"]
+    device: str
+    #: scores per pair; ranking needs one
+    num_labels: int
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool, max_tokens_per_doc: int | None = None
+    ) -> list[PairTokens]: ...
+
+    def encode(self, batch: Sequence[PairTokens], group: int = 0) -> np.ndarray: ...
+
+    def scores(self, logits: np.ndarray, *, raw: bool = False) -> np.ndarray: ...
+
+
+Model = Encoder | Reranker

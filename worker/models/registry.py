@@ -14,7 +14,7 @@ from typing import Any
 from shared.errors import ErrorKind, ServiceError
 from worker import metrics
 from worker.batcher import MicroBatcher, batch_limits
-from worker.models.encoder_protocol import Encoder
+from worker.models.encoder_protocol import Model
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(slots=True)
 class LoadedModel:
     name: str
-    encoder: Encoder
-    batcher: MicroBatcher
+    #: an embedding model or a reranker (``kind`` says which)
+    encoder: Model
+    batcher: MicroBatcher[Any]
     executor: ThreadPoolExecutor
 
     async def unload(self) -> None:
@@ -34,7 +35,7 @@ class LoadedModel:
 class ModelRegistry:
     def __init__(
         self,
-        load: Callable[[str], Encoder],
+        load: Callable[[str], Model],
         *,
         max_loaded: int,
         failure_ttl_s: float,
@@ -97,7 +98,7 @@ class ModelRegistry:
             await self._make_room()
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{name}")
             size, tokens = batch_limits(encoder.device, self._max_batch_size, self._max_batch_tokens)
-            batcher = MicroBatcher(
+            batcher: MicroBatcher[Any] = MicroBatcher(
                 encoder.encode, executor=executor, max_batch_size=size, max_batch_tokens=tokens, name=name
             )
             model = LoadedModel(name, encoder, batcher, executor)

@@ -7,6 +7,11 @@ computing at that precision. A float32 runtime that fails either is dropped for 
 reduced precision that torch cannot hold either makes the model fail to load, never a silent float32. Int8 weights
 change the vectors visibly (cosine about 0.98 on MiniLM), so they are used only when an operator asks
 (``QUANTIZE=int8``), against a lower floor.
+
+Rerankers run in float32 on CPU (a declared reduced precision is refused there rather than approximated): on
+ONNX Runtime or OpenVINO as ``BACKEND`` chooses, with the classifier exported to take the pairs' token type ids and
+answer logits, if its logits for probe pairs agree with torch's within ``RERANKER_TOLERANCE``; else on torch. On a
+GPU they run on torch, in the declared or the device's precision.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import logging
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
@@ -33,7 +39,16 @@ from worker.models.precision import (
     declared_precision,
     pin_float32_math,
 )
-from worker.models.runtimes import Backend, choose_backend, cpu_budget, export_folder, installed, load_runtime
+from worker.models.reranker import CrossEncoderReranker
+from worker.models.runtimes import (
+    Backend,
+    Graph,
+    choose_backend,
+    cpu_budget,
+    export_folder,
+    installed,
+    load_runtime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +58,10 @@ PROBE_TEXTS = [
     " ".join(["Long inputs pad the batch and reach the attention mask's every column."] * 12),
     "Ünïcödé, emoji 🙂 and numbers 3.14159 also go through the tokenizer.",
 ]
+
+
+#: how far a reranker's logits on another runtime may be from torch float32's (absolute, and relative to the logit)
+RERANKER_TOLERANCE = 1e-4
 
 
 def runtime_threads(settings: Settings) -> int:
@@ -74,6 +93,56 @@ def place(model: SentenceTransformer, name: str, settings: Settings) -> Sentence
         )
     log.info("model %r runs on torch in %s (%s)", name, precision, measured)
     return encoder
+
+
+def place_reranker(model: CrossEncoder, name: str, settings: Settings) -> CrossEncoderReranker:
+    device = str(model.device)
+    torch.set_num_threads(runtime_threads(settings))
+    pin_float32_math()
+    if device == "cpu":
+        precision = declared_precision(settings.dtype, device) or "float32"
+        if precision != "float32":
+            raise ServiceError(
+                ErrorKind.MODEL_NOT_FOUND, f"reranker {name!r} is served in float32 on CPU, not {precision}", "model"
+            )
+        reference = CrossEncoderReranker(model)
+        backend = choose_backend(settings.backend, device)
+        if backend == "torch" or not reference.exportable:
+            return reference
+        return _reranker_on_runtime(model, name, backend, settings, reference) or reference
+    precision = declared_precision(settings.dtype, device) or cuda_auto_precision(
+        bfloat16_supported=torch.cuda.is_bf16_supported(), model_type=_model_type(model)
+    )
+    if precision != "float32":
+        model.to(TORCH_DTYPES[precision])
+    return CrossEncoderReranker(model, precision=precision)
+
+
+def _reranker_on_runtime(
+    model: CrossEncoder, name: str, backend: Backend, settings: Settings, reference: CrossEncoderReranker
+) -> CrossEncoderReranker | None:
+    """The reranker with its classifier on ONNX Runtime or OpenVINO if its logits agree with torch's; None (with a
+    warning) if not."""
+    if not installed(backend):
+        log.warning("reranker %r: backend %s is not installed; serving it with torch", name, backend)
+        return None
+    graph = Graph("logits", reference.inputs)
+    try:
+        classifier = reference.classifier
+        folder = export_folder(_export_root(settings), name, backend, "none", classifier, graph)
+        runtime = load_runtime(backend, classifier, folder, threads=runtime_threads(settings), graph=graph)
+        candidate = CrossEncoderReranker(model, runtime.forward, backend)
+        pairs = reference.pairs(PROBE_TEXTS[1], PROBE_TEXTS, truncate=True)
+        expected, actual = reference.encode(pairs), candidate.encode(pairs)
+    except Exception:
+        log.warning("reranker %r could not run on %s; serving it with torch", name, backend, exc_info=True)
+        return None
+    difference = float(np.max(np.abs(actual - expected)))
+    if not np.allclose(actual, expected, rtol=RERANKER_TOLERANCE, atol=RERANKER_TOLERANCE):
+        log.warning("reranker %r on %s: logits %.2g from torch's; serving it with torch", name, backend, difference)
+        return None
+    log.info("reranker %r runs on %s in float32 (logits within %.2g of torch's)", name, backend, difference)
+    return candidate
 
 
 def _on_runtime(
@@ -138,6 +207,6 @@ def _export_root(settings: Settings) -> Path:
     return settings.export_dir or Path(huggingface_hub.constants.HF_HOME) / "exports"
 
 
-def _model_type(model: SentenceTransformer) -> str:
+def _model_type(model: SentenceTransformer | CrossEncoder) -> str:
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
     return str(getattr(config, "model_type", ""))

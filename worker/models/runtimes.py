@@ -35,8 +35,20 @@ from worker.models.precision import Precision, PrecisionUnavailable
 log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "onnx", "openvino"]
-#: a transformer forward pass: (input_ids, attention_mask) -> last hidden state, (batch, tokens, hidden)
-Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: an exported forward pass: the graph's inputs (``Graph.inputs``, in order) -> its one output
+Forward = Callable[..., np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Graph:
+    """What an export computes: the transformer's last hidden state (an embedding model's, pooled in torch after
+    it) or its classifier's logits (a reranker's), from these inputs, in this order."""
+
+    output: Literal["last_hidden_state", "logits"] = "last_hidden_state"
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+
+
+HIDDEN_STATE = Graph()
 
 _MODULE_OF: dict[Backend, str] = {"onnx": "onnxruntime", "openvino": "openvino"}
 #: how this module exports; a change here must not reuse older exports
@@ -59,10 +71,14 @@ def choose_backend(setting: str, device: str, precision: Precision = "float32") 
     return "torch"
 
 
-def export_folder(root: Path, name: str, backend: Backend, quantize: str, transformer: torch.nn.Module) -> Path:
+def export_folder(
+    root: Path, name: str, backend: Backend, quantize: str, transformer: torch.nn.Module, graph: Graph = HIDDEN_STATE
+) -> Path:
     """Where the export of ``transformer`` for ``backend`` lives: a new folder for new weights or a new exporter."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"{_EXPORT_FORMAT} {backend} {quantize} {_exporter_version(backend)}".encode())
+    if graph != HIDDEN_STATE:  # the exports made before graphs had a kind keep their folders
+        digest.update(f"{graph.output} {','.join(graph.inputs)}".encode())
     for key, tensor in sorted(transformer.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
@@ -85,38 +101,40 @@ def load_runtime(
     threads: int,
     precision: Precision = "float32",
     quantize: str = "none",
+    graph: Graph = HIDDEN_STATE,
 ) -> CompiledRuntime:
     """The transformer's forward pass on ``backend`` at ``precision``, exporting it into ``folder`` first unless
     it is there; PrecisionUnavailable if the runtime cannot compute at ``precision``."""
     if backend == "onnx" and precision != "float32":
         raise PrecisionUnavailable(f"ONNX Runtime's CPU provider computes float32 only, not {precision}")
     if not (folder / _FILE_OF[backend]).exists():
-        _export_into(folder, backend, transformer, quantize)
+        _export_into(folder, backend, transformer, quantize, graph)
         log.info("exported %s for %s into %s", type(transformer).__name__, backend, folder)
     else:
         log.info("reusing the %s export in %s", backend, folder)
     if backend == "onnx":
-        return _onnx_runtime(folder / _FILE_OF["onnx"], threads)
+        return _onnx_runtime(folder / _FILE_OF["onnx"], threads, graph)
     return _openvino_runtime(folder / _FILE_OF["openvino"], threads, precision)
 
 
 _FILE_OF: dict[Backend, str] = {"onnx": "model.onnx", "openvino": "model.xml"}
 
 
-class _LastHiddenState(torch.nn.Module):
+class _Positional(torch.nn.Module):
     """The transformer with positional inputs and one output, the shape both exporters handle best."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: torch.nn.Module, graph: Graph) -> None:
         super().__init__()
         self.transformer = transformer
+        self.graph = graph
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        output = self.transformer(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        hidden: torch.Tensor = output.last_hidden_state
-        return hidden
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        output = self.transformer(**dict(zip(self.graph.inputs, inputs, strict=True)), return_dict=True)
+        result: torch.Tensor = output[self.graph.output]
+        return result
 
 
-def _export_into(folder: Path, backend: Backend, transformer: torch.nn.Module, quantize: str) -> None:
+def _export_into(folder: Path, backend: Backend, transformer: torch.nn.Module, quantize: str, graph: Graph) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -124,7 +142,7 @@ def _export_into(folder: Path, backend: Backend, transformer: torch.nn.Module, q
             # tracing talks: the legacy exporter's deprecation notice, TracerWarnings on shape arithmetic that the
             # dynamic axes and the probe check cover
             warnings.simplefilter("ignore")
-            _export_staged(staging, backend, transformer, quantize)
+            _export_staged(staging, backend, transformer, quantize, graph)
         try:
             staging.rename(folder)
         except OSError:
@@ -134,34 +152,38 @@ def _export_into(folder: Path, backend: Backend, transformer: torch.nn.Module, q
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _export_staged(staging: Path, backend: Backend, transformer: torch.nn.Module, quantize: str) -> None:
-    wrapped = _LastHiddenState(transformer).eval()
+def _export_staged(staging: Path, backend: Backend, transformer: torch.nn.Module, quantize: str, graph: Graph) -> None:
+    wrapped = _Positional(transformer, graph).eval()
     # a padded row: tracing records the branches this input takes, and a batch without padding may skip the mask
     mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3], dtype=torch.int64)
-    example = (torch.ones((2, 8), dtype=torch.int64), mask)
+    examples = {"input_ids": torch.ones((2, 8), dtype=torch.int64), "attention_mask": mask}
+    example = tuple(examples.get(name, torch.zeros((2, 8), dtype=torch.int64)) for name in graph.inputs)
     if backend == "onnx":
-        _export_onnx(wrapped, example, staging, quantize)
+        _export_onnx(wrapped, example, staging, quantize, graph)
     else:
         import openvino
 
         with torch.no_grad():
-            graph = openvino.convert_model(wrapped, example_input=example)
-        graph.reshape({0: [-1, -1], 1: [-1, -1]})  # any batch size, any length
-        openvino.save_model(graph, staging / _FILE_OF["openvino"], compress_to_fp16=False)
+            converted = openvino.convert_model(wrapped, example_input=example)
+        converted.reshape({index: [-1, -1] for index in range(len(example))})  # any batch size, any length
+        openvino.save_model(converted, staging / _FILE_OF["openvino"], compress_to_fp16=False)
 
 
-def _export_onnx(wrapped: torch.nn.Module, example: tuple[torch.Tensor, ...], folder: Path, quantize: str) -> None:
+def _export_onnx(
+    wrapped: torch.nn.Module, example: tuple[torch.Tensor, ...], folder: Path, quantize: str, graph: Graph
+) -> None:
     target = folder / _FILE_OF["onnx"]
     plain = folder / "model.float32.onnx" if quantize == "int8" else target
     dynamic = {0: "batch", 1: "tokens"}
+    output_axes = dynamic if graph.output == "last_hidden_state" else {0: "batch"}
     with torch.no_grad():
         torch.onnx.export(
             wrapped,
             example,
             str(plain),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
+            input_names=list(graph.inputs),
+            output_names=[graph.output],
+            dynamic_axes={**dict.fromkeys(graph.inputs, dynamic), graph.output: output_axes},
             opset_version=17,
             dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles Hugging Face models
         )
@@ -173,7 +195,7 @@ def _export_onnx(wrapped: torch.nn.Module, example: tuple[torch.Tensor, ...], fo
         plain.unlink()
 
 
-def _onnx_runtime(path: Path, threads: int) -> CompiledRuntime:
+def _onnx_runtime(path: Path, threads: int, graph: Graph) -> CompiledRuntime:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -185,8 +207,8 @@ def _onnx_runtime(path: Path, threads: int) -> CompiledRuntime:
     if session.get_providers() != ["CPUExecutionProvider"] or output_type != "tensor(float)":
         raise PrecisionUnavailable(f"ONNX Runtime runs {session.get_providers()} with {output_type} output")
 
-    def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        outputs: list[np.ndarray] = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+    def forward(*inputs: np.ndarray) -> np.ndarray:
+        outputs: list[np.ndarray] = session.run(None, dict(zip(graph.inputs, inputs, strict=True)))
         return outputs[0]
 
     return CompiledRuntime(forward, "float32")
@@ -215,10 +237,10 @@ def _openvino_runtime(path: Path, threads: int, precision: Precision) -> Compile
         raise PrecisionUnavailable(f"OpenVINO compiled the model for {served}, not {precision}")
     request = compiled.create_infer_request()
 
-    def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        result = request.infer({0: input_ids, 1: attention_mask})
-        hidden: np.ndarray = result[compiled.output(0)]
-        return hidden.copy()  # the request reuses its output buffer on the next call
+    def forward(*inputs: np.ndarray) -> np.ndarray:
+        result = request.infer(dict(enumerate(inputs)))
+        output: np.ndarray = result[compiled.output(0)]
+        return output.copy()  # the request reuses its output buffer on the next call
 
     return CompiledRuntime(forward, precision)
 

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import huggingface_hub.errors as hub_errors
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from worker.models.encoder import pick_device
-from worker.models.encoder_protocol import Encoder
+from worker.models.encoder_protocol import Encoder, Model
 from worker.models.faults import with_faults
-from worker.models.runtime_choice import place
+from worker.models.kind import model_kind
+from worker.models.runtime_choice import place, place_reranker
 from worker.models.stand_ins import SimulatedGpuEncoder, StubEncoder
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ def resolve(name: str, settings: Settings) -> str:
     return name
 
 
-def load_encoder(name: str, settings: Settings) -> Encoder:
-    """Load ``name``; any failure becomes a ServiceError whose message names the model, not the cause."""
+def load_model(name: str, settings: Settings) -> Model:
+    """Load ``name``, as the kind of model it is (``worker.models.kind``); any failure becomes a ServiceError whose
+    message names the model, not the cause."""
     if not settings.model_allowed(name):
         raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} is not served here", "model")
     if settings.encoder == "stub":
@@ -67,7 +69,10 @@ def load_encoder(name: str, settings: Settings) -> Encoder:
     try:
         trust_remote_code = name in settings.trust_remote_code_models  # never on unless named by the operator
         source = resolve(name, settings)
-        model = SentenceTransformer(source, device=device, token=token, trust_remote_code=trust_remote_code)
+        loader = CrossEncoder if model_kind(source, token=token) == "reranker" else SentenceTransformer
+        model = loader(source, device=device, token=token, trust_remote_code=trust_remote_code)
+    except ServiceError:
+        raise
     except Exception as exc:
         kind = classify_load_failure(exc)
         log.warning("model %r failed to load (%s): %r", name, kind.value, exc)
@@ -75,7 +80,17 @@ def load_encoder(name: str, settings: Settings) -> Encoder:
             raise ServiceError(kind, f"model {name!r} was not found or cannot be loaded", "model") from exc
         raise ServiceError(kind, f"model {name!r} is unavailable right now; retry later", "model") from exc
     model.eval()
+    if isinstance(model, CrossEncoder):
+        return place_reranker(model, name, settings)
     return with_faults(place(model, name, settings), settings)
+
+
+def load_encoder(name: str, settings: Settings) -> Encoder:
+    """An embedding model, for callers that only embed (the benchmarks)."""
+    model = load_model(name, settings)
+    if model.kind != "embedding":
+        raise ServiceError(ErrorKind.INVALID_REQUEST, f"model {name!r} is a {model.kind}, not an embedding model")
+    return model
 
 
 def classify_load_failure(exc: BaseException) -> ErrorKind:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,6 +20,7 @@ VOCAB_SIZE = 30522
 
 
 class StubEncoder:
+    kind: Literal["embedding"] = "embedding"
     device = "stub"
     dimension = DIMENSION
     special_token_count = 2
@@ -31,7 +32,12 @@ class StubEncoder:
         self.prompts: dict[str, str] = {"query": "", "document": ""}
 
     def describe(self) -> dict[str, Any]:
-        return {"dimensions": DIMENSION, "max_tokens": MAX_SEQ_LENGTH, "prompt_names": list(self.prompts)}
+        return {
+            "kind": self.kind,
+            "dimensions": DIMENSION,
+            "max_tokens": MAX_SEQ_LENGTH,
+            "prompt_names": list(self.prompts),
+        }
 
     def prompt_length(self, prompt: str) -> int:
         return 0

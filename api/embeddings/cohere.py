@@ -1,0 +1,148 @@
+"""``POST /v2/embed``: the embeddings request in Cohere's shape, as the ``cohere`` client's ``embed`` sends it.
+
+It runs as an OpenAI embeddings request would (``EmbedOptions``): ``input_type`` picks the model's query or
+document prompt, ``output_dimension`` cuts (and re-normalizes where the model normalizes), ``truncate`` END cuts and
+NONE refuses a text the model cannot read whole. The worker answers float32 vectors; each of ``embedding_types`` is
+rendered from them here: ``float``, ``binary`` and ``ubinary`` (``shared.quantize``), ``base64`` (of the float32
+little-endian bytes, as OpenAI's). ``int8`` and ``uint8`` are refused, as ``output_dtype`` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import time
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+from starlette.types import Receive, Scope, Send
+
+from api.dispatch import Dispatcher
+from api.embeddings.options import EmbedOptions
+from api.embeddings.schemas import normalize_input, served
+from api.errors import error_responses
+from api.fast_route import FastRoute
+from api.http import parse_body, parse_json
+from api.sync_io import read_body, reply_of, send_json
+from shared.quantize import quantize
+from shared.settings import Settings
+
+EmbeddingType = Literal["float", "binary", "ubinary", "base64"]
+#: Cohere's input types, as the prompts sentence-transformers' ``encode_query`` / ``encode_document`` pick
+_PROMPT_OF_INPUT_TYPE = {
+    "search_query": "query",
+    "search_document": "document",
+    "classification": None,
+    "clustering": None,
+}
+
+
+class CohereEmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    texts: list[str] = Field(description="The texts to embed.")
+    input_type: Literal["search_document", "search_query", "classification", "clustering"] | None = Field(
+        None, description="`search_query` and `search_document` apply the model's query or document prompt."
+    )
+    embedding_types: list[EmbeddingType] = Field(["float"], min_length=1)
+    output_dimension: int | None = Field(None, ge=1, le=65_536, strict=True)
+    truncate: Literal["NONE", "END"] | None = Field(None, description="Default: the deployment's setting.")
+
+    @field_validator("texts", mode="plain", json_schema_input_type=list[str])
+    @classmethod
+    def _check_texts(cls, value: Any, info: ValidationInfo) -> list[str]:
+        settings: Settings = (info.context or {})["settings"]
+        if not isinstance(value, list) or not all(isinstance(text, str) for text in value):
+            raise PydanticCustomError("invalid_input", "texts must be a list of strings")
+        texts: list[str] = normalize_input(value, settings, settings.max_inputs_per_request)[1]
+        return texts
+
+    @field_validator("embedding_types", mode="before")
+    @classmethod
+    def _check_types(cls, value: Any) -> Any:
+        for name in value if isinstance(value, list) else []:
+            if name in ("int8", "uint8"):
+                raise PydanticCustomError(
+                    "invalid_input",
+                    f"embedding type {name} is not offered: its ranges would depend on the other texts quantized "
+                    "with it; use float, binary, ubinary or base64",
+                )
+        return value
+
+    @field_validator("truncate", mode="before")
+    @classmethod
+    def _check_truncate(cls, value: Any) -> Any:
+        if value == "START":
+            raise PydanticCustomError("invalid_input", "truncate START is not supported; use END or NONE")
+        return value
+
+
+async def embed(scope: Scope, receive: Receive, send: Send) -> None:
+    state = scope["app"].state
+    settings: Settings = state.settings
+    dispatcher: Dispatcher = state.dispatcher
+    started = time.perf_counter()
+    request_id: str = scope["state"]["request_id"]
+    payload = parse_json(await read_body(receive))
+    request = served(parse_body(CohereEmbedRequest, payload, {"settings": settings}), settings)
+    options = EmbedOptions(
+        model=request.model,
+        input_kind="text",
+        dimensions=request.output_dimension,
+        truncate=settings.truncate_inputs if request.truncate is None else request.truncate == "END",
+        prompt_name=None,
+        input_type=_PROMPT_OF_INPUT_TYPE[request.input_type] if request.input_type else None,
+        normalize=None,
+    )
+    job = functools.partial(options.sync_job, request_id, request.texts, "base64", "float")
+    reply = await reply_of(receive, dispatcher.run(job))
+    items = orjson.loads(reply.data)
+    vectors = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in items])
+    body = {
+        "id": request_id,
+        "response_type": "embeddings_by_type",
+        "embeddings": {name: _rendered(vectors, name) for name in dict.fromkeys(request.embedding_types)},
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": reply.prompt_tokens}},
+    }
+    await send_json(send, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), reply, started)
+
+
+def _rendered(vectors: np.ndarray, name: EmbeddingType) -> Any:
+    if name == "base64":
+        return [base64.b64encode(row.tobytes()).decode() for row in vectors]
+    return quantize(vectors, name)
+
+
+class CohereEmbeddings(BaseModel):
+    float_: list[list[float]] | None = Field(None, alias="float")
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereEmbedResponse(BaseModel):
+    id: str
+    response_type: Literal["embeddings_by_type"]
+    embeddings: CohereEmbeddings
+    meta: dict[str, Any]
+
+
+ROUTE = FastRoute(
+    "/v2/embed",
+    embed,
+    method="POST",
+    name="cohere_embed",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CohereEmbedRequest.model_json_schema()}},
+        }
+    },
+    response_class=Response,
+    responses={200: {"model": CohereEmbedResponse}, **error_responses(400, 401, 404, 405, 413, 429, 500, 503, 504)},
+)
