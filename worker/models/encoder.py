@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
 
 from shared.errors import ErrorKind, ServiceError
@@ -42,11 +42,7 @@ class SentenceTransformerEncoder:
         *,
         precision: Precision = "float32",
     ) -> None:
-        tokenizer = model.tokenizer
-        if tokenizer is None or model.max_seq_length is None:
-            raise ServiceError(
-                ErrorKind.MODEL_NOT_FOUND, "this model has no tokenizer; only transformer models are served"
-            )
+        tokenizer, max_seq_length = tokenizer_of(model)
         self._model = model
         self._tokenizer = tokenizer
         modules = list(model)
@@ -64,7 +60,7 @@ class SentenceTransformerEncoder:
         #: False when a pooling module leaves the prompt's tokens out (``include_prompt=False``)
         self._pools_prompt = all(getattr(module, "include_prompt", True) for module in modules)
         self.device = str(model.device)
-        self.max_seq_length: int = model.max_seq_length
+        self.max_seq_length = max_seq_length
         self.vocab_size: int = len(tokenizer)
         self.dimension: int = int(model.get_embedding_dimension() or 0)
         self.prompts: dict[str, str] = {name: prompt or "" for name, prompt in model.prompts.items()}
@@ -163,6 +159,13 @@ class SentenceTransformerEncoder:
             raise
         vectors: np.ndarray = embeddings.cpu().numpy()
         return vectors
+
+
+def tokenizer_of(model: SentenceTransformer | CrossEncoder) -> tuple[Any, int]:
+    """The model's tokenizer and maximum length; a ServiceError for a model without them."""
+    if model.tokenizer is None or model.max_seq_length is None:
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, "this model has no tokenizer; only transformer models are served")
+    return model.tokenizer, model.max_seq_length
 
 
 def _special_tokens(tokenizer: object) -> tuple[list[int], list[int]]:

@@ -22,6 +22,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from shared.errors import ErrorKind, ServiceError
+from worker.models.encoder import tokenizer_of
 from worker.models.precision import Precision
 from worker.models.runtimes import Forward
 
@@ -52,18 +53,14 @@ class CrossEncoderReranker:
         *,
         precision: Precision = "float32",
     ) -> None:
-        tokenizer = model.tokenizer
-        if tokenizer is None or model.max_seq_length is None:
-            raise ServiceError(
-                ErrorKind.MODEL_NOT_FOUND, "this model has no tokenizer; only transformer models are served"
-            )
+        tokenizer, max_seq_length = tokenizer_of(model)
         self._model = model
         self._tokenizer = tokenizer
         self._forward = forward
         self.backend = backend
         self.device = str(model.device)
         self.precision: Precision = precision
-        self.max_seq_length: int = model.max_seq_length
+        self.max_seq_length = max_seq_length
         self.num_labels: int = model.num_labels
         self._activation: Callable[[torch.Tensor], torch.Tensor] = model.activation_fn or torch.nn.Identity()
         self.prompts: dict[str, str] = {name: prompt or "" for name, prompt in model.prompts.items()}
