@@ -36,7 +36,8 @@ def assert_error(response: httpx.Response, status: int, code: str, param: str | 
         ({"input": "x", "dimensions": 0}, "dimensions"),
         ({"input": "x", "dimensions": "12"}, "dimensions"),
         ({"input": "x", "encodin_format": "base64"}, "encodin_format"),  # a typo must not change the answer
-        ({"input": "x", "output_dtype": "binary"}, "output_dtype"),
+        ({"input": "x", "output_dtype": "int4"}, "output_dtype"),
+        ({"input": "x", "output_dtype": "int8"}, "output_dtype"),
     ],
 )
 def test_malformed_requests_are_400(client, body, param):

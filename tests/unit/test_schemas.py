@@ -36,7 +36,7 @@ def test_defaults():
     assert request.dimensions is None and request.truncate is None
 
 
-@pytest.mark.parametrize("field", ["encodin_format", "output_dtype"])
+@pytest.mark.parametrize("field", ["encodin_format", "output_dtypes"])
 def test_unknown_fields_are_refused_naming_the_field(field):
     with pytest.raises(ServiceError) as caught:
         parse(input="x", **{field: "base64"})
