@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     #: port of a worker's Prometheus /metrics (0: none); the API serves its own on its HTTP port
     worker_metrics_port: int = Field(0, ge=0, le=65535)
     worker_metrics_address: str = "127.0.0.1"
+    #: a file a worker writes once its start-up models (``EMBED_MODELS``) are loaded and removes when it stops:
+    #: what a readiness probe checks (Kubernetes: ``test -f``)
+    ready_file: Path | None = None
 
     #: FastAPI's own OpenTelemetry spans, metrics and logs, through the global providers (API). Off: /metrics
     #: covers the same ground, and FastAPI's instrumentation costs CPU on every request even with no provider set

@@ -114,8 +114,12 @@ class EmbeddingWorker(Worker):
         ]
         names = ", ".join(registry.loaded_names()) or "none"
         log.info("worker %s ready; models: %s", self.service.worker_id, names)
+        if settings.ready_file is not None:  # what a readiness probe reads: the start-up models are loaded
+            settings.ready_file.write_text(names + "\n")
 
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        if self.settings.ready_file is not None:
+            self.settings.ready_file.unlink(missing_ok=True)
         for task in self._background:
             task.cancel()
         size, requests = self.service.largest_batch

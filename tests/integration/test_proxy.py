@@ -1,6 +1,7 @@
-"""The nginx proxy the compose file ships (deploy/api-proxy.conf.template), run here with Debian's nginx in front of
-the real stack, with short timeouts: oversized headers get 431, oversized bodies 413, clients slow to send their
-headers or body and idle connections are cut off before they reach the API, and ordinary traffic passes."""
+"""The nginx proxy the compose file and the Kubernetes manifests ship (deploy/kubernetes/base/api-proxy.conf.template),
+run here with Debian's nginx in front of the real stack, with short timeouts: oversized headers get 431, oversized
+bodies 413, clients slow to send their headers or body and idle connections are cut off before they reach the API,
+and ordinary traffic passes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ TIMEOUT_S = 1
 
 
 def render(directory: Path, api_port: int, port: int) -> Path:
-    template = string.Template((ROOT / "deploy" / "api-proxy.conf.template").read_text())
+    template = string.Template((ROOT / "deploy" / "kubernetes" / "base" / "api-proxy.conf.template").read_text())
     server = template.safe_substitute(  # nginx's own $variables stay, as the nginx image's envsubst leaves them
         PROXY_UPSTREAM=f"127.0.0.1:{api_port}",
         PROXY_LISTEN=f"127.0.0.1:{port}",
