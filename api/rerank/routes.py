@@ -38,7 +38,6 @@ async def rerank(scope: Scope, receive: Receive, send: Send) -> None:
     reply = await _scored(
         scope,
         receive,
-        RerankJob,
         request_id=request_id,
         model=request.model,
         query=request.query,
@@ -78,7 +77,6 @@ async def rerank_tei(scope: Scope, receive: Receive, send: Send) -> None:
     reply = await _scored(
         scope,
         receive,
-        RerankJob,
         request_id=scope["state"]["request_id"],
         model=model,
         query=request.query,
@@ -104,9 +102,10 @@ def ranking(scores: list[float], top_n: int | None) -> list[int]:
     return order if top_n is None else order[:top_n]
 
 
-async def _scored(scope: Scope, receive: Receive, job: type[RerankJob], **fields: Any) -> SyncReply:
+async def _scored(scope: Scope, receive: Receive, **fields: Any) -> SyncReply:
+    """The worker's scores for the ``RerankJob`` of these fields (the dispatcher adds where to answer, and when)."""
     dispatcher: Dispatcher = scope["app"].state.dispatcher
-    return await reply_of(receive, dispatcher.run(functools.partial(job, **fields)))
+    return await reply_of(receive, dispatcher.run(functools.partial(RerankJob, **fields)))
 
 
 def _route(path: str, endpoint: Any, name: str, request: type[Any], response: Any) -> FastRoute:
