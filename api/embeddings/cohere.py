@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.types import Receive, Scope, Send
@@ -24,8 +23,7 @@ from starlette.types import Receive, Scope, Send
 from api.dispatch import Dispatcher
 from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import normalize_input, served
-from api.errors import error_responses
-from api.fast_route import FastRoute
+from api.fast_route import json_post
 from api.http import parse_body, parse_json
 from api.sync_io import read_body, reply_of, send_json
 from shared.quantize import quantize
@@ -132,17 +130,4 @@ class CohereEmbedResponse(BaseModel):
     meta: dict[str, Any]
 
 
-ROUTE = FastRoute(
-    "/v2/embed",
-    embed,
-    method="POST",
-    name="cohere_embed",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": CohereEmbedRequest.model_json_schema()}},
-        }
-    },
-    response_class=Response,
-    responses={200: {"model": CohereEmbedResponse}, **error_responses(400, 401, 404, 405, 413, 429, 500, 503, 504)},
-)
+ROUTE = json_post("/v2/embed", embed, name="cohere_embed", request=CohereEmbedRequest, response=CohereEmbedResponse)

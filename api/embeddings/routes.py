@@ -9,14 +9,12 @@ from __future__ import annotations
 import functools
 import time
 
-from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.dispatch import Dispatcher
 from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import EmbeddingRequest, EmbeddingResponse, parse_embedding_request
-from api.errors import error_responses
-from api.fast_route import FastRoute
+from api.fast_route import json_post
 from api.http import parse_json
 from api.sync_io import read_body, reply_of, send_json
 from shared.openai_json import embeddings_body
@@ -40,17 +38,6 @@ async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
     await send_json(send, body, reply, started)
 
 
-ROUTE = FastRoute(
-    "/v1/embeddings",
-    create_embeddings,
-    method="POST",
-    name="create_embeddings",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
-        }
-    },
-    response_class=Response,
-    responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 405, 413, 429, 500, 503, 504)},
+ROUTE = json_post(
+    "/v1/embeddings", create_embeddings, name="create_embeddings", request=EmbeddingRequest, response=EmbeddingResponse
 )

@@ -12,13 +12,11 @@ import time
 from typing import Any
 
 import orjson
-from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.dispatch import Dispatcher
 from api.embeddings.schemas import served
-from api.errors import error_responses
-from api.fast_route import FastRoute
+from api.fast_route import json_post
 from api.http import parse_body, parse_json
 from api.rerank.schemas import RerankRequest, RerankResponse, TeiRank, TeiRerankRequest
 from api.sync_io import read_body, reply_of, send_json
@@ -108,22 +106,8 @@ async def _scored(scope: Scope, receive: Receive, **fields: Any) -> SyncReply:
     return await reply_of(receive, dispatcher.run(functools.partial(RerankJob, **fields)))
 
 
-def _route(path: str, endpoint: Any, name: str, request: type[Any], response: Any) -> FastRoute:
-    return FastRoute(
-        path,
-        endpoint,
-        method="POST",
-        name=name,
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": request.model_json_schema()}}}
-        },
-        response_class=Response,
-        responses={200: {"model": response}, **error_responses(400, 401, 404, 405, 413, 429, 500, 503, 504)},
-    )
-
-
 ROUTES = [
-    _route("/v1/rerank", rerank, "rerank", RerankRequest, RerankResponse),
-    _route("/v2/rerank", rerank, "rerank_v2", RerankRequest, RerankResponse),
-    _route("/rerank", rerank_tei, "rerank_tei", TeiRerankRequest, list[TeiRank]),
+    json_post("/v1/rerank", rerank, name="rerank", request=RerankRequest, response=RerankResponse),
+    json_post("/v2/rerank", rerank, name="rerank_v2", request=RerankRequest, response=RerankResponse),
+    json_post("/rerank", rerank_tei, name="rerank_tei", request=TeiRerankRequest, response=list[TeiRank]),
 ]
