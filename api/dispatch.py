@@ -18,7 +18,7 @@ from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue, NewJob, queue_job_id
 from shared.protocol import RerankJob, SyncJob, SyncReply, encode_job
-from shared.redis_memory import EvictionGuard
+from shared.redis_memory import EvictionGuard, read_memory_info
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,20 @@ class Dispatcher:
         except (RedisError, OSError) as exc:
             raise _unreachable() from exc
         if not alive:
+            if await _redis_full(self._redis):  # workers cannot write their heartbeats into a full Redis
+                raise _store_full()
             raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "no embedding worker is running; retry shortly")
         self._workers_seen_at = now
+
+
+async def _redis_full(redis: ArqRedis) -> bool:
+    """Whether Redis is at its ``maxmemory`` (within 1%: it refuses writes once over it, and frees a little as
+    keys expire), so that a missing heartbeat says nothing of the workers."""
+    try:
+        info = await read_memory_info(redis)
+    except (RedisError, OSError):
+        return False
+    return info.maxmemory > 0 and info.used >= 0.99 * info.maxmemory
 
 
 def _time_out(future: asyncio.Future[SyncReply], timeout_s: float) -> None:

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from api import dispatch
 from api.main import create_app
 from shared import keys
+from shared.redis_memory import MemoryInfo
 from shared.settings import Settings
 from shared.workers import WorkerInfo, record_heartbeat
 from tests.fakes import fake_redis_factory, fake_vector, run_fake_worker, running
@@ -125,6 +127,17 @@ async def test_no_worker_is_503_with_retry_after(client):
     response = await client.post("/v1/embeddings", json={"input": "x", "model": "fake-model"})
     assert_openai_error(response, 503, "service_unavailable")
     assert response.headers["retry-after"] == "1"
+
+
+async def test_no_heartbeat_while_redis_is_full_is_507_not_503(client, monkeypatch):
+    """A worker's heartbeat is a write, which a full Redis refuses: the answer is that the store is full."""
+
+    async def full(redis):
+        return MemoryInfo("noeviction", maxmemory=1000, used=1000)
+
+    monkeypatch.setattr(dispatch, "read_memory_info", full)
+    response = await client.post("/v1/embeddings", json={"input": "hi", "model": "fake-model"})
+    assert_openai_error(response, 507, "insufficient_storage")
 
 
 async def test_unknown_route_is_openai_shaped_404(client):
