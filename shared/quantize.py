@@ -12,6 +12,14 @@ import numpy as np
 
 from shared.protocol import OutputDtype
 
+#: dtypes clients name that are refused, for the reason above
+UNOFFERED = ("int8", "uint8")
+
+
+def unoffered(name: str) -> str:
+    """Why ``name`` (one of ``UNOFFERED``) is refused, for the client's error message."""
+    return f"{name} is not offered: its ranges would depend on the other texts quantized with it"
+
 
 def quantize(vectors: np.ndarray, output_dtype: OutputDtype) -> np.ndarray:
     """``vectors`` (float32 rows) as ``output_dtype``: unchanged for ``float``."""

@@ -26,7 +26,7 @@ from api.embeddings.schemas import normalize_input, served
 from api.fast_route import json_post
 from api.http import parse_body, parse_json
 from api.sync_io import read_body, reply_of, send_json
-from shared.quantize import quantize
+from shared.quantize import UNOFFERED, quantize, unoffered
 from shared.settings import Settings
 
 EmbeddingType = Literal["float", "binary", "ubinary", "base64"]
@@ -64,12 +64,9 @@ class CohereEmbedRequest(BaseModel):
     @classmethod
     def _check_types(cls, value: Any) -> Any:
         for name in value if isinstance(value, list) else []:
-            if name in ("int8", "uint8"):
-                raise PydanticCustomError(
-                    "invalid_input",
-                    f"embedding type {name} is not offered: its ranges would depend on the other texts quantized "
-                    "with it; use float, binary, ubinary or base64",
-                )
+            if name in UNOFFERED:
+                message = f"embedding type {unoffered(name)}; use float, binary, ubinary or base64"
+                raise PydanticCustomError("invalid_input", message)
         return value
 
     @field_validator("truncate", mode="before")

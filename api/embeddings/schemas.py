@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 from api.http import parse_body
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import OUTPUT_DTYPES, InputKind, OutputDtype
+from shared.quantize import UNOFFERED, unoffered
 from shared.settings import Settings
 
 
@@ -70,12 +71,8 @@ class EmbeddingRequest(BaseModel):
     @field_validator("output_dtype", mode="before")
     @classmethod
     def _check_output_dtype(cls, value: Any) -> Any:
-        if value in ("int8", "uint8"):
-            raise PydanticCustomError(
-                "invalid_input",
-                f"output_dtype {value} is not offered: its ranges would depend on the other texts quantized with "
-                "it; use float, binary or ubinary",
-            )
+        if value in UNOFFERED:
+            raise PydanticCustomError("invalid_input", f"output_dtype {unoffered(value)}; use float, binary or ubinary")
         if value not in OUTPUT_DTYPES:
             raise PydanticCustomError("invalid_input", "output_dtype must be one of float, binary, ubinary")
         return value
