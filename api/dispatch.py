@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from api.replies import ReplyReader
+from shared import tracing
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
@@ -81,6 +83,9 @@ class Dispatcher:
             enqueued_ms=enqueued_ms,
             deadline_ms=enqueued_ms + int(timeout_s * 1000),
         )
+        trace_context = tracing.inject()
+        if trace_context is not None:
+            job = dataclasses.replace(job, trace_context=trace_context)
         new_job = self._new_job(job, timeout_s)
         future = self._enqueuer.add((job.request_id, new_job), self._listener.expect(job.request_id))
         timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future, timeout_s)

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_responses, service_error_response
+from shared import tracing
 from shared.errors import ServiceError
 
 
@@ -69,6 +70,7 @@ class FastRoutes:
             await self._app(scope, receive, send)
             return
         scope["route"] = route
+        tracing.route_matched(route.method, route.path)
         try:
             await route.app(scope, receive, send)
         except ServiceError as exc:

@@ -29,7 +29,7 @@ from api.jobs.store import JobStore
 from api.metrics import RequestTracking
 from api.replies import BLOCK_S, ReplyReader
 from api.rerank import routes as rerank
-from shared import keys
+from shared import keys, tracing
 from shared.chunks import ChunkStore
 from shared.epoch import Epochs
 from shared.job_queue import JobQueue
@@ -48,11 +48,13 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     if not key_ring.enabled:
         log.warning("no API keys are configured (API_KEYS, API_KEY_HASHES_FILE): the API is open to anyone")
     otel = settings.otel_instrumentation
+    traced = tracing.configure("embeddings-api")
     app = FastAPI(
         title="Embeddings server",
         version="0.1.0",
         lifespan=functools.partial(_connected, settings=settings, redis_factory=redis_factory),
-        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+        # the server span a request's trace starts from (shared.tracing) is FastAPI's own
+        telemetry={"tracing": traced or otel, "metrics": otel, "logs": otel, "tracer_provider": tracing.provider()},
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -92,6 +94,7 @@ async def _connected(
         await replies.stop()
         await reader_redis.aclose()
         await redis.aclose()
+        tracing.flush()
 
 
 def _install_routes(app: FastAPI) -> None:

@@ -11,8 +11,9 @@ Three kinds of job travel API -> worker, each as the single argument of an arq j
   chunk's float32 vectors and counts it into its job's progress (``shared.chunks``), which the API reads when polled.
 
 The embedding jobs carry what to embed (``EmbedJob``'s fields); messages on the sync queue say their ``task``.
-Version 5: rerank jobs and ``output_dtype``. Messages of another version are moved aside, not guessed at
-(``worker.dead_letter``).
+A synchronous job may carry its request's trace context (``trace_context``: the W3C ``traceparent`` and the other
+headers the API's propagators write; ``shared.tracing``). Version 6: ``trace_context``; version 5: rerank jobs
+and ``output_dtype``. Messages of another version are moved aside, not guessed at (``worker.dead_letter``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 InputKind = Literal["text", "tokens"]
 EncodingFormat = Literal["float", "base64"]
@@ -33,6 +34,7 @@ OutputDtype = Literal["float", "binary", "ubinary"]
 OUTPUT_DTYPES: tuple[OutputDtype, ...] = ("float", "binary", "ubinary")
 
 Job = TypeVar("Job", bound="EmbedJob")
+SyncOrRerank = TypeVar("SyncOrRerank", "SyncJob", "RerankJob")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class SyncJob(EmbedJob):
     reply_to: str
     encoding_format: EncodingFormat
     output_dtype: OutputDtype = "float"
+    #: the request's trace, as a propagator carrier; None when the API does not trace
+    trace_context: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +86,8 @@ class RerankJob:
     enqueued_ms: int
     deadline_ms: int
     reply_to: str
+    #: as ``SyncJob``'s
+    trace_context: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,11 +174,11 @@ def decode_sync_job(data: bytes) -> SyncJob | RerankJob:
             raise ProtocolError("job has malformed inputs")
         if not all(isinstance(document, str) for document in job.inputs):
             raise ProtocolError("job has malformed inputs")
-        return job
+        return _checked_trace(job)
     if task != "embed":
         raise ProtocolError(f"job has an unknown task {task!r}")
     embedding: SyncJob = _build(SyncJob, fields, "job")
-    return _checked(embedding)
+    return _checked_trace(_checked(embedding))
 
 
 def decode_job(data: bytes, kind: type[Job]) -> Job:
@@ -194,6 +200,15 @@ def _checked(job: Job) -> Job:
         raise ProtocolError("job has an unknown output dtype")
     if isinstance(job, ChunkJob) and job.parts is not None and sum(job.parts) != len(job.inputs):
         raise ProtocolError("chunk's parts do not add up to its inputs")
+    return job
+
+
+def _checked_trace(job: SyncOrRerank) -> SyncOrRerank:
+    carrier = job.trace_context
+    if carrier is not None and not (
+        isinstance(carrier, dict) and all(isinstance(v, str) and isinstance(k, str) for k, v in carrier.items())
+    ):
+        raise ProtocolError("job has a malformed trace context")
     return job
 
 

@@ -7,7 +7,9 @@ import sys
 
 import uvloop
 
+from shared import tracing
 from shared.settings import get_settings
+from shared.tracing import TracingMisconfigured
 from worker.app import build_worker
 from worker.models.precision import PrecisionUnavailable
 
@@ -19,11 +21,13 @@ def main() -> None:
     # arq runs on the thread's event loop; uvloop's socket I/O costs a fraction of asyncio's, per Redis round trip
     asyncio.set_event_loop(uvloop.new_event_loop())
     try:
+        tracing.configure("embeddings-worker")
         worker = build_worker(settings)
-    except PrecisionUnavailable as exc:
+    except (PrecisionUnavailable, TracingMisconfigured) as exc:
         logging.getLogger("worker").error("%s", exc)
         sys.exit(2)
     worker.run()
+    tracing.flush()
     logging.shutdown()
     # past SHUTDOWN_GRACE_S a model thread may still be inside a forward pass for jobs the worker already gave up
     # (their leases lapse and another worker runs them): leave now rather than join that thread at exit

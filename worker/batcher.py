@@ -23,12 +23,13 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 import numpy as np
 
+from shared import tracing
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 from worker import metrics
@@ -60,7 +61,7 @@ class Encoded:
 
 
 class _Request:
-    __slots__ = ("deadline_ms", "future", "remaining", "stats", "vectors")
+    __slots__ = ("deadline_ms", "future", "remaining", "stats", "trace", "vectors")
 
     def __init__(self, size: int, deadline_ms: int | None) -> None:
         self.future: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
@@ -68,6 +69,8 @@ class _Request:
         self.remaining = size
         self.stats = BatchStats()
         self.deadline_ms = deadline_ms
+        #: the submitter's span, which the batches serving it link to (None: not traced)
+        self.trace = tracing.current_span_context()
 
     def still_wanted(self, now_ms: int) -> bool:
         """False once its caller has gone or its deadline has passed (the caller then learns of it)."""
@@ -194,9 +197,10 @@ class MicroBatcher(Generic[Item]):
             requests = {id(s.request): s.request for s in batch}.values()
             self.busy = True
             started = time.perf_counter()
+            started_ns = time.time_ns()
             try:
-                outcomes = await loop.run_in_executor(
-                    self._executor, self._encode_isolating, [s.tokens for s in batch], batch[0].group
+                outcomes, forward_ns = await loop.run_in_executor(
+                    self._executor, self._encode_timed, [s.tokens for s in batch], batch[0].group
                 )
             except Exception:  # not the model: the executor itself failed
                 log.exception("running a batch of %d for %s failed", len(batch), self._name)
@@ -207,8 +211,9 @@ class MicroBatcher(Generic[Item]):
             finally:
                 self.busy = False
             elapsed_ms = (time.perf_counter() - started) * 1000
+            padded_tokens = len(batch) * max(len(s.tokens) for s in batch)
             metrics.BATCH_SIZE.labels(self._name).observe(len(batch))
-            metrics.BATCH_TOKENS.labels(self._name).observe(len(batch) * max(len(s.tokens) for s in batch))
+            metrics.BATCH_TOKENS.labels(self._name).observe(padded_tokens)
             metrics.BATCH_REQUESTS.labels(self._name).observe(len(requests))
             metrics.INFERENCE_SECONDS.labels(self._name).observe(elapsed_ms / 1000)
             for request in requests:
@@ -223,6 +228,36 @@ class MicroBatcher(Generic[Item]):
                     )
                 else:
                     sequence.request.deliver(sequence.index, outcome)
+            self._trace(batch, requests, started_ns, forward_ns, padded_tokens)
+
+    def _trace(
+        self,
+        batch: list[_Sequence[Item]],
+        requests: Iterable[_Request],
+        started_ns: int,
+        forward_ns: tuple[int, int],
+        padded_tokens: int,
+    ) -> None:
+        links = [request.trace for request in requests if request.trace is not None]
+        if not links:
+            return
+        attributes = {
+            "embeddings.model": self._name,
+            "embeddings.batch.size": len(batch),
+            "embeddings.batch.requests": len(links),
+            "embeddings.batch.padded_tokens": padded_tokens,
+        }
+        tracing.record_batch(
+            links, started_ns=started_ns, forward=forward_ns, ended_ns=time.time_ns(), attributes=attributes
+        )
+
+    def _encode_timed(
+        self, batch: Sequence[Item], group: int
+    ) -> tuple[Sequence[np.ndarray | Exception], tuple[int, int]]:
+        """``_encode_isolating``, with when it ran (epoch ns). Runs in the executor."""
+        started_ns = time.time_ns()
+        outcomes = self._encode_isolating(batch, group)
+        return outcomes, (started_ns, time.time_ns())
 
     def _encode_isolating(self, batch: Sequence[Item], group: int) -> Sequence[np.ndarray | Exception]:
         """Encode ``batch``; if that fails, encode its halves, down to single sequences.

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import tracing
 from shared.chunks import PartResult
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
@@ -51,11 +52,13 @@ class EmbeddingPipeline:
         """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
         one already in a running batch finishes with it."""
         model, encoder, prompt = await self._model_for(job, deadline_ms)
-        if sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
-            sequences = self._sequences(encoder, job, job.inputs, prompt)
-        else:
-            sequences = await asyncio.to_thread(self._sequences, encoder, job, job.inputs, prompt)
-        return await self._encode(model, encoder, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
+        with tracing.span("tokenize", {"embeddings.inputs": len(job.inputs)}):
+            if sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
+                sequences = self._sequences(encoder, job, job.inputs, prompt)
+            else:
+                sequences = await asyncio.to_thread(self._sequences, encoder, job, job.inputs, prompt)
+        with tracing.span("encode", {"embeddings.sequences": len(sequences)}):
+            return await self._encode(model, encoder, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
 
     async def embed_parts(self, job: ChunkJob, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
         """A batch chunk: each request (``parts``) is tokenized and checked alone, so one that cannot be encoded

@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 
+from shared import tracing
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import RerankJob
@@ -38,19 +39,25 @@ class RerankPipeline:
         timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
         model = await self.registry.get(job.model, timeout_s)
         reranker = _reranker_of(model)
-        if len(job.query) + sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
-            pairs = reranker.pairs(
-                job.query, job.inputs, truncate=job.truncate, max_tokens_per_doc=job.max_tokens_per_doc
-            )
-        else:
-            pairs = await asyncio.to_thread(
-                reranker.pairs, job.query, job.inputs, truncate=job.truncate, max_tokens_per_doc=job.max_tokens_per_doc
-            )
+        with tracing.span("tokenize", {"embeddings.inputs": len(job.inputs)}):
+            if len(job.query) + sum(map(len, job.inputs)) < INLINE_TOKENIZE_CHARS:
+                pairs = reranker.pairs(
+                    job.query, job.inputs, truncate=job.truncate, max_tokens_per_doc=job.max_tokens_per_doc
+                )
+            else:
+                pairs = await asyncio.to_thread(
+                    reranker.pairs,
+                    job.query,
+                    job.inputs,
+                    truncate=job.truncate,
+                    max_tokens_per_doc=job.max_tokens_per_doc,
+                )
         tokens = sum(map(len, pairs))
         if tokens > self._max_tokens:
             message = f"this request has {tokens} tokens; at most {self._max_tokens} are allowed in one request"
             raise ServiceError(ErrorKind.INVALID_REQUEST, message, "documents")
-        encoded = await model.batcher.submit(pairs, urgent=True, deadline_ms=deadline_ms)
+        with tracing.span("encode", {"embeddings.sequences": len(pairs)}):
+            encoded = await model.batcher.submit(pairs, urgent=True, deadline_ms=deadline_ms)
         return Ranked(reranker.scores(encoded.vectors, raw=job.raw_scores), tokens, encoded.stats)
 
 

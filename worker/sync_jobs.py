@@ -14,6 +14,7 @@ import logging
 import msgpack
 import orjson
 
+from shared import tracing
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
@@ -70,22 +71,32 @@ class SyncJobs:
             return
         queue_ms = float(now_ms() - job.enqueued_ms)
         metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
-        try:
-            reply = await self._run(job, queue_ms)
-        except ServiceError as exc:
-            reply = _error_reply(job, exc.kind, exc.message, exc.param, queue_ms)
-        except TimeoutError:
-            reason = "the request's deadline passed before it was encoded"
-            reply = _error_reply(job, ErrorKind.TIMEOUT, reason, queue_ms=queue_ms)
-        except Exception:
-            log.exception("job %s failed", job.request_id)
-            reason = "the worker failed to process this request"
-            reply = _error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
+        task = "rerank" if isinstance(job, RerankJob) else "embed"
+        attributes = {"embeddings.request_id": job.request_id, "embeddings.model": job.model}
+        # the job's span ends with its reply ready, before the push: the API's span, ended by the reply, holds it
+        with tracing.continued(job.trace_context, task, queued_since_ms=job.enqueued_ms, attributes=attributes):
+            reply = await self._reply(job, queue_ms)
+            if reply.error is not None:
+                tracing.failed(reply.error.kind.value, reply.error.message)
         await self._answer(queue_id, job, reply)
         self._counters["answered"] += 1
         metrics.JOBS.labels("answered").inc()
         if reply.error is not None:
             metrics.ERRORS.labels(reply.error.kind.value).inc()
+
+    async def _reply(self, job: SyncJob | RerankJob, queue_ms: float) -> SyncReply:
+        """The job's answer: its result, or the error that stopped it."""
+        try:
+            return await self._run(job, queue_ms)
+        except ServiceError as exc:
+            return _error_reply(job, exc.kind, exc.message, exc.param, queue_ms)
+        except TimeoutError:
+            reason = "the request's deadline passed before it was encoded"
+            return _error_reply(job, ErrorKind.TIMEOUT, reason, queue_ms=queue_ms)
+        except Exception:
+            log.exception("job %s failed", job.request_id)
+            reason = "the worker failed to process this request"
+            return _error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
 
     async def _run(self, job: SyncJob | RerankJob, queue_ms: float) -> SyncReply:
         if isinstance(job, RerankJob):

@@ -126,3 +126,17 @@ def test_reply_with_unknown_error_kind_is_rejected():
     fields = {"v": PROTOCOL_VERSION, "request_id": "r", "error": {"kind": "nope", "message": "m"}}
     with pytest.raises(ProtocolError):
         decode_reply(msgpack.packb(fields))
+
+
+@pytest.mark.parametrize("carrier", [["00-abc"], {"traceparent": 1}, "00-abc"])
+@pytest.mark.parametrize("make", [make_job, make_rerank_job])
+def test_a_malformed_trace_context_is_rejected(make, carrier):
+    fields = msgpack.unpackb(encode_job(make()), raw=False) | {"trace_context": carrier}
+    with pytest.raises(ProtocolError, match="trace context"):
+        decode_sync_job(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_a_traced_job_round_trips():
+    carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "k=v"}
+    for job in (make_job(trace_context=carrier), make_rerank_job(trace_context=carrier)):
+        assert decode_sync_job(encode_job(job)) == job
