@@ -11,7 +11,8 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
    FastAPI process that encodes each request as it arrives, on the same runtime), and the ratio to the best float32
    ceiling; the project at ``DTYPE=float32`` and ``DTYPE=bfloat16``, each against its own precision's ceiling.
 2. Concurrency sweep (1 short text a request) for this project and naive; drawn as a PNG.
-3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py).
+3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py); tracing's
+   cost, off and on (``bench/tracing.py``).
 4. Scaling: 1 and 2 real-model workers on this CPU; 1, 2, 4, 8 workers with a simulated GPU encoder; Redis
    commands per request.
 5. The Batch API: a 50,000-request batch end to end, the API's peak memory, against sync throughput
@@ -403,12 +404,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
     parser.add_argument(
-        "--only", choices=["model", "precision", "pipeline", "scaling", "batch", "files", "rerank"], action="append"
+        "--only",
+        choices=["model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank"],
+        action="append",
     )
     parser.add_argument("--batch-lines", type=int, default=50_000)
     parser.add_argument("--listed-batches", type=int, default=1_000)
     args = parser.parse_args()
-    sections = args.only or ["model", "precision", "pipeline", "scaling", "batch", "files", "rerank"]
+    sections = args.only or ["model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank"]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
         cpu_section()
@@ -419,6 +422,10 @@ def main() -> None:
             precision_section(args.seconds, logs, limits)
         if "pipeline" in sections:
             pipeline_section(args.seconds, logs)
+        if "tracing" in sections:
+            from bench.tracing import tracing_section  # bench.tracing builds on this module
+
+            tracing_section(args.seconds, logs)
         if "scaling" in sections:
             cpu_scaling_section(args.seconds, logs)
             scaling_section(args.seconds, logs)
