@@ -11,9 +11,9 @@ Off (the default), the SDK is never imported, jobs carry no trace context, and e
 
 A request's trace: the API's server span (FastAPI's own, named for its route) ends with the reply; its context
 travels in the job (``trace_context``, a propagator carrier); the worker adds ``queue wait`` (enqueue to claim)
-and a span for the job, with ``tokenize`` and ``encode`` (waiting for and riding in batches) under it. Each
-forward pass is a ``batch`` span of its own, linked to the ``encode`` span of every request it served, with the
-model's ``forward`` under it.
+and a span for the job, with ``tokenize`` under it. Each forward pass is a ``batch`` span of its own, linked to
+the job span of every request it served, with the model's ``forward`` under it. A span costs the SDK about 25 us
+to make and 30 us to export, so there are no more of them than that says.
 """
 
 from __future__ import annotations

@@ -57,8 +57,7 @@ class EmbeddingPipeline:
                 sequences = self._sequences(encoder, job, job.inputs, prompt)
             else:
                 sequences = await asyncio.to_thread(self._sequences, encoder, job, job.inputs, prompt)
-        with tracing.span("encode", {"embeddings.sequences": len(sequences)}):
-            return await self._encode(model, encoder, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
+        return await self._encode(model, encoder, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
 
     async def embed_parts(self, job: ChunkJob, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
         """A batch chunk: each request (``parts``) is tokenized and checked alone, so one that cannot be encoded

@@ -56,8 +56,7 @@ class RerankPipeline:
         if tokens > self._max_tokens:
             message = f"this request has {tokens} tokens; at most {self._max_tokens} are allowed in one request"
             raise ServiceError(ErrorKind.INVALID_REQUEST, message, "documents")
-        with tracing.span("encode", {"embeddings.sequences": len(pairs)}):
-            encoded = await model.batcher.submit(pairs, urgent=True, deadline_ms=deadline_ms)
+        encoded = await model.batcher.submit(pairs, urgent=True, deadline_ms=deadline_ms)
         return Ranked(reranker.scores(encoded.vectors, raw=job.raw_scores), tokens, encoded.stats)
 
 

@@ -65,23 +65,23 @@ def test_each_request_is_one_trace_through_the_api_and_the_worker(stack_with):
             by_trace[span["traceId"]].append(span)
         return by_trace
 
-    wait_until(lambda: all(len(traces()[trace_id]) == 5 for trace_id in wanted), 30, "every request's five spans")
+    wait_until(lambda: all(len(traces()[trace_id]) == 4 for trace_id in wanted), 30, "every request's four spans")
     by_trace = traces()
-    encode_spans = {}
+    job_spans = {}
     for trace_id, parent_id, _ in sent:
         spans = {span["name"]: span for span in by_trace[trace_id]}
-        assert sorted(spans) == ["POST /v1/embeddings", "embed", "encode", "queue wait", "tokenize"]
+        assert sorted(spans) == ["POST /v1/embeddings", "embed", "queue wait", "tokenize"]
         api = spans["POST /v1/embeddings"]
         assert api["service"] == "embeddings-api" and api["parentSpanId"] == parent_id
         assert attribute(api, "http.response.status_code") == "200"
-        for name in ("queue wait", "embed", "tokenize", "encode"):
+        for name in ("queue wait", "embed", "tokenize"):
             assert spans[name]["service"] == "embeddings-worker"
         assert spans["queue wait"]["parentSpanId"] == spans["embed"]["parentSpanId"] == api["spanId"]
-        assert spans["tokenize"]["parentSpanId"] == spans["encode"]["parentSpanId"] == spans["embed"]["spanId"]
+        assert spans["tokenize"]["parentSpanId"] == spans["embed"]["spanId"]
         api_start, wait_start, job_start = (int(spans[name]["startTimeUnixNano"]) for name in spans_in_order)
         assert api_start - 1_000_000 < wait_start <= job_start  # a job's enqueue time is in whole milliseconds
         assert int(spans["embed"]["endTimeUnixNano"]) <= int(api["endTimeUnixNano"])
-        encode_spans[spans["encode"]["spanId"]] = trace_id
+        job_spans[spans["embed"]["spanId"]] = trace_id
 
     batches = [span for span in exported_spans(stack.log_dir) if span["name"] == "batch"]
     linked: dict[str, int] = defaultdict(int)
@@ -91,7 +91,7 @@ def test_each_request_is_one_trace_through_the_api_and_the_worker(stack_with):
         assert batch["traceId"] not in wanted  # a batch is its own trace, linked to the requests it served
         for link in links:
             linked[link["spanId"]] += 1
-    assert set(encode_spans) <= set(linked)  # every request was served by some batch that links to it
+    assert set(job_spans) <= set(linked)  # every request was served by some batch that links to it
     widest = max(int(response.headers["x-batch-requests"]) for _, _, response in sent)
     assert max(len(batch.get("links", [])) for batch in batches) >= widest
     assert widest >= 2, "16 concurrent requests should have shared a forward pass"

@@ -94,10 +94,21 @@ def test_images_run_the_same_entry_points_as_the_local_stack():
     assert "-m worker" in run_script and "api.main:create_app --factory" in run_script
 
 
+def opentelemetry_variables() -> set[str]:
+    """The variables OpenTelemetry's API and SDK read (``shared.tracing`` leaves them to it)."""
+    import opentelemetry.environment_variables as api
+    import opentelemetry.sdk.environment_variables as sdk
+
+    return {value for module in (api, sdk) for name, value in vars(module).items() if name.startswith("OTEL_")}
+
+
 def test_env_example_names_only_real_settings():
     names = set(Settings.model_fields)
+    otel = opentelemetry_variables()
     for line in (ROOT / ".env.example").read_text().splitlines():
         match = re.match(r"#?\s*([A-Z_]+)=", line)
+        if match and match.group(1) in otel:
+            continue
         # compose's own variables, and huggingface_hub's
         if match and match.group(1) not in {
             "WORKER_REPLICAS",
