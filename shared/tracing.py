@@ -38,6 +38,8 @@ _OTLP_BY_PROTOCOL = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grp
 
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
+#: the sampler follows a span's parent (the default, and ``parentbased_*``): a job the API did not sample is not
+_parent_decides = False
 
 
 class TracingMisconfigured(ValueError):
@@ -88,9 +90,12 @@ def configure(service_name: str, environ: Mapping[str, str] = os.environ) -> boo
 
 def install(provider: TracerProvider | None) -> None:
     """Trace through ``provider`` (None: stop tracing); ``configure`` calls it, tests call it with their own."""
-    global _provider, _tracer
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    global _provider, _tracer, _parent_decides
     _provider = provider
     _tracer = None if provider is None else provider.get_tracer("embeddings-server")
+    _parent_decides = provider is not None and isinstance(provider.sampler, ParentBased)
 
 
 def provider() -> TracerProvider | None:
@@ -148,9 +153,18 @@ def continued(
     """The worker's part of a request's trace, current for the block: a ``queue wait`` span from
     ``queued_since_ms`` (epoch ms) to now, then ``name`` for the block, both under the API's span in
     ``carrier`` (a new trace without one). A no-op context when off."""
-    if _tracer is None:
+    if _tracer is None or (_parent_decides and carrier is not None and not _sampled(carrier)):
         return contextlib.nullcontext()
     return _continued(_tracer, carrier, name, queued_since_ms, attributes)
+
+
+def _sampled(carrier: Mapping[str, str]) -> bool:
+    """Whether the trace in ``carrier`` was sampled by the API (true if it holds none): a parent-based sampler
+    would make every span of an unsampled one a no-op, at about half a recorded span's cost, so none is made."""
+    from opentelemetry import propagate, trace
+
+    parent = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return not parent.is_valid or parent.trace_flags.sampled
 
 
 @contextlib.contextmanager

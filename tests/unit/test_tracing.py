@@ -125,6 +125,16 @@ def test_the_worker_continues_the_request_it_was_sent(spans):
     assert job.status.status_code is StatusCode.ERROR and job.attributes["error.type"] == "timeout"
 
 
+def test_a_job_the_api_did_not_sample_makes_no_spans(spans):
+    unsampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+    with tracing.continued(unsampled, "embed", queued_since_ms=0, attributes={}) as job:
+        assert job is None and tracing.current_span_context() is None  # so no batch links to it either
+    sampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    with tracing.continued(sampled, "embed", queued_since_ms=0, attributes={}) as job:
+        assert job is not None
+    assert [span.name for span in spans.get_finished_spans()] == ["queue wait", "embed"]
+
+
 async def test_one_batch_links_every_request_it_served(spans):
     tracer = _tracer()
     release = asyncio.Event()
