@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -154,30 +155,31 @@ def continued(
     """The worker's part of a request's trace, current for the block: a ``queue wait`` span from
     ``queued_since_ms`` (epoch ms) to now, then ``name`` for the block, both under the API's span in
     ``carrier`` (a new trace without one). A no-op context when off."""
-    if _tracer is None or (_parent_decides and carrier is not None and not _sampled(carrier)):
+    if _tracer is None:
         return contextlib.nullcontext()
-    return _continued(_tracer, carrier, name, queued_since_ms, attributes)
+    from opentelemetry import propagate
+
+    parent = propagate.extract(carrier or {})
+    if _parent_decides and not _sampled(parent):
+        return contextlib.nullcontext()
+    return _continued(_tracer, parent, name, queued_since_ms, attributes)
 
 
-def _sampled(carrier: Mapping[str, str]) -> bool:
-    """Whether the trace in ``carrier`` was sampled by the API (true if it holds none): a parent-based sampler
+def _sampled(parent: Context) -> bool:
+    """Whether the API sampled the trace ``parent`` continues (true if there is none): a parent-based sampler
     would make every span of an unsampled one a no-op, at about half a recorded span's cost, so none is made."""
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
-    parent = trace.get_current_span(propagate.extract(carrier)).get_span_context()
-    return not parent.is_valid or parent.trace_flags.sampled
+    context = trace.get_current_span(parent).get_span_context()
+    return not context.is_valid or context.trace_flags.sampled
 
 
 @contextlib.contextmanager
 def _continued(
-    tracer: Tracer, carrier: Mapping[str, str] | None, name: str, queued_since_ms: int, attributes: Mapping[str, Any]
+    tracer: Tracer, parent: Context, name: str, queued_since_ms: int, attributes: Mapping[str, Any]
 ) -> Iterator[Span]:
-    import time
-
-    from opentelemetry import propagate
     from opentelemetry.trace import SpanKind
 
-    parent: Context = propagate.extract(carrier or {})
     claimed_ns = time.time_ns()
     tracer.start_span("queue wait", parent, start_time=min(queued_since_ms * 1_000_000, claimed_ns)).end(claimed_ns)
     with tracer.start_as_current_span(
