@@ -1,7 +1,8 @@
-"""API keys: when any are configured, every ``/v1/*`` route (and ``/metrics`` if protected) needs
-``Authorization: Bearer <key>``. Keys are kept and compared as SHA-256 digests, in constant time, and never logged.
+"""API keys: when any are configured, every route needs ``Authorization: Bearer <key>``, except the few in
+``OPEN_ROUTES``, each with its reason. A route added later is protected without touching this module. Keys are
+kept and compared as SHA-256 digests, in constant time, and never logged.
 
-The digest's first 16 hex characters name the key's owner: asynchronous jobs belong to it.
+The digest's first 16 hex characters name the key's owner: asynchronous jobs, files and batches belong to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
+from api.http import route_path
 from shared.errors import ErrorKind
 from shared.settings import Settings
 
@@ -20,6 +22,24 @@ log = logging.getLogger(__name__)
 
 #: the owner of every job while no keys are configured
 ANONYMOUS = "anonymous"
+
+#: the only routes answered without a key; an entry ending in "/" opens every path below it
+OPEN_ROUTES: dict[str, str] = {
+    "/healthz": "liveness probe: orchestrators call it without credentials",
+    "/readyz": "readiness probe: orchestrators and load balancers call it without credentials",
+    "/openapi.json": "the API's contract, which says which routes need a key; it holds no data",
+    "/docs": "the interactive documentation page, rendered from /openapi.json; it holds no data",
+    "/docs/": "the documentation page's own scripts and stylesheets, served locally",
+}
+#: open unless ``PROTECT_METRICS``: Prometheus scrapers are often set up without credentials
+METRICS_ROUTE = "/metrics"
+
+
+def open_routes(protect_metrics: bool) -> dict[str, str]:
+    """The routes answered without a key, and why."""
+    if protect_metrics:
+        return dict(OPEN_ROUTES)
+    return {**OPEN_ROUTES, METRICS_ROUTE: "Prometheus scrapes it without a key (PROTECT_METRICS=true closes it)"}
 
 
 def digest(key: str) -> bytes:
@@ -54,19 +74,23 @@ class KeyRing:
 
 
 class ApiKeyAuth:
-    """ASGI middleware: refuse protected routes without a valid key (401); record the caller as its owner."""
+    """ASGI middleware: refuse every route but the open ones without a valid key (401, ``WWW-Authenticate:
+    Bearer``); record the caller as its owner. Unknown paths are refused too, so the routes are not probed
+    without a key."""
 
     def __init__(self, app: ASGIApp, ring: KeyRing, protect_metrics: bool) -> None:
         self._app = app
         self._ring = ring
-        self._protected = ("/v1/", "/metrics") if protect_metrics else ("/v1/",)
+        opened = open_routes(protect_metrics)
+        self._open_paths = frozenset(path for path in opened if not path.endswith("/"))
+        self._open_prefixes = tuple(path for path in opened if path.endswith("/"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         owner: str | None = ANONYMOUS
-        if self._ring.enabled and scope["path"].startswith(self._protected):
+        if self._ring.enabled and not self._is_open(route_path(scope)):
             owner = self._owner(scope)
             if owner is None:
                 response = error_response(ErrorKind.AUTHENTICATION, "missing or invalid API key")
@@ -75,6 +99,9 @@ class ApiKeyAuth:
                 return
         scope.setdefault("state", {})["owner"] = owner
         await self._app(scope, receive, send)
+
+    def _is_open(self, path: str) -> bool:
+        return path in self._open_paths or path.startswith(self._open_prefixes)
 
     def _owner(self, scope: Scope) -> str | None:
         for name, value in scope["headers"]:

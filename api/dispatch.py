@@ -1,10 +1,12 @@
-"""Enqueue a synchronous job and wait for its reply, within the request's deadline and the deployment's backlog."""
+"""Enqueue a synchronous job and wait for its reply, within the request's deadline, the deployment's backlog and its
+API key's share of it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from typing import Protocol
 from arq.connections import ArqRedis
 from redis.exceptions import OutOfMemoryError, RedisError
 
+from api.auth import ANONYMOUS
 from api.replies import ReplyReader
 from shared import tracing
 from shared.clock import now_ms
@@ -37,10 +40,20 @@ class JobBuilder(Protocol):
     def __call__(self, *, reply_to: str, enqueued_ms: int, deadline_ms: int) -> SyncJob | RerankJob: ...
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pending:
+    """A job on its way to the next enqueue."""
+
+    request_id: str
+    owner: str
+    job: NewJob
+
+
 class Dispatcher:
     """Each request's job goes to Redis with every other job submitted while the previous enqueue was on its way
-    (one script call, which also admits them against the backlog bound); its reply, or its refusal, or its timeout,
-    comes back through one future: a request is resumed once, when it has its answer.
+    (one script call, which also admits them against the backlog bound and each one's owner against its share,
+    ``shared.backlog``); its reply, or its refusal, or its timeout, comes back through one future: a request is
+    resumed once, when it has its answer.
     """
 
     def __init__(
@@ -51,6 +64,7 @@ class Dispatcher:
         *,
         worker_ttl_s: float,
         max_queued_texts: int,
+        max_queued_texts_per_key: int,
         request_timeout_s: float,
     ) -> None:
         self._redis = redis
@@ -58,15 +72,15 @@ class Dispatcher:
         self._guard = guard
         self._queue = JobQueue.sync(redis)
         self._max_queued_texts = max_queued_texts
-        #: items: a request's id and its job
-        self._enqueuer: Coalescer[tuple[str, NewJob], SyncReply] = Coalescer(self._enqueue_many, "enqueue")
+        self._max_queued_texts_per_key = max_queued_texts_per_key
+        self._enqueuer: Coalescer[_Pending, SyncReply] = Coalescer(self._enqueue_many, "enqueue")
         self._worker_ttl_s = worker_ttl_s
         self._timeout_s = request_timeout_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
-    async def run(self, build: JobBuilder) -> SyncReply:
+    async def run(self, build: JobBuilder, owner: str) -> SyncReply:
         """The worker's reply to the request, within the deployment's request timeout; ServiceError if it cannot be
-        had in time.
+        had in time. ``owner``: who sent it (``api.auth``), whose share of the backlog its texts count against.
 
         If the caller is cancelled (its client went away) or the deadline passes, a job no worker has started
         yet is taken off the queue.
@@ -86,8 +100,8 @@ class Dispatcher:
         trace_context = tracing.inject()
         if trace_context is not None:
             job = dataclasses.replace(job, trace_context=trace_context)
-        new_job = self._new_job(job, timeout_s)
-        future = self._enqueuer.add((job.request_id, new_job), self._listener.expect(job.request_id))
+        new_job = self._new_job(job, owner, timeout_s)
+        future = self._enqueuer.add(_Pending(job.request_id, owner, new_job), self._listener.expect(job.request_id))
         timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future, timeout_s)
         try:
             return await future
@@ -103,22 +117,23 @@ class Dispatcher:
             self._listener.forget(job.request_id)
 
     @staticmethod
-    def _new_job(job: SyncJob | RerankJob, timeout_s: float) -> NewJob:
+    def _new_job(job: SyncJob | RerankJob, owner: str, timeout_s: float) -> NewJob:
         return NewJob(
-            job_id=queue_job_id(job.request_id, len(job.inputs)),
+            job_id=queue_job_id(job.request_id, len(job.inputs), owner),
             message=encode_job(job),
             enqueued_ms=job.enqueued_ms,
             expires_ms=int((timeout_s + _JOB_KEY_EXTRA_S) * 1000),
             texts=len(job.inputs),
         )
 
-    async def _enqueue_many(self, jobs: list[tuple[tuple[str, NewJob], asyncio.Future[SyncReply]]]) -> None:
-        """Enqueue in one script call; a refusal (backlog full, Redis unreachable) completes the job's future.
-        An admitted job's future is completed by the result listener, or by its timer."""
+    async def _enqueue_many(self, jobs: list[tuple[_Pending, asyncio.Future[SyncReply]]]) -> None:
+        """Enqueue in one script call; a refusal (backlog or the key's share full, Redis unreachable) completes the
+        job's future. An admitted job's future is completed by the result listener, or by its timer."""
         refusals: list[Callable[[], ServiceError] | None]
         try:
-            new_jobs = [new_job for (_, new_job), _ in jobs]
-            enqueued = await self._queue.enqueue(new_jobs, self._max_queued_texts, now_ms())
+            new_jobs = [pending.job for pending, _ in jobs]
+            share = self._max_queued_texts_per_key
+            enqueued = await self._queue.enqueue(new_jobs, self._max_queued_texts, now_ms(), per_key_limit=share)
         except OutOfMemoryError:
             log.warning("enqueueing %d jobs failed: Redis is out of memory", len(jobs))
             refusals = [_store_full] * len(jobs)
@@ -129,10 +144,15 @@ class Dispatcher:
             log.exception("enqueueing %d jobs failed", len(jobs))
             refusals = [_enqueue_failed] * len(jobs)
         else:
-            refusals = [None if ok else _backlog_full for ok in enqueued.admitted]
-            for ((request_id, new_job), _), ok in zip(jobs, enqueued.admitted, strict=True):
+            refusals = []
+            for (pending, _), ok, held in zip(jobs, enqueued.admitted, enqueued.owner_holds, strict=True):
                 if ok:
-                    self._listener.written(request_id, enqueued.epoch, new_job.job_id)
+                    self._listener.written(pending.request_id, enqueued.epoch, pending.job.job_id)
+                    refusals.append(None)
+                elif held:
+                    refusals.append(functools.partial(_key_backlog_full, pending.owner, held, share))
+                else:
+                    refusals.append(_backlog_full)
         for (_, future), refusal in zip(jobs, refusals, strict=True):
             if refusal is not None and not future.done():
                 future.set_exception(refusal())
@@ -181,6 +201,18 @@ def _store_full() -> ServiceError:
 
 def _backlog_full() -> ServiceError:
     return ServiceError(ErrorKind.RATE_LIMITED, "too much work is queued right now; retry shortly")
+
+
+def _key_backlog_full(owner: str, held: int, share: int) -> ServiceError:
+    if owner == ANONYMOUS:
+        who, them, their = "unauthenticated requests already have", "them", "their"
+    else:
+        who, them, their = "this API key already has", "it", "its"
+    return ServiceError(
+        ErrorKind.KEY_BACKLOG_FULL,
+        f"{who} {held} texts queued or being encoded, and this request's would take {them} past {their} share of "
+        f"the queue (MAX_QUEUED_TEXTS_PER_KEY={share}); retry shortly",
+    )
 
 
 def _enqueue_failed() -> ServiceError:

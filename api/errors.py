@@ -13,10 +13,13 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, compile_path
 
+from api.http import route_path
 from api.metrics import ERRORS
 from shared.errors import ErrorKind, ServiceError
 
@@ -35,6 +38,7 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.JOB_LOST: (410, "server_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorKind.KEY_BACKLOG_FULL: (429, "rate_limit_error"),
     ErrorKind.INSUFFICIENT_STORAGE: (507, "server_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
     ErrorKind.MODEL_UNAVAILABLE: (503, "server_error"),
@@ -90,10 +94,23 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors: 404 for an unknown route, 405 for a known route and another method."""
+    """Starlette's own errors: 404 for an unknown route, 405 for a known route and another method; a 405 says
+    which methods the path takes (``Allow``, as RFC 9110 requires), from every route on it."""
     assert isinstance(exc, StarletteHTTPException)
     kind = _HTTP_ERROR_KINDS.get(exc.status_code, ErrorKind.INVALID_REQUEST)
-    return error_response(kind, str(exc.detail))
+    response = error_response(kind, str(exc.detail))
+    if exc.status_code == 405:
+        response.headers["allow"] = ", ".join(allowed_methods(request.app.routes, route_path(request.scope)))
+    return response
+
+
+def allowed_methods(routes: list[BaseRoute], path: str) -> list[str]:
+    """The methods the routes matching ``path`` answer (those of included routers too), in a stable order."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _redis_unreachable(request: Request, exc: Exception) -> Response:
@@ -134,7 +151,44 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
-# The error body's shape, for the OpenAPI document.
+# What each kind of route can answer, for the OpenAPI document. The middleware adds its own to every route it
+# guards (``api.openapi``): 401 where a key is needed, 413 where there is a body, 400 where there are parameters.
+
+#: Redis down or failing over, and a bug; every route that reads Redis
+READ_ERRORS = (ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.INTERNAL)
+#: and, for a route that writes, Redis full or configured to evict keys
+WRITE_ERRORS = (*READ_ERRORS, ErrorKind.INSUFFICIENT_STORAGE, ErrorKind.STORE_EVICTS)
+#: the readiness probe: Redis unreachable or evicting, or no worker alive
+READINESS_ERRORS = (ErrorKind.SERVICE_UNAVAILABLE, ErrorKind.STORE_EVICTS)
+
+#: a synchronous inference route: embeddings and rerank, in every shape
+SYNC_ERRORS = (
+    *WRITE_ERRORS,
+    ErrorKind.INVALID_REQUEST,
+    ErrorKind.INPUT_TOO_LONG,
+    ErrorKind.MODEL_NOT_FOUND,
+    ErrorKind.MODEL_UNAVAILABLE,
+    ErrorKind.RATE_LIMITED,
+    ErrorKind.TIMEOUT,
+)
+#: creating a job (an ``Idempotency-Key`` repeated finds the job it made: gone, or lost with Redis)
+JOB_CREATION_ERRORS = (
+    *WRITE_ERRORS,
+    ErrorKind.INVALID_REQUEST,
+    ErrorKind.MODEL_NOT_FOUND,
+    ErrorKind.RATE_LIMITED,
+    ErrorKind.NOT_FOUND,
+    ErrorKind.JOB_LOST,
+)
+#: creating a batch from an uploaded file
+BATCH_CREATION_ERRORS = (*WRITE_ERRORS, ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND, ErrorKind.RATE_LIMITED)
+#: uploading a file
+UPLOAD_ERRORS = (*WRITE_ERRORS, ErrorKind.INVALID_REQUEST)
+#: one stored object (job, batch, file): not the caller's or never made (404), lost with Redis (410); reading one
+#: may record what it measured, cancelling and deleting write
+OBJECT_ERRORS = (*WRITE_ERRORS, ErrorKind.NOT_FOUND, ErrorKind.JOB_LOST)
+#: a job's results: as the job, or not completed yet (409), or expired (410)
+RESULT_ERRORS = (*OBJECT_ERRORS, ErrorKind.NOT_READY, ErrorKind.EXPIRED)
 
 
 class ErrorDetail(BaseModel):
@@ -148,6 +202,15 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
-    return {status: {"model": ErrorBody, "description": "OpenAI-shaped error"} for status in statuses}
+def error_responses(*kinds: ErrorKind) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error kinds a route can answer: one per status, naming its codes."""
+    codes: dict[int, list[str]] = {}
+    for kind in kinds:
+        codes.setdefault(ERROR_TABLE[kind][0], []).append(kind.value)
+    return {
+        status: {"model": ErrorBody, "description": error_description(names)} for status, names in sorted(codes.items())
+    }
+
+
+def error_description(codes: list[str]) -> str:
+    return "OpenAI-shaped error; `code`: " + ", ".join(f"`{code}`" for code in dict.fromkeys(codes))

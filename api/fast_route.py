@@ -23,7 +23,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error_responses, service_error_response
+from api.errors import SYNC_ERRORS, error_responses, service_error_response
+from api.http import route_path
 from shared import tracing
 from shared.errors import ServiceError
 
@@ -53,7 +54,7 @@ def json_post(path: str, endpoint: ASGIApp, *, name: str, request: type[BaseMode
             "requestBody": {"required": True, "content": {"application/json": {"schema": request.model_json_schema()}}}
         },
         response_class=Response,
-        responses={200: {"model": response}, **error_responses(400, 401, 404, 405, 413, 429, 500, 503, 504)},
+        responses={200: {"model": response}, **error_responses(*SYNC_ERRORS)},
     )
 
 
@@ -65,7 +66,7 @@ class FastRoutes:
         self._routes = {(route.method, route.path): route for route in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._routes.get((scope["method"], _route_path(scope))) if scope["type"] == "http" else None
+        route = self._routes.get((scope["method"], route_path(scope))) if scope["type"] == "http" else None
         if route is None:
             await self._app(scope, receive, send)
             return
@@ -83,9 +84,3 @@ def install(app: FastAPI, *routes: FastRoute) -> None:
     other middleware is added, so this one is the innermost."""
     app.router.routes[:0] = routes
     app.add_middleware(FastRoutes, routes=list(routes))
-
-
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    return path[len(root_path) :] if root_path and path.startswith(root_path) else path

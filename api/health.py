@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api.errors import error_response, error_responses
+from api.errors import READ_ERRORS, READINESS_ERRORS, error_response, error_responses
 from api.http import json_response
 from api.model_cards import model_cards
 from shared.errors import ErrorKind, ServiceError
@@ -22,7 +22,7 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", responses=error_responses(503))
+@router.get("/readyz", responses=error_responses(*READINESS_ERRORS))
 async def readyz(request: Request) -> Response:
     """Redis answers, keeps what it is given (no eviction policy) and at least one worker is alive; else 503."""
     settings: Settings = request.app.state.settings
@@ -38,7 +38,7 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready", "workers": len(workers)})
 
 
-@router.get("/v1/models", responses=error_responses(401))
+@router.get("/v1/models", responses=error_responses(*READ_ERRORS))
 async def list_models(request: Request) -> Response:
     """The configured models, and any other model a live worker has loaded; for a loaded one also its dimensions,
     maximum tokens, prompt names, default prompt, whether its vectors are normalized, its runtime and precision."""

@@ -1,16 +1,34 @@
-"""JSON in and out for every route: one body parser (its failure is the same 400 everywhere), one response builder."""
+"""What every route shares: one body parser (its failure is the same 400 everywhere), one response builder, and
+the path a request is routed on."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, Strict, ValidationError
+from starlette.types import Scope
 
 from shared.errors import ErrorKind, ServiceError
 
 Body = TypeVar("Body", bound=BaseModel)
+
+
+def json_integer(value: Any) -> Any:
+    """``value`` as an int where it is an integral float: JSON Schema counts ``3.0`` as an integer, as clients that
+    write every number as a float do."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Integers as JSON Schema means them: ``3`` or ``3.0``, never ``"3"`` nor ``true``. The bounds come before the
+# validator, so that the schema shows them as ``minimum`` and ``maximum``.
+#: a count of at least one
+PositiveInt = Annotated[int, Strict(), Field(ge=1), BeforeValidator(json_integer)]
+#: a number of dimensions to keep
+Dimensions = Annotated[int, Strict(), Field(ge=1, le=65_536), BeforeValidator(json_integer)]
 
 
 def parse_json(body: bytes) -> Any:
@@ -40,3 +58,10 @@ def parse_body(model: type[Body], payload: Any, context: dict[str, Any] | None =
         else:
             message = f"{param}: {first['msg']}"
         raise ServiceError(ErrorKind.INVALID_REQUEST, message, param) from None
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the ``root_path`` a proxy mounted it under."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path

@@ -25,6 +25,11 @@ FILE_ID_PREFIX = "file-"
 OUTPUT = "output"
 ERRORS = "errors"
 
+_TOKEN_PATTERN = f"[0-9a-f]{{{_TOKEN_LENGTH}}}"
+#: the ids of each kind, as regular expressions (the OpenAPI document's patterns)
+BATCH_ID_PATTERN = f"^{BATCH_ID_PREFIX}{_TOKEN_PATTERN}$"
+FILE_ID_PATTERN = f"^{FILE_ID_PREFIX}{_TOKEN_PATTERN}(-({OUTPUT}|{ERRORS}))?$"
+
 
 def output_file_id(batch_id: str, which: str) -> str:
     return f"{FILE_ID_PREFIX}{batch_id.removeprefix(BATCH_ID_PREFIX)}-{which}"
@@ -48,6 +53,12 @@ def made_at_ms(prefix: str, value: str) -> int | None:
     if not all(c in "0123456789abcdef" for c in token):
         return None
     return int(token[:12], 16)
+
+
+def file_made_at_ms(file_id: str) -> int | None:
+    """When a file id was made: an upload's, or its batch's for an output file."""
+    derived = batch_of_file(file_id)
+    return made_at_ms(BATCH_ID_PREFIX, derived[0]) if derived else made_at_ms(FILE_ID_PREFIX, file_id)
 
 
 class Owned(Protocol):

@@ -25,20 +25,28 @@ async def page(
     key: str,
     *,
     after: str | None,
+    after_made_at_ms: int | None,
     limit: int,
     newest_first: bool,
     older_than_kept_ms: int,
     resolve: Callable[[list[str]], Awaitable[list[dict[str, Any] | None]]],
 ) -> dict[str, Any]:
     """The next ``limit`` objects after ``after``; ``resolve`` turns ids into objects, None for one that is gone.
-    Ids scored before ``older_than_kept_ms`` have expired with their records and are dropped first."""
+    An ``after`` no longer listed (deleted, expired) pages on from where it was, by the time its id was made
+    (``after_made_at_ms``). Ids scored before ``older_than_kept_ms`` have expired with their records and are
+    dropped first."""
     await redis.zremrangebyscore(key, "-inf", f"({older_than_kept_ms}")
     start = 0
     if after is not None:
         rank = await (redis.zrevrank(key, after) if newest_first else redis.zrank(key, after))
-        if rank is None:
+        if rank is not None:
+            start = int(rank) + 1
+        elif after_made_at_ms is None:
             raise ServiceError(ErrorKind.INVALID_REQUEST, f"after: no object with id {after!r}", "after")
-        start = int(rank) + 1
+        elif newest_first:
+            start = int(await redis.zcount(key, after_made_at_ms, "+inf"))
+        else:
+            start = int(await redis.zcount(key, "-inf", after_made_at_ms))
     found: list[dict[str, Any]] = []
     while len(found) <= limit:
         ids = [raw.decode() for raw in await redis.zrange(key, start, start + _IDS_PER_READ - 1, desc=newest_first)]

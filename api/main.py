@@ -12,7 +12,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import fast_route, health, metrics
+from api import docs, fast_route, health, metrics, openapi
 from api.admission import Admission
 from api.auth import ApiKeyAuth, KeyRing
 from api.batches import routes as batches
@@ -52,6 +52,9 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     app = FastAPI(
         title="Embeddings server",
         version="0.1.0",
+        # api.docs serves /docs from a local copy of Swagger UI instead of FastAPI's CDN page; no ReDoc
+        docs_url=None,
+        redoc_url=None,
         lifespan=functools.partial(_connected, settings=settings, redis_factory=redis_factory),
         # the server span a request's trace starts from (shared.tracing) is FastAPI's own
         telemetry={"tracing": traced or otel, "metrics": otel, "logs": otel, "tracer_provider": tracing.provider()},
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     app.state.settings = settings
     install_error_handlers(app)
     _install_routes(app)
+    openapi.install(app, settings, keys_required=key_ring.enabled)
     _install_middleware(app, settings, key_ring)
     return app
 
@@ -86,6 +90,7 @@ async def _connected(
         admission.guard,
         worker_ttl_s=settings.worker_ttl_s,
         max_queued_texts=settings.max_queued_texts,
+        max_queued_texts_per_key=settings.queued_texts_per_key,
         request_timeout_s=settings.request_timeout_s,
     )
     try:
@@ -105,6 +110,7 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    docs.install(app)
 
 
 def _install_middleware(app: FastAPI, settings: Settings, key_ring: KeyRing) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian/Ubuntu packages the project needs: redis-server, nginx (the tests run the compose file's proxy config),
-# and venv support for Python, plus any named as arguments (the benchmark asks for wrk). Installs only what is missing.
+# chromium (the tests render /docs in it, headless) and venv support for Python, plus any named as arguments (the
+# benchmark asks for wrk). Installs only what is missing.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 missing=()
@@ -9,6 +10,7 @@ for package in "$@"; do
 done
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v chromium >/dev/null || missing+=(chromium)
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -1,17 +1,22 @@
-"""The deployment-wide count of texts queued or being encoded: the API admits work against it, workers release it.
+"""The count of texts queued or being encoded, deployment-wide and per key: the API admits work against it, whoever
+takes an entry off the queue releases it.
 
-Past ``max_queued_texts`` new requests get 429 at once, so accepted work keeps its latency. A request larger than
-the whole bound is still admitted when nothing else is queued, so no valid request is refused forever.
-Admission happens inside the enqueue script (``shared.job_queue``), atomically with the enqueue itself; that script
-also puts the count back to 0 if it went below (releases of work an emptied Redis no longer counted).
+Past ``max_queued_texts`` new requests get 429 ``rate_limit_exceeded`` at once, so accepted work keeps its latency.
+Each owner (an API key, or "anonymous") may also hold at most its share, ``max_queued_texts_per_key``, so one key
+filling the queue leaves room for the others: past its share a key gets 429 ``key_backlog_full`` while the others are
+still served. A request larger than either bound is still admitted when nothing (of the bound's) is queued, so no
+valid request is refused forever.
+
+Admission happens inside the enqueue script (``shared.job_queue``), atomically with the enqueue itself, and so does
+every release: the script that takes an entry off the queue (a worker finishing it, a withdrawal, a claim dropping an
+entry whose job vanished) gives its texts back to both counts, once, since only one of them removes it. The counts
+live in Redis: a counter (``keys.QUEUED_TEXTS``) and a hash of owner -> texts (``keys.QUEUED_TEXTS_PER_KEY``). The
+enqueue script puts the counter back to 0 if it went below, and empties the hash whenever the counter reads 0 (what
+every key holds is part of the whole, so then nobody holds anything): a Redis restart, or a count that drifted,
+mends itself.
 """
 
 from __future__ import annotations
-
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-
-from shared import keys
 
 #: Lua: a counter's value, put back to 0 if releases took it below (work an emptied Redis no longer counted)
 READ_COUNTER_LUA = """
@@ -25,27 +30,29 @@ local function read_counter(key)
 end
 """
 
-# KEYS: the counter. ARGV: texts. Allowed past maxmemory (Redis 7's script flags): it grows nothing.
-_RELEASE_PAST_MAXMEMORY = """#!lua flags=allow-oom
-return redis.call('DECRBY', KEYS[1], ARGV[1])
+#: Lua: ``read_share(hash, owner)``, the texts ``owner`` holds, 0 for none (a count below 0 is dropped)
+READ_SHARE_LUA = """
+local function read_share(hash, owner)
+    local value = tonumber(redis.call('HGET', hash, owner) or '0')
+    if value < 0 then
+        redis.call('HDEL', hash, owner)
+        value = 0
+    end
+    return value
+end
 """
 
-
-class Backlog:
-    def __init__(self, redis: Redis, key: str = keys.QUEUED_TEXTS) -> None:
-        self._redis = redis
-        self._key = key
-        self._release_past_maxmemory = redis.register_script(_RELEASE_PAST_MAXMEMORY)
-
-    async def release(self, texts: int) -> None:
-        await self._redis.decrby(self._key, texts)
-
-    def release_in(self, pipe: Pipeline, texts: int) -> None:
-        """Queue the release in ``pipe``, to go with the result it belongs to. A plain DECRBY, not a script: a
-        pipeline holding a script asks Redis whether the script exists before every execute, one more round trip
-        on every batch's finish."""
-        pipe.decrby(self._key, texts)
-
-    async def release_despite_oom(self, texts: int) -> None:
-        """The release, when Redis refused it for want of memory (it refuses DECRBY then, though it grows nothing)."""
-        await self._release_past_maxmemory(keys=[self._key], args=[texts])
+#: Lua: ``release(counter, hash, texts, by_owner)``, ``texts`` given back to the counter and, of them, each
+#: owner's (a table owner -> texts) to its share; an owner left with nothing leaves the hash
+RELEASE_LUA = """
+local function release(counter, hash, texts, by_owner)
+    if texts > 0 then
+        redis.call('DECRBY', counter, texts)
+    end
+    for owner, owned in pairs(by_owner) do
+        if redis.call('HINCRBY', hash, owner, -owned) <= 0 then
+            redis.call('HDEL', hash, owner)
+        end
+    end
+end
+"""

@@ -31,6 +31,8 @@ class ErrorKind(enum.StrEnum):
     JOB_LOST = "job_lost"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limit_exceeded"
+    #: this API key holds its whole share of the queue (``MAX_QUEUED_TEXTS_PER_KEY``); other keys are still served
+    KEY_BACKLOG_FULL = "key_backlog_full"
     #: the result store has no room for this job's results (``shared.storage``)
     INSUFFICIENT_STORAGE = "insufficient_storage"
     INTERNAL = "internal_error"

@@ -5,15 +5,20 @@ one to start it, one to finish it). Embedding jobs are small and many, so the AP
 arrived in the same event-loop tick with one script, and a worker claims (and later finishes) all the jobs it
 can take with one script. Jobs stay arq jobs: arq's keys, arq's job format (with our msgpack serializer).
 
-A queue entry's id is ``queue_job_id(request_id, texts)``: its number of texts rides in the id, so the claim and
-withdraw scripts keep the text budget and the backlog without reading job bodies. Python builds that id in one
-place (``queue_job_id``) and only Lua reads it back (``_TEXTS_OF``).
+A queue entry's id is ``queue_job_id(request_id, texts, owner)``: its number of texts and its owner (whose share of
+the backlog it counts against) ride in the id, so the scripts keep the text budget and the backlog without reading
+job bodies. Python builds that id in one place (``queue_job_id``) and only Lua reads it back (``_PARSE_ID``).
+
+The backlog (``shared.backlog``) counts an entry from the script that puts it on the queue to the one that takes it
+off: finishing it, withdrawing it, or a claim dropping it because its job is gone. Each of them releases the texts
+of the entries it removed, so an entry is released once, whoever gets to it first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,10 +27,10 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.jobs import deserialize_job_raw, serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from shared import keys
-from shared.backlog import READ_COUNTER_LUA, Backlog
+from shared.backlog import READ_COUNTER_LUA, READ_SHARE_LUA, RELEASE_LUA
 from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
 
 #: name of the arq function that embeds one ``EmbedJob``
@@ -50,64 +55,115 @@ _RETRY_KEY_TTL_S = 88_400
 #: queue entries one claim looks at
 _CLAIM_SCAN_LIMIT = 10_000
 
-# Lua: the texts of a queue entry, from its id (see ``queue_job_id``)
-_TEXTS_OF = """
-local function texts_of(id)
-    return tonumber(string.match(id, '%.(%d+)$') or '1')
+# Lua: the texts and the owner (nil for none) of a queue entry, from its id (see ``queue_job_id``); an id with no
+# count counts 1
+_PARSE_ID = """
+local function parse_id(id)
+    local texts = tonumber(string.match(id, '%.(%d+)$') or '1')
+    local owner = string.match(id, '^([%w_%-]+):')
+    return texts, owner
 end
 """
 
-# KEYS: queue, backlog counter, epoch, then one job key per job.
-# ARGV: backlog limit, wake channel, now (ms), candidate epoch id, then per job: id, payload, expiry (ms), texts.
-# Returns the epoch the jobs were written in, then one flag per job: 1 enqueued, 0 refused because the backlog is
-# full. Publishes the queue's name.
+# Lua: ``release_entries(counter, hash, ids)``, the texts of entries just taken off the queue given back to the
+# backlog counter and to their owners' shares (``shared.backlog``)
+_RELEASE_ENTRIES = (
+    _PARSE_ID
+    + RELEASE_LUA
+    + """
+local function release_entries(counter, hash, ids)
+    local total, by_owner = 0, {}
+    for _, id in ipairs(ids) do
+        local texts, owner = parse_id(id)
+        total = total + texts
+        if owner then
+            by_owner[owner] = (by_owner[owner] or 0) + texts
+        end
+    end
+    release(counter, hash, total, by_owner)
+end
+"""
+)
+
+# KEYS: queue, backlog counter, per-owner backlog hash, epoch, then one job key per job.
+# ARGV: backlog limit, each owner's share (0: none), wake channel, now (ms), candidate epoch id, then per job: id,
+# payload, expiry (ms), texts.
+# Returns the epoch the jobs were written in, then one number per job: 1 enqueued, 0 refused because the backlog is
+# full, -n refused because its owner already holds n texts and the job's would take it past its share. Publishes
+# the queue's name. The texts of an entry already on the queue (an id enqueued twice) are not counted again.
 _ENQUEUE = (
     CURRENT_EPOCH_LUA
     + READ_COUNTER_LUA
+    + READ_SHARE_LUA
+    + _PARSE_ID
     + """
-local epoch = current_epoch(KEYS[3], ARGV[4])
+local epoch = current_epoch(KEYS[4], ARGV[5])
 local queued = read_counter(KEYS[2])
+if queued == 0 then
+    redis.call('DEL', KEYS[3])
+end
 local limit = tonumber(ARGV[1])
+local share = tonumber(ARGV[2])
 local added = 0
+local held, grown = {}, {}
 local result = {epoch}
-for i = 0, (#ARGV - 4) / 4 - 1 do
-    local base = 5 + 4 * i
+for i = 0, (#ARGV - 5) / 4 - 1 do
+    local base = 6 + 4 * i
+    local id = ARGV[base]
     local texts = tonumber(ARGV[base + 3])
+    local _, owner = parse_id(id)
+    local mine = 0
+    if owner then
+        mine = held[owner] or read_share(KEYS[3], owner)
+        held[owner] = mine
+    end
     if queued + added > 0 and queued + added + texts > limit then
         result[i + 2] = 0
+    elseif share > 0 and mine > 0 and mine + texts > share then
+        result[i + 2] = -mine
     else
-        redis.call('PSETEX', KEYS[4 + i], ARGV[base + 2], ARGV[base + 1])
-        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[base])
-        added = added + texts
+        redis.call('PSETEX', KEYS[5 + i], ARGV[base + 2], ARGV[base + 1])
+        if redis.call('ZADD', KEYS[1], ARGV[4], id) == 1 then
+            added = added + texts
+            if owner then
+                held[owner] = mine + texts
+                grown[owner] = (grown[owner] or 0) + texts
+            end
+        end
         result[i + 2] = 1
     end
 end
 if added > 0 then
     redis.call('INCRBY', KEYS[2], added)
-    redis.call('PUBLISH', ARGV[2], KEYS[1])
+    for owner, texts in pairs(grown) do
+        redis.call('HINCRBY', KEYS[3], owner, texts)
+    end
+    redis.call('PUBLISH', ARGV[3], KEYS[1])
 end
 return result
 """
 )
 
-# KEYS: queue. ARGV: now (ms), lease (ms), most jobs to claim, most texts to claim, entries to scan, arq's key
-# prefixes (in-progress, job, retry), retry key TTL, the progress key prefix of the chunks' parents ("" for a queue
-# of requests). Returns id, job, try, texts, cancelled (1 or 0) for each claimed job, flattened. A chunk's parent
-# (``shared.chunks``) is marked started, unless it was cancelled: that rides the claim instead of costing round trips.
-# The first job is taken whatever its size. A claimed job's score moves to the end of its lease (renewals move
-# it on), so claims scan only the jobs that wait for a worker, or whose worker died, not the running ones.
+# KEYS: queue, backlog counter, per-owner backlog hash. ARGV: now (ms), lease (ms), most jobs to claim, most texts
+# to claim, entries to scan, arq's key prefixes (in-progress, job, retry), retry key TTL, the progress key prefix of
+# the chunks' parents ("" for a queue of requests). Returns id, job, try, texts, cancelled (1 or 0) for each claimed
+# job, flattened. A chunk's parent (``shared.chunks``) is marked started, unless it was cancelled: that rides the
+# claim instead of costing round trips. The first job is taken whatever its size. A claimed job's score moves to
+# the end of its lease (renewals move it on), so claims scan only the jobs that wait for a worker, or whose worker
+# died, not the running ones. An entry whose job is gone (expired) is dropped, and its texts released.
 _CLAIM = (
-    _TEXTS_OF
+    _RELEASE_ENTRIES
     + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
 local claimed = {}
+local dropped = {}
 local most_jobs = tonumber(ARGV[3])
 local texts_left = tonumber(ARGV[4])
 for _, id in ipairs(ids) do
     if #claimed >= 4 * most_jobs then
         break
     end
-    local texts = texts_of(id)
+    local texts = parse_id(id)
     if #claimed > 0 and texts > texts_left then
         break
     end
@@ -134,33 +190,55 @@ for _, id in ipairs(ids) do
             table.insert(claimed, try)
             table.insert(claimed, texts)
             table.insert(claimed, cancelled)
-        else
-            redis.call('ZREM', KEYS[1], id)
+        elseif redis.call('ZREM', KEYS[1], id) == 1 then
+            table.insert(dropped, id)
         end
     end
 end
+release_entries(KEYS[2], KEYS[3], dropped)
 return claimed
 """
 )
 
 
-# KEYS: queue. ARGV: arq's in-progress and job key prefixes, then job ids. Takes each job that no worker holds off
-# the queue and drops its definition; returns how many jobs it took and their texts.
+# KEYS: queue, backlog counter, per-owner backlog hash. ARGV: arq's in-progress and job key prefixes, then job ids.
+# Takes each job that no worker holds off the queue, drops its definition and releases its texts; returns how many
+# jobs it took. It only shrinks Redis, and its first write removes something, so Redis runs it past maxmemory too.
 _WITHDRAW = (
-    _TEXTS_OF
+    _RELEASE_ENTRIES
     + """
-local taken, texts = 0, 0
+local taken = {}
 for i = 3, #ARGV do
     local id = ARGV[i]
     if redis.call('EXISTS', ARGV[1] .. id) == 0 and redis.call('ZREM', KEYS[1], id) == 1 then
         redis.call('DEL', ARGV[2] .. id)
-        taken = taken + 1
-        texts = texts + texts_of(id)
+        table.insert(taken, id)
     end
 end
-return {taken, texts}
+release_entries(KEYS[2], KEYS[3], taken)
+return #taken
 """
 )
+
+# KEYS: queue, backlog counter, per-owner backlog hash. ARGV: job ids. Takes finished jobs off the queue and
+# releases the texts of those it took (an entry a claim dropped meanwhile was released by that claim); returns how
+# many it took. Like ``_WITHDRAW``, it runs past maxmemory: its first write removes something.
+_END = (
+    _RELEASE_ENTRIES
+    + """
+local ended = {}
+for _, id in ipairs(ARGV) do
+    if redis.call('ZREM', KEYS[1], id) == 1 then
+        table.insert(ended, id)
+    end
+end
+release_entries(KEYS[2], KEYS[3], ended)
+return #ended
+"""
+)
+
+# ``_END`` allowed past maxmemory (Redis 7's script flags), should Redis refuse it all the same: it grows nothing.
+_END_PAST_MAXMEMORY = "#!lua flags=allow-oom\n" + _END
 
 
 # KEYS: a reply list. ARGV: its TTL (s), then the replies. Allowed past maxmemory (Redis 7's script flags): replies
@@ -184,8 +262,11 @@ class NewJob:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Enqueued:
     epoch: str
-    #: per job: written, or refused because the backlog is full
+    #: per job: written, or refused (the backlog is full, or its owner holds its share)
     admitted: list[bool]
+    #: per job: if it was refused because its owner holds its share of the backlog, the texts the owner holds;
+    #: else 0
+    owner_holds: list[int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,82 +290,108 @@ def _message_of(arq_job: bytes) -> bytes:
     return message if isinstance(message, bytes) else arq_job
 
 
-def queue_job_id(request_id: str, texts: int) -> str:
-    """The arq job id of a request or chunk: its id and its number of texts, which claims budget by."""
-    return f"{request_id}.{texts}"
+#: what an owner may be named in a queue id: what ``api.auth`` names them (16 hex digits, or "anonymous"), and then
+#: some; never a ":"
+_OWNER = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def queue_job_id(request_id: str, texts: int, owner: str | None = None) -> str:
+    """The arq job id of a request or chunk: ``<owner>:<request id>.<texts>``, or ``<request id>.<texts>`` with
+    no owner (chunks). Its number of texts is what claims budget by and the backlog counts; its owner is whose share
+    of the backlog it counts against (``shared.backlog``). Lua reads both back (``_PARSE_ID``): the owner is what
+    precedes the first ":", so a request id with no owner must have none."""
+    if owner is None:
+        if ":" in request_id:
+            raise ValueError(f"a queue id with no owner cannot hold a ':' ({request_id!r})")
+        return f"{request_id}.{texts}"
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"{owner!r} cannot own a queue entry")
+    return f"{owner}:{request_id}.{texts}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FinishedJob:
     job_id: str
-    texts: int
     #: where to push ``reply`` (synchronous jobs); None for chunks and for jobs nobody waits for
     reply_to: str | None = None
     reply: bytes | None = None
 
 
 class JobQueue:
-    """One arq queue, with its own backlog counter (``shared.backlog``); build it with ``sync`` or ``chunks``."""
+    """One arq queue, with its own backlog counter and per-owner hash (``shared.backlog``); build it with ``sync`` or
+    ``chunks``."""
 
-    def __init__(self, redis: Redis, queue: str, backlog_key: str, parents_prefix: str = "") -> None:
+    def __init__(
+        self, redis: Redis, queue: str, backlog_key: str, per_key_backlog_key: str, parents_prefix: str = ""
+    ) -> None:
         """``parents_prefix``: for a queue of chunks, the prefix of their parents' progress keys."""
         self._redis = redis
         self._queue = queue
-        self._backlog_key = backlog_key
+        #: the keys of every script that takes entries off the queue: the queue and the counts it releases
+        self._counted = [queue, backlog_key, per_key_backlog_key]
         self._parents_prefix = parents_prefix
-        self.backlog = Backlog(redis, backlog_key)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._withdraw = redis.register_script(_WITHDRAW)
+        self._end = redis.register_script(_END)
+        self._end_past_maxmemory = redis.register_script(_END_PAST_MAXMEMORY)
         self._push_past_maxmemory = redis.register_script(_PUSH_PAST_MAXMEMORY)
 
     @classmethod
     def sync(cls, redis: Redis) -> JobQueue:
         """The queue of synchronous ``/v1/embeddings`` requests."""
-        return cls(redis, keys.SYNC_QUEUE, keys.QUEUED_TEXTS)
+        return cls(redis, keys.SYNC_QUEUE, keys.QUEUED_TEXTS, keys.QUEUED_TEXTS_PER_KEY)
 
     @classmethod
     def chunks(cls, redis: Redis) -> JobQueue:
         """The queue of asynchronous jobs' chunks, bounded apart from the synchronous one."""
-        return cls(redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS, keys.PROGRESS_PREFIX)
+        return cls(
+            redis, keys.CHUNK_QUEUE, keys.QUEUED_CHUNK_TEXTS, keys.QUEUED_CHUNK_TEXTS_PER_KEY, keys.PROGRESS_PREFIX
+        )
 
-    async def enqueue(self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int) -> Enqueued:
-        """Enqueue ``jobs`` as arq jobs, as far as the backlog bound allows: whether each one was, and in which
-        epoch of Redis (``shared.epoch``)."""
-        args: list[str | bytes | int] = [backlog_limit, keys.WAKE_CHANNEL, now_ms, candidate_id()]
+    async def enqueue(
+        self, jobs: Sequence[NewJob], backlog_limit: int, now_ms: int, *, per_key_limit: int = 0
+    ) -> Enqueued:
+        """Enqueue ``jobs`` as arq jobs, as far as the backlog bound and their owners' shares (``per_key_limit``
+        texts each; 0: no share) allow: whether each one was, and in which epoch of Redis (``shared.epoch``)."""
+        args: list[str | bytes | int] = [backlog_limit, per_key_limit, keys.WAKE_CHANNEL, now_ms, candidate_id()]
         for job in jobs:
             payload = serialize_job(
                 EMBED_FUNCTION, (job.message,), {}, None, job.enqueued_ms, serializer=serialize_arq_job
             )
             args += [job.job_id, payload, job.expires_ms, job.texts]
         job_keys = [job_key_prefix + job.job_id for job in jobs]
-        epoch, *flags = await self._enqueue(keys=[self._queue, self._backlog_key, keys.EPOCH, *job_keys], args=args)
-        return Enqueued(epoch.decode(), [bool(flag) for flag in flags])
+        epoch, *flags = await self._enqueue(keys=[*self._counted, keys.EPOCH, *job_keys], args=args)
+        return Enqueued(epoch.decode(), [flag == 1 for flag in flags], [max(0, -flag) for flag in flags])
 
     async def claim(self, most_jobs: int, most_texts: int, lease_ms: int, now_ms: int) -> list[ClaimedJob]:
         """Claim due jobs no worker holds, each for ``lease_ms``: up to ``most_jobs`` jobs and ``most_texts``
         texts, and at least one job when one is due."""
         limits: list[str | int] = [now_ms, lease_ms, most_jobs, most_texts, _CLAIM_SCAN_LIMIT]
         prefixes: list[str | int] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, _RETRY_KEY_TTL_S]
-        flat = await self._claim(keys=[self._queue], args=[*limits, *prefixes, self._parents_prefix])
+        flat = await self._claim(keys=self._counted, args=[*limits, *prefixes, self._parents_prefix])
         return [
             ClaimedJob(flat[i].decode(), _message_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), flat[i + 4] == 1)
             for i in range(0, len(flat), 5)
         ]
 
     async def finish(self, jobs: Sequence[FinishedJob]) -> None:
-        """End ``jobs``: drop them from arq's keys, deliver their replies and release their texts, in one round trip
-        of a few commands (one delete for every job, one push per reply list).
+        """End ``jobs``: drop them from arq's keys and the queue, deliver their replies and release their texts, in
+        one round trip of a few commands (one delete for every job, one script that takes them off the queue and
+        releases what they held, one push per reply list).
 
-        Replies and the release are tiny but Redis refuses them when it is out of memory (they may grow it); they
-        are then written again by a script allowed past ``maxmemory``, so a full Redis still answers every waiting
-        request and keeps its backlog count, instead of leaving requests to time out.
+        Replies are tiny but Redis refuses them when it is out of memory (they may grow it); they are then written
+        again by a script allowed past ``maxmemory``, so a full Redis still answers every waiting request instead
+        of leaving requests to time out. The release's script begins by removing entries, so Redis runs it past
+        ``maxmemory`` too, and the backlog count stays right. The script goes by its SHA, not as a registered
+        script: a pipeline holding one asks Redis whether it exists before every execute, one more round trip on
+        every batch's finish; when Redis lacks it (its first use, or a restart), it runs again, loaded.
         """
         replies: dict[str, list[bytes]] = {}
         for job in jobs:
             if job.reply_to is not None and job.reply is not None:
                 replies.setdefault(job.reply_to, []).append(job.reply)
-        released = sum(job.texts for job in jobs)
+        job_ids = [job.job_id for job in jobs]
         redo: list[Callable[[], Awaitable[object]] | None] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             # the deletes first: they free memory, and Redis never refuses them
@@ -295,21 +402,25 @@ class JobQueue:
                     for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
                 ]
             )
-            pipe.zrem(self._queue, *[job.job_id for job in jobs])
-            redo += [None, None]
+            pipe.evalsha(self._end.sha, len(self._counted), *self._counted, *job_ids)
+            redo += [None, functools.partial(self._end_again, job_ids)]
             for reply_to, messages in replies.items():
                 pipe.lpush(reply_to, *messages)
                 pipe.expire(reply_to, REPLY_TTL_S)
                 redo += [functools.partial(self._push_despite_oom, reply_to, messages), None]
-            if released:
-                self.backlog.release_in(pipe, released)
-                redo.append(functools.partial(self.backlog.release_despite_oom, released))
             results = await pipe.execute(raise_on_error=False)
         for result, again in zip(results, redo, strict=True):
-            if isinstance(result, OutOfMemoryError) and again is not None:
+            if isinstance(result, (OutOfMemoryError, NoScriptError)) and again is not None:
                 await again()
             elif isinstance(result, Exception):
                 raise result
+
+    async def _end_again(self, job_ids: list[str]) -> None:
+        """``_END``, loaded into Redis if it lacks it; past ``maxmemory`` if Redis refuses it all the same."""
+        try:
+            await self._end(keys=self._counted, args=job_ids)
+        except OutOfMemoryError:
+            await self._end_past_maxmemory(keys=self._counted, args=job_ids)
 
     async def _push_despite_oom(self, reply_to: str, messages: list[bytes]) -> None:
         await self._push_past_maxmemory(keys=[reply_to], args=[REPLY_TTL_S, *messages])
@@ -319,9 +430,7 @@ class JobQueue:
         Claimed ones run to their end (and release their texts then)."""
         if not job_ids:
             return 0
-        taken, texts = await self._withdraw(keys=[self._queue], args=[in_progress_key_prefix, job_key_prefix, *job_ids])
-        if texts:
-            await self.backlog.release(int(texts))
+        taken = await self._withdraw(keys=self._counted, args=[in_progress_key_prefix, job_key_prefix, *job_ids])
         return int(taken)
 
     def renew_in(self, pipe: Pipeline, job_ids: Sequence[str], lease_ms: int, now_ms: int) -> None:

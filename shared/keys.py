@@ -21,8 +21,14 @@ WORKERS = PREFIX + "workers"
 #: Counter of texts queued or being encoded, deployment-wide (``shared.backlog``).
 QUEUED_TEXTS = PREFIX + "queued-texts"
 
+#: Hash: owner (an API key's owner name, or "anonymous") -> its share of ``QUEUED_TEXTS`` (``shared.backlog``).
+QUEUED_TEXTS_PER_KEY = PREFIX + "queued-texts:per-key"
+
 #: The same for the chunks of asynchronous jobs, bounded apart so they never crowd out synchronous requests.
 QUEUED_CHUNK_TEXTS = PREFIX + "queued-chunk-texts"
+
+#: The per-owner hash of ``QUEUED_CHUNK_TEXTS``; stays empty while chunk ids name no owner (``shared.chunks``).
+QUEUED_CHUNK_TEXTS_PER_KEY = PREFIX + "queued-chunk-texts:per-key"
 
 #: String: the id of this life of Redis, which says when it began (``shared.epoch``).
 EPOCH = PREFIX + "epoch"

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(3, ge=1)
     #: texts queued or being encoded, deployment-wide, beyond which new requests get 429
     max_queued_texts: int = Field(20_000, ge=1)
+    #: texts one API key may have queued or being encoded (of max_queued_texts), beyond which its new requests get
+    #: 429 key_backlog_full while other keys are still served; unset: half of max_queued_texts when API keys are
+    #: configured, so one key filling its share leaves the other half to the rest, and all of it when none are
+    #: (every request is then one key's, "anonymous"). At most max_queued_texts
+    max_queued_texts_per_key: int | None = Field(None, ge=1)
     #: seconds a worker asked to stop (SIGTERM) may spend finishing the jobs it holds
     shutdown_grace_s: float = Field(30.0, ge=0)
 
@@ -195,6 +200,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _a_key_shares_the_backlog(self) -> Settings:
+        share, bound = self.max_queued_texts_per_key, self.max_queued_texts
+        if share is not None and share > bound:
+            raise ValueError(
+                f"MAX_QUEUED_TEXTS_PER_KEY={share} is more than the whole backlog, MAX_QUEUED_TEXTS={bound}: set it "
+                f"to {bound} at most ({bound}: any key may fill the queue), or unset it"
+            )
+        return self
+
     @field_validator("model_paths", mode="before")
     @classmethod
     def _split_pairs(cls, value: object) -> object:
@@ -213,6 +228,15 @@ class Settings(BaseSettings):
         if name in (*self.embed_models, *self.allowed_models, *self.model_paths, self.default_rerank_model):
             return True
         return self.allow_any_model and _HUB_ID.fullmatch(name) is not None and ".." not in name
+
+    @property
+    def queued_texts_per_key(self) -> int:
+        """Each API key's share of ``max_queued_texts`` (see ``max_queued_texts_per_key``)."""
+        if self.max_queued_texts_per_key is not None:
+            return self.max_queued_texts_per_key
+        if self.api_keys or self.api_key_hashes_file is not None:
+            return (self.max_queued_texts + 1) // 2
+        return self.max_queued_texts
 
     @property
     def worker_ttl_s(self) -> float:

@@ -93,7 +93,7 @@ class ChunkJobs:
             job = decode_job(message, ChunkJob)
         except ProtocolError as exc:
             await self._dead_letters.keep(queue_id, message, exc)
-            await self._finish.add((FinishedJob(queue_id, 0), None))
+            await self._finish.add((FinishedJob(queue_id), None))
             return
         if cancelled or now_ms() > job.deadline_ms:
             # counted with nothing done, so a cancelled batch learns that this chunk will not run
@@ -186,7 +186,7 @@ class ChunkJobs:
         """Store a finished chunk's results; while Redis is out of memory, wait (growing, jittered pauses) and try
         again, ``store_attempts`` times; then the chunk fails, named in its parent's errors."""
         job = outcome.job
-        finished = FinishedJob(queue_id, len(job.inputs))
+        finished = FinishedJob(queue_id)
         for attempt in range(self._store_attempts):
             try:
                 await self._finish.add((finished, outcome))

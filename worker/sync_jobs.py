@@ -60,7 +60,7 @@ class SyncJobs:
             log.info("job %s expired before it started; skipped", job.request_id)
             self._counters["expired"] += 1
             metrics.JOBS.labels("expired").inc()
-            await self._finish.add(FinishedJob(queue_id, len(job.inputs)))
+            await self._finish.add(FinishedJob(queue_id))
             return
         if attempt > self._max_attempts:
             log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
@@ -118,7 +118,7 @@ class SyncJobs:
         )
 
     async def _answer(self, queue_id: str, job: SyncJob | RerankJob, reply: SyncReply) -> None:
-        await self._finish.add(FinishedJob(queue_id, len(job.inputs), job.reply_to, encode_reply(reply)))
+        await self._finish.add(FinishedJob(queue_id, job.reply_to, encode_reply(reply)))
 
     async def _finish_many(self, batch: list[tuple[FinishedJob, asyncio.Future[None]]]) -> None:
         await self._queue.finish([finished for finished, _ in batch])
@@ -135,7 +135,7 @@ class SyncJobs:
             error = EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job")
             reply = encode_reply(SyncReply(str(fields["request_id"]), error=error))
             reply_to = str(fields["reply_to"])
-        await self._finish.add(FinishedJob(queue_id, 0, reply_to, reply))
+        await self._finish.add(FinishedJob(queue_id, reply_to, reply))
 
 
 def _error_reply(

@@ -20,10 +20,15 @@ from api.batches.plan import chunk_starts
 from api.batches.schemas import BatchList, BatchObject, BatchRequest
 from api.batches.store import BatchRecord, BatchStore
 from api.batches.submit import chunk_ids, submit
-from api.errors import error_responses
+from api.errors import (
+    BATCH_CREATION_ERRORS,
+    OBJECT_ERRORS,
+    READ_ERRORS,
+    error_responses,
+)
 from api.files.store import PURPOSE, FileStore
 from api.http import json_response, parse_body, parse_json
-from api.ids import BATCH_ID_PREFIX, check_owner, new_id, owned
+from api.ids import BATCH_ID_PATTERN, BATCH_ID_PREFIX, check_owner, made_at_ms, new_id, owned
 from api.listing import kept_since_ms, page
 from shared import keys
 from shared.errors import ErrorKind, ServiceError
@@ -42,7 +47,7 @@ _BATCH_BODY = {
     "",
     openapi_extra=_BATCH_BODY,
     response_class=Response,
-    responses={200: {"model": BatchObject}, **error_responses(400, 401, 404, 429, 503)},
+    responses={200: {"model": BatchObject}, **error_responses(*BATCH_CREATION_ERRORS)},
 )
 async def create_batch(request: Request) -> Response:
     """Validate the input file and queue its requests; a file with problems makes a failed batch naming the lines."""
@@ -97,10 +102,10 @@ async def create_batch(request: Request) -> Response:
     return json_response(await _object(request, record.batch_id))
 
 
-@router.get("", response_class=Response, responses={200: {"model": BatchList}, **error_responses(400, 401, 503)})
+@router.get("", response_class=Response, responses={200: {"model": BatchList}, **error_responses(*READ_ERRORS)})
 async def list_batches(
     request: Request,
-    after: str | None = Query(None, max_length=128),
+    after: str | None = Query(None, pattern=BATCH_ID_PATTERN, description="the last id of the previous page"),
     limit: int = Query(20, ge=1, le=100),
 ) -> Response:
     """The caller's batches, newest first."""
@@ -115,6 +120,7 @@ async def list_batches(
         request.app.state.redis,
         keys.owner_batches(owner),
         after=after,
+        after_made_at_ms=None if after is None else made_at_ms(BATCH_ID_PREFIX, after),
         limit=limit,
         newest_first=True,
         older_than_kept_ms=kept_since_ms(settings, int(time.time())),
@@ -126,7 +132,7 @@ async def list_batches(
 @router.get(
     "/{batch_id}",
     response_class=Response,
-    responses={200: {"model": BatchObject}, **error_responses(401, 404, 410, 503)},
+    responses={200: {"model": BatchObject}, **error_responses(*OBJECT_ERRORS)},
 )
 async def get_batch(request: Request, batch_id: str) -> Response:
     return json_response(await _object(request, batch_id))
@@ -135,7 +141,7 @@ async def get_batch(request: Request, batch_id: str) -> Response:
 @router.post(
     "/{batch_id}/cancel",
     response_class=Response,
-    responses={200: {"model": BatchObject}, **error_responses(401, 404, 410, 503)},
+    responses={200: {"model": BatchObject}, **error_responses(*OBJECT_ERRORS)},
 )
 async def cancel_batch(request: Request, batch_id: str) -> Response:
     """Take its queued chunks off the queue; chunks already running finish (``cancelling``), then ``cancelled``.

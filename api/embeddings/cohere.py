@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
@@ -24,7 +24,7 @@ from api.dispatch import Dispatcher
 from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import normalize_input, served
 from api.fast_route import json_post
-from api.http import parse_body, parse_json
+from api.http import Dimensions, parse_body, parse_json
 from api.sync_io import read_body, reply_of, send_json
 from shared.quantize import UNOFFERED, quantize, unoffered
 from shared.settings import Settings
@@ -43,15 +43,15 @@ class CohereEmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=256)
-    texts: list[str] = Field(description="The texts to embed.")
+    texts: list[str] = Field(description="The texts to embed.", json_schema_extra={"minItems": 1})
     input_type: Literal["search_document", "search_query", "classification", "clustering"] | None = Field(
         None, description="`search_query` and `search_document` apply the model's query or document prompt."
     )
     embedding_types: list[EmbeddingType] = Field(["float"], min_length=1)
-    output_dimension: int | None = Field(None, ge=1, le=65_536, strict=True)
+    output_dimension: Dimensions | None = None
     truncate: Literal["NONE", "END"] | None = Field(None, description="Default: the deployment's setting.")
 
-    @field_validator("texts", mode="plain", json_schema_input_type=list[str])
+    @field_validator("texts", mode="plain", json_schema_input_type=list[Annotated[str, Field(min_length=1)]])
     @classmethod
     def _check_texts(cls, value: Any, info: ValidationInfo) -> list[str]:
         settings: Settings = (info.context or {})["settings"]
@@ -95,7 +95,7 @@ async def embed(scope: Scope, receive: Receive, send: Send) -> None:
         normalize=None,
     )
     job = functools.partial(options.sync_job, request_id, request.texts, "base64", "float")
-    reply = await reply_of(receive, dispatcher.run(job))
+    reply = await reply_of(receive, dispatcher.run(job, scope["state"]["owner"]))
     items = orjson.loads(reply.data)
     vectors = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in items])
     body = {

@@ -33,7 +33,7 @@ async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
     job = functools.partial(
         options.sync_job, request_id, inputs, embedding_request.encoding_format, embedding_request.output_dtype
     )
-    reply = await reply_of(receive, dispatcher.run(job))
+    reply = await reply_of(receive, dispatcher.run(job, scope["state"]["owner"]))
     body = embeddings_body(reply.data, embedding_request.model, reply.prompt_tokens)
     await send_json(send, body, reply, started)
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from api.http import parse_body
+from api.http import Dimensions, json_integer, parse_body
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import OUTPUT_DTYPES, InputKind, OutputDtype
 from shared.quantize import UNOFFERED, unoffered
 from shared.settings import Settings
+from shared.token_ids import MAX_TOKEN_ID, admitted
+
+#: the mark on a token id's schema, which ``api.openapi`` replaces with the bounds ``TOKEN_IDS`` gives
+TOKEN_ID_MARK = "x-token-id"
 
 
 class _NamesModel(Protocol):
@@ -25,7 +29,7 @@ class _NamesModel(Protocol):
 Request = TypeVar("Request", bound=_NamesModel)
 
 _Text = Annotated[str, Field(min_length=1)]
-_TokenId = Annotated[int, Field(ge=0)]
+_TokenId = Annotated[int, Field(ge=0, json_schema_extra={TOKEN_ID_MARK: True})]
 #: what ``input`` accepts, as the OpenAPI schema shows it (the item limits depend on the deployment)
 InputSchema = (
     _Text
@@ -48,9 +52,9 @@ class EmbeddingRequest(BaseModel):
         "sentence-transformers' `quantize_embeddings`), `ubinary` (uint8). Bits come as JSON integers, or as "
         "base64 of their bytes with `encoding_format: base64`.",
     )
-    dimensions: int | None = Field(None, ge=1, le=65_536, strict=True)
+    dimensions: Dimensions | None = None
     user: str | None = None
-    truncate: bool | None = Field(
+    truncate: StrictBool | None = Field(
         None, description="Cut inputs longer than the model reads (default: the deployment's setting) or refuse them."
     )
     prompt_name: str | None = Field(
@@ -64,7 +68,7 @@ class EmbeddingRequest(BaseModel):
         description="The model's `query` or `document` prompt, as sentence-transformers' `encode_query` / "
         "`encode_document` pick it. With neither this nor `prompt_name`, the model's default prompt applies.",
     )
-    normalize: bool | None = Field(
+    normalize: StrictBool | None = Field(
         None, description="Unit-length vectors (true) or raw ones (false); default: as the model gives them."
     )
 
@@ -94,7 +98,7 @@ def normalize_input(value: Any, settings: Settings, max_inputs: int) -> tuple[In
     if not value:
         raise _invalid("input must not be empty")
     first = value[0]
-    if type(first) is int:  # one input, as token ids
+    if _is_number(first):  # one input, as token ids
         return "tokens", _check_token_lists([value], settings)
     if len(value) > max_inputs:
         raise _invalid(f"input has {len(value)} items; at most {max_inputs} are allowed")
@@ -124,16 +128,26 @@ def _check_token_lists(lists: list[list[Any]], settings: Settings) -> list[list[
         raise _invalid(
             f"input has {total} tokens; at most {settings.max_tokens_per_request} are allowed in one request"
         )
+    checked: list[list[int]] = []
     for tokens in lists:
         if not tokens:
             raise _invalid("input must not contain empty token lists")
-        if not all(_is_token_id(token) for token in tokens):
+        ids = [json_integer(token) if _is_number(token) else token for token in tokens]
+        if not all(type(token) is int and token >= 0 for token in ids):
             raise _invalid("token ids must be non-negative integers")
-    return lists
+        if not all(admitted(token, settings.token_ids) for token in ids):
+            if settings.token_ids == "openai":
+                raise _invalid(
+                    "a token id is not in OpenAI's cl100k_base vocabulary; this server reads token ids as "
+                    "cl100k_base ids (TOKEN_IDS=openai)"
+                )
+            raise _invalid(f"a token id is above {MAX_TOKEN_ID}, more than any tokenizer holds")
+        checked.append(ids)
+    return checked
 
 
-def _is_token_id(value: Any) -> bool:
-    return type(value) is int and value >= 0  # bool is an int subclass; true/false are not token ids
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)  # bool is an int subclass; true/false are not token ids
 
 
 def _invalid(message: str) -> PydanticCustomError:

@@ -18,12 +18,13 @@ from starlette.datastructures import UploadFile
 from api.auth import owner_of
 from api.batches.output import file_size, lost_requests, render
 from api.batches.store import BatchRecord, BatchStore
-from api.errors import error_responses, results_lost
+from api.errors import OBJECT_ERRORS, UPLOAD_ERRORS, WRITE_ERRORS, error_responses, results_lost
 from api.files.schemas import DeletedFile, FileList, FileObject
 from api.files.store import PURPOSE, FileRecord, FileStore, file_object
 from api.http import json_response
-from api.ids import BATCH_ID_PREFIX, FILE_ID_PREFIX, OUTPUT, batch_of_file, check_owner, made_at_ms, raise_missing
+from api.ids import FILE_ID_PATTERN, OUTPUT, batch_of_file, check_owner, file_made_at_ms, raise_missing
 from api.listing import kept_since_ms, page
+from api.openapi import links
 from shared import keys
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
@@ -41,6 +42,7 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file", "purpose"],
+                    "additionalProperties": False,
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "JSONL, one request a line"},
                         "purpose": {"type": "string", "enum": [PURPOSE]},
@@ -56,13 +58,27 @@ _UPLOAD_BODY = {
     "",
     openapi_extra=_UPLOAD_BODY,
     response_class=Response,
-    responses={200: {"model": FileObject}, **error_responses(400, 401, 413, 503)},
+    responses={
+        200: {
+            "model": FileObject,
+            "links": links(
+                "file_id",
+                GetFile=("GET", "/v1/files/{file_id}"),
+                GetFileContent=("GET", "/v1/files/{file_id}/content"),
+                DeleteFile=("DELETE", "/v1/files/{file_id}"),
+            ),
+        },
+        **error_responses(*UPLOAD_ERRORS),
+    },
 )
 async def upload_file(request: Request) -> Response:
     """Upload a batch input file (``purpose=batch``); its lines are checked when a batch is created from it."""
     settings: Settings = request.app.state.settings
     files: FileStore = request.app.state.files
     async with request.form(max_files=1, max_fields=8) as form:
+        unknown = sorted(set(form.keys()) - {"purpose", "file"})
+        if unknown:
+            raise ServiceError(ErrorKind.INVALID_REQUEST, f"unrecognized request argument supplied: {unknown[0]}")
         purpose, upload = form.get("purpose"), form.get("file")
         if purpose != PURPOSE:
             raise ServiceError(ErrorKind.INVALID_REQUEST, f"purpose must be {PURPOSE!r}", "purpose")
@@ -75,13 +91,13 @@ async def upload_file(request: Request) -> Response:
     return json_response(record.as_object())
 
 
-@router.get("", response_class=Response, responses={200: {"model": FileList}, **error_responses(400, 401, 503)})
+@router.get("", response_class=Response, responses={200: {"model": FileList}, **error_responses(*WRITE_ERRORS)})
 async def list_files(
     request: Request,
     purpose: str | None = Query(None, max_length=64),
     limit: int = Query(10_000, ge=1, le=10_000),
     order: Literal["asc", "desc"] = "desc",
-    after: str | None = Query(None, max_length=128),
+    after: str | None = Query(None, pattern=FILE_ID_PATTERN, description="the last id of the previous page"),
 ) -> Response:
     """The caller's files, newest first by default: uploads, and the output and error files of their batches."""
     settings: Settings = request.app.state.settings
@@ -95,6 +111,7 @@ async def list_files(
         request.app.state.redis,
         keys.owner_files(owner),
         after=after,
+        after_made_at_ms=None if after is None else file_made_at_ms(after),
         limit=limit,
         newest_first=order == "desc",
         older_than_kept_ms=kept_since_ms(settings, int(time.time())),
@@ -104,7 +121,7 @@ async def list_files(
 
 
 @router.get(
-    "/{file_id}", response_class=Response, responses={200: {"model": FileObject}, **error_responses(401, 404, 410, 503)}
+    "/{file_id}", response_class=Response, responses={200: {"model": FileObject}, **error_responses(*OBJECT_ERRORS)}
 )
 async def get_file(request: Request, file_id: str) -> Response:
     found = await _file_object(request, file_id)
@@ -116,7 +133,7 @@ async def get_file(request: Request, file_id: str) -> Response:
 @router.get(
     "/{file_id}/content",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/jsonl": {}}}, **error_responses(401, 404, 410, 503)},
+    responses={200: {"content": {"application/jsonl": {}}}, **error_responses(*OBJECT_ERRORS)},
 )
 async def get_file_content(request: Request, file_id: str) -> StreamingResponse:
     """The file's bytes, streamed; a batch's output file is rendered as it streams."""
@@ -138,7 +155,7 @@ async def get_file_content(request: Request, file_id: str) -> StreamingResponse:
 
 
 @router.delete(
-    "/{file_id}", response_class=Response, responses={200: {"model": DeletedFile}, **error_responses(401, 404, 503)}
+    "/{file_id}", response_class=Response, responses={200: {"model": DeletedFile}, **error_responses(*OBJECT_ERRORS)}
 )
 async def delete_file(request: Request, file_id: str) -> Response:
     derived = batch_of_file(file_id)
@@ -218,6 +235,4 @@ async def _batch_file_object(request: Request, record: BatchRecord, file_id: str
 
 
 async def _missing(request: Request, file_id: str) -> NoReturn:
-    derived = batch_of_file(file_id)
-    made_at = made_at_ms(BATCH_ID_PREFIX, derived[0]) if derived else made_at_ms(FILE_ID_PREFIX, file_id)
-    await raise_missing(request.app.state.epochs, "file", file_id, made_at)
+    await raise_missing(request.app.state.epochs, "file", file_id, file_made_at_ms(file_id))

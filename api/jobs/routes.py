@@ -16,11 +16,18 @@ from api.admission import Admission
 from api.auth import owner_of
 from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import EmbeddingResponse
-from api.errors import error_responses, results_lost
+from api.errors import (
+    JOB_CREATION_ERRORS,
+    OBJECT_ERRORS,
+    RESULT_ERRORS,
+    error_responses,
+    results_lost,
+)
 from api.http import json_response, parse_json
 from api.ids import JOB_ID_PREFIX, new_id, owned
 from api.jobs.schemas import DeletedJob, JobObject, JobRequest, parse_job_request
 from api.jobs.store import JobRecord, JobStore
+from api.openapi import links
 from shared import keys
 from shared.chunks import decode_vectors
 from shared.clock import now_ms
@@ -92,7 +99,19 @@ async def _job_of(request: Request, job_id: str) -> JobRecord:
     status_code=202,
     openapi_extra=_JOB_BODY,
     response_class=Response,
-    responses={202: {"model": JobObject}, **error_responses(400, 401, 404, 410, 413, 429, 503)},
+    responses={
+        202: {
+            "model": JobObject,
+            "links": links(
+                "job_id",
+                GetJob=("GET", "/v1/embeddings/jobs/{job_id}"),
+                GetJobResult=("GET", "/v1/embeddings/jobs/{job_id}/result"),
+                CancelJob=("POST", "/v1/embeddings/jobs/{job_id}/cancel"),
+                DeleteJob=("DELETE", "/v1/embeddings/jobs/{job_id}"),
+            ),
+        },
+        **error_responses(*JOB_CREATION_ERRORS),
+    },
 )
 async def create_job(request: Request) -> Response:
     """Queue a job; answers 202 at once. The same ``Idempotency-Key`` again returns the same job."""
@@ -176,7 +195,7 @@ async def _enqueue_chunks(request: Request, record: JobRecord, job_request: JobR
 
 
 @router.get(
-    "/{job_id}", response_class=Response, responses={200: {"model": JobObject}, **error_responses(401, 404, 410, 503)}
+    "/{job_id}", response_class=Response, responses={200: {"model": JobObject}, **error_responses(*OBJECT_ERRORS)}
 )
 async def get_job(request: Request, job_id: str) -> Response:
     """The job, with its status and progress."""
@@ -186,7 +205,7 @@ async def get_job(request: Request, job_id: str) -> Response:
 @router.post(
     "/{job_id}/cancel",
     response_class=Response,
-    responses={200: {"model": JobObject}, **error_responses(401, 404, 410, 503)},
+    responses={200: {"model": JobObject}, **error_responses(*OBJECT_ERRORS)},
 )
 async def cancel_job(request: Request, job_id: str) -> Response:
     """Stop the chunks not yet started; a finished job stays as it is."""
@@ -203,7 +222,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
 @router.delete(
     "/{job_id}",
     response_class=Response,
-    responses={200: {"model": DeletedJob}, **error_responses(401, 404, 410, 503)},
+    responses={200: {"model": DeletedJob}, **error_responses(*OBJECT_ERRORS)},
 )
 async def delete_job(request: Request, job_id: str) -> Response:
     """Delete the job and its results, giving their room in the job store back; chunks not yet started never
@@ -221,7 +240,7 @@ async def delete_job(request: Request, job_id: str) -> Response:
 @router.get(
     "/{job_id}/result",
     response_class=StreamingResponse,
-    responses={200: {"model": EmbeddingResponse}, **error_responses(400, 401, 404, 409, 410, 503)},
+    responses={200: {"model": EmbeddingResponse}, **error_responses(*RESULT_ERRORS)},
 )
 async def get_result(
     request: Request,

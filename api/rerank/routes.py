@@ -103,7 +103,7 @@ def ranking(scores: list[float], top_n: int | None) -> list[int]:
 async def _scored(scope: Scope, receive: Receive, **fields: Any) -> SyncReply:
     """The worker's scores for the ``RerankJob`` of these fields (the dispatcher adds where to answer, and when)."""
     dispatcher: Dispatcher = scope["app"].state.dispatcher
-    return await reply_of(receive, dispatcher.run(functools.partial(RerankJob, **fields)))
+    return await reply_of(receive, dispatcher.run(functools.partial(RerankJob, **fields), scope["state"]["owner"]))
 
 
 ROUTES = [

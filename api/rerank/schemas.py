@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from api.http import PositiveInt
 from shared.settings import Settings
 
 _Query = Annotated[str, Field(min_length=1)]
@@ -27,13 +28,15 @@ class RerankRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256)
     query: _Query
-    documents: list[str | TextDocument] = Field(description="Strings, or objects with a `text`.")
-    top_n: int | None = Field(None, ge=1, strict=True, description="Return the best `top_n` (default: all).")
-    return_documents: bool = Field(False, description="Put each document's text in its result.")
-    max_tokens_per_doc: int | None = Field(
-        None, ge=1, strict=True, description="Cut each document to this many tokens before pairing it with the query."
+    documents: list[str | TextDocument] = Field(
+        description="Strings, or objects with a `text`.", json_schema_extra={"minItems": 1}
     )
-    raw_scores: bool = Field(
+    top_n: PositiveInt | None = Field(None, description="Return the best `top_n` (default: all).")
+    return_documents: StrictBool = Field(False, description="Put each document's text in its result.")
+    max_tokens_per_doc: PositiveInt | None = Field(
+        None, description="Cut each document to this many tokens before pairing it with the query."
+    )
+    raw_scores: StrictBool = Field(
         False, description="The model's logits instead of its activation of them (as Infinity's `raw_scores`)."
     )
 
@@ -53,11 +56,11 @@ class TeiRerankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: _Query
-    texts: list[str]
+    texts: list[str] = Field(json_schema_extra={"minItems": 1})
     model: str | None = Field(None, min_length=1, max_length=256)
-    raw_scores: bool = False
-    return_text: bool = False
-    truncate: bool | None = Field(
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool | None = Field(
         None, description="Cut pairs the model cannot read whole (default: the deployment's)."
     )
     truncation_direction: Literal["Right", "right"] = "Right"

@@ -2,7 +2,9 @@
 
 import time
 
+import cohere
 import httpx
+import numpy as np
 import openai
 import pytest
 import redis
@@ -40,6 +42,19 @@ def test_a_wrong_key_is_refused_and_no_key_is_ever_logged(stack):
     time.sleep(0.2)
     logs = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
     assert KEY not in logs and "sk-wrong" not in logs
+
+
+def test_the_cohere_routes_need_the_key_the_cohere_client_sends(stack, reference):
+    with httpx.Client(base_url=stack.base_url) as client:
+        open_embed = client.post("/v2/embed", json={"model": MODEL, "texts": ["x"], "embedding_types": ["float"]})
+        assert open_embed.status_code == 401 and open_embed.headers["www-authenticate"] == "Bearer"
+        assert client.post("/v2/rerank", json={"model": MODEL, "query": "q", "documents": ["d"]}).status_code == 401
+        assert client.post("/rerank", json={"query": "q", "texts": ["d"]}).status_code == 401
+    with cohere.ClientV2(base_url=stack.base_url, api_key="sk-wrong") as wrong, pytest.raises(cohere.UnauthorizedError):
+        wrong.embed(model=MODEL, texts=["x"], input_type="classification", embedding_types=["float"])
+    with cohere.ClientV2(base_url=stack.base_url, api_key=KEY) as client:
+        response = client.embed(model=MODEL, texts=TEXTS[:2], input_type="classification", embedding_types=["float"])
+    assert_same_vectors(np.array(response.embeddings.float_), reference(TEXTS[:2]))
 
 
 def test_only_configured_models_are_served(stack):

@@ -10,7 +10,7 @@ from api.jobs.store import JobStore
 from shared import keys, redis_memory
 from shared.chunks import ChunkStore
 from shared.errors import ErrorKind, ServiceError
-from shared.job_queue import FinishedJob, JobQueue, NewJob
+from shared.job_queue import FinishedJob, JobQueue, NewJob, queue_job_id
 from shared.redis_memory import EvictionGuard
 from tests.unit.test_job_store import record
 
@@ -81,17 +81,22 @@ async def test_out_of_memory_a_chunk_is_neither_stored_nor_counted(client):
 
 
 async def test_out_of_memory_replies_and_releases_still_go_through(client):
-    """Replies are tiny and read at once; the backlog release grows nothing: a full Redis must not make waiting
-    requests time out or the backlog leak."""
+    """Replies are tiny and read at once; the backlog releases grow nothing: a full Redis must not make waiting
+    requests time out or the backlog (the whole, or a key's share) leak."""
     queue = JobQueue.sync(client)
-    await queue.enqueue([NewJob("r1.3", b"m", 1, 60_000, 3)], backlog_limit=100, now_ms=1)
-    await queue.claim(10, 100, lease_ms=10_000, now_ms=2)
+    finished, withdrawn = queue_job_id("r1", 3, "0123456789abcdef"), queue_job_id("r2", 2, "0123456789abcdef")
+    new_jobs = [NewJob(finished, b"m", 1, 60_000, 3), NewJob(withdrawn, b"m", 1, 60_000, 2)]
+    await queue.enqueue(new_jobs, backlog_limit=100, now_ms=1)
+    await queue.claim(1, 100, lease_ms=10_000, now_ms=2)
     await fill(client)
     with pytest.raises(OutOfMemoryError):
         await client.lpush("emb:reply:a", b"plain push")
-    await queue.finish([FinishedJob("r1.3", 3, "emb:reply:a", b"reply")])
+    await queue.finish([FinishedJob(finished, "emb:reply:a", b"reply")])
     assert await client.lrange("emb:reply:a", 0, -1) == [b"reply"]
+    assert int(await client.get(keys.QUEUED_TEXTS)) == 2
+    assert await queue.withdraw([withdrawn]) == 1
     assert int(await client.get(keys.QUEUED_TEXTS)) == 0
+    assert await client.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}
     assert await client.zcard(keys.SYNC_QUEUE) == 0
 
 

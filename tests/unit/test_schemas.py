@@ -26,6 +26,23 @@ def test_accepted_input_shapes(value, expected):
     assert parse(input=value).input == expected
 
 
+def test_integers_are_what_json_schema_calls_integers():
+    """3.0 is an integer to JSON Schema (and to clients that write every number as a float); "3" is not."""
+    request = parse(input=[1.0, 100_276.0], dimensions=8.0)
+    assert request.input == ("tokens", [[1, 100_276]]) and request.dimensions == 8
+    assert type(request.input[1][0][0]) is int and type(request.dimensions) is int
+
+
+def test_token_ids_are_read_as_the_deployment_says():
+    model_ids = SETTINGS.model_copy(update={"token_ids": "model"})
+    assert parse_embedding_request({"model": "m", "input": [250_000]}, model_ids).input == ("tokens", [[250_000]])
+    with pytest.raises(ServiceError) as info:
+        parse_embedding_request({"model": "m", "input": [2**31]}, model_ids)
+    assert "above" in info.value.message
+    with pytest.raises(ServiceError):
+        parse(input=[250_000])
+
+
 def test_token_ids_are_bounded_by_the_token_limit_not_the_character_limit():
     assert parse(input=[7] * 12).input == ("tokens", [[7] * 12])
 
@@ -57,7 +74,11 @@ def test_unknown_fields_are_refused_naming_the_field(field):
         ({"input": [1, "a"]}, "input", "non-negative"),
         ({"input": [-1]}, "input", "non-negative"),
         ({"input": [True]}, "input", "string"),
-        ({"input": [1.5]}, "input", "string"),
+        ({"input": [1.5]}, "input", "non-negative"),
+        ({"input": [100_277]}, "input", "cl100k_base"),
+        ({"input": [[5], [100_256]]}, "input", "cl100k_base"),
+        ({"input": "x", "dimensions": 8.5}, "dimensions", "integer"),
+        ({"input": "x", "normalize": 0}, "normalize", "boolean"),
         ({"input": {"a": 1}}, "input", "string"),
         ({"input": None}, "input", "string"),
         ({"input": ["a", "b", "c", "d"]}, "input", "at most 3"),

@@ -12,6 +12,7 @@ from shared import keys
 from shared.chunks import ChunkStore
 from shared.clock import now_ms
 from shared.errors import ErrorKind
+from shared.job_queue import JobQueue, NewJob, queue_job_id
 from shared.protocol import SyncJob, decode_reply, encode_job
 from tests.fakes import (
     REPLY_TO,
@@ -121,13 +122,22 @@ async def test_unknown_model_is_reported(service, redis):
     assert (await reply(redis)).error.kind is ErrorKind.MODEL_NOT_FOUND
 
 
+async def queued(redis, sync_job: SyncJob, owner: str = "anonymous") -> str:
+    """``sync_job`` on the sync queue, as the API puts it there (counted in the backlog); its queue id."""
+    queue_id = queue_job_id(sync_job.request_id, len(sync_job.inputs), owner)
+    new_job = NewJob(queue_id, encode_job(sync_job), now_ms(), 60_000, len(sync_job.inputs))
+    assert (await JobQueue.sync(redis).enqueue([new_job], backlog_limit=100, now_ms=now_ms())).admitted == [True]
+    return queue_id
+
+
 async def test_expired_job_is_skipped_and_leaves_the_backlog(service, redis):
-    await redis.set("emb:queued-texts", 2)
-    await service.handle("job-1", encode_job(job(deadline_ms=now_ms() - 1)))
+    expired = job(deadline_ms=now_ms() - 1)
+    await service.handle(await queued(redis, expired), encode_job(expired))
     assert await redis.llen(REPLY_TO) == 0
     assert service.registry.loaded_names() == []  # not even the model was touched
     assert service.counters["expired"] == 1
-    assert int(await redis.get("emb:queued-texts")) == 0
+    assert int(await redis.get(keys.QUEUED_TEXTS)) == 0
+    assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}
 
 
 async def test_job_whose_model_loads_past_its_deadline_times_out(redis):
@@ -142,10 +152,21 @@ async def test_job_whose_model_loads_past_its_deadline_times_out(redis):
 
 
 async def test_answered_job_leaves_the_backlog(service, redis):
-    await redis.set("emb:queued-texts", 5)
-    await service.handle("job-1", encode_job(job()))
-    assert int(await redis.get("emb:queued-texts")) == 3
+    await queued(redis, job(request_id="other", inputs=["x", "y", "z"]), owner="0123456789abcdef")
+    answered = job()
+    await service.handle(await queued(redis, answered), encode_job(answered))
+    assert int(await redis.get(keys.QUEUED_TEXTS)) == 3
+    assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {b"0123456789abcdef": b"3"}
     assert service.counters["answered"] == 1
+
+
+async def test_an_undecodable_job_leaves_the_backlog_too(service, redis):
+    queue_id = queue_job_id("r1", 4, "0123456789abcdef")
+    await JobQueue.sync(redis).enqueue([NewJob(queue_id, b"not msgpack", 1, 60_000, 4)], 100, now_ms=1)
+    await service.handle(queue_id, b"not msgpack")
+    assert await redis.llen(keys.DEAD_LETTER) == 1
+    assert int(await redis.get(keys.QUEUED_TEXTS)) == 0
+    assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}
 
 
 async def test_job_attempted_too_often_is_abandoned_with_an_error(service, redis):
