@@ -22,7 +22,7 @@ from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue, NewJob, queue_job_id
-from shared.protocol import RerankJob, SyncJob, SyncReply, encode_job
+from shared.protocol import EmbedTask, RerankTask, TaskReply, encode_job
 from shared.redis_memory import EvictionGuard, read_memory_info
 from shared.workers import live_workers
 
@@ -37,7 +37,7 @@ _JOB_KEY_EXTRA_S = 3600
 class JobBuilder(Protocol):
     """A request's job, once the dispatcher says where to answer it and by when."""
 
-    def __call__(self, *, reply_to: str, enqueued_ms: int, deadline_ms: int) -> SyncJob | RerankJob: ...
+    def __call__(self, *, reply_to: str, enqueued_ms: int, deadline_ms: int) -> EmbedTask | RerankTask: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,12 +73,12 @@ class Dispatcher:
         self._queue = JobQueue.sync(redis)
         self._max_queued_texts = max_queued_texts
         self._max_queued_texts_per_key = max_queued_texts_per_key
-        self._enqueuer: Coalescer[_Pending, SyncReply] = Coalescer(self._enqueue_many, "enqueue")
+        self._enqueuer: Coalescer[_Pending, TaskReply] = Coalescer(self._enqueue_many, "enqueue")
         self._worker_ttl_s = worker_ttl_s
         self._timeout_s = request_timeout_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
 
-    async def run(self, build: JobBuilder, owner: str) -> SyncReply:
+    async def run(self, build: JobBuilder, owner: str) -> TaskReply:
         """The worker's reply to the request, within the deployment's request timeout; ServiceError if it cannot be
         had in time. ``owner``: who sent it (``api.auth``), whose share of the backlog its texts count against.
 
@@ -117,7 +117,7 @@ class Dispatcher:
             self._listener.forget(job.request_id)
 
     @staticmethod
-    def _new_job(job: SyncJob | RerankJob, owner: str, timeout_s: float) -> NewJob:
+    def _new_job(job: EmbedTask | RerankTask, owner: str, timeout_s: float) -> NewJob:
         return NewJob(
             job_id=queue_job_id(job.request_id, len(job.inputs), owner),
             message=encode_job(job),
@@ -126,7 +126,7 @@ class Dispatcher:
             texts=len(job.inputs),
         )
 
-    async def _enqueue_many(self, jobs: list[tuple[_Pending, asyncio.Future[SyncReply]]]) -> None:
+    async def _enqueue_many(self, jobs: list[tuple[_Pending, asyncio.Future[TaskReply]]]) -> None:
         """Enqueue in one script call; a refusal (backlog or the key's share full, Redis unreachable) completes the
         job's future. An admitted job's future is completed by the result listener, or by its timer."""
         refusals: list[Callable[[], ServiceError] | None]
@@ -186,7 +186,7 @@ async def _redis_full(redis: ArqRedis) -> bool:
     return info.maxmemory > 0 and info.used >= 0.99 * info.maxmemory
 
 
-def _time_out(future: asyncio.Future[SyncReply], timeout_s: float) -> None:
+def _time_out(future: asyncio.Future[TaskReply], timeout_s: float) -> None:
     if not future.done():
         future.set_exception(ServiceError(ErrorKind.TIMEOUT, f"no result within {timeout_s:g}s; retry later"))
 

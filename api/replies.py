@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from shared.epoch import Epochs
 from shared.errors import ErrorKind, ProtocolError, ServiceError
-from shared.protocol import SyncReply, decode_reply
+from shared.protocol import TaskReply, decode_reply
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ReplyReader:
     def __init__(self, redis: Redis, reply_key: str) -> None:
         self._redis = redis
         self.reply_key = reply_key
-        self._waiting: dict[str, asyncio.Future[SyncReply]] = {}
+        self._waiting: dict[str, asyncio.Future[TaskReply]] = {}
         #: for each waiting request whose job is written: the epoch it was written in, and its queue id
         self._written_in: dict[str, tuple[str, str]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -48,8 +48,8 @@ class ReplyReader:
         self._epoch: str | None = None
         self._run_id: str | None = None
 
-    def expect(self, request_id: str) -> asyncio.Future[SyncReply]:
-        future: asyncio.Future[SyncReply] = asyncio.get_running_loop().create_future()
+    def expect(self, request_id: str) -> asyncio.Future[TaskReply]:
+        future: asyncio.Future[TaskReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         return future
 
@@ -63,7 +63,7 @@ class ReplyReader:
         self._written_in.pop(request_id, None)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="result-listener")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="reply-reader")
         self._task.add_done_callback(self._on_exit)
 
     async def stop(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from starlette.types import Receive, Send
 
 from shared.errors import ClientGone, ServiceError
-from shared.protocol import SyncReply
+from shared.protocol import TaskReply
 
 #: seconds into a request before a client's leaving is watched for
 WATCH_AFTER_S = 0.05
@@ -28,7 +28,7 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def reply_of(receive: Receive, work: Awaitable[SyncReply]) -> SyncReply:
+async def reply_of(receive: Receive, work: Awaitable[TaskReply]) -> TaskReply:
     """The worker's successful reply; its error raised as a ServiceError. If the client goes away first, ``work`` is
     cancelled (withdrawing its queued job) and ClientGone raised.
 
@@ -61,7 +61,7 @@ async def reply_of(receive: Receive, work: Awaitable[SyncReply]) -> SyncReply:
     return reply
 
 
-async def send_json(send: Send, body: bytes, reply: SyncReply, started: float) -> None:
+async def send_json(send: Send, body: bytes, reply: TaskReply, started: float) -> None:
     """A 200 with ``body`` (JSON), and headers saying where the request's time went (``started``: perf_counter)."""
     headers = [
         (b"content-type", b"application/json"),

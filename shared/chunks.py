@@ -1,7 +1,7 @@
 """The chunk contract between the API and the workers: how a chunk's work is counted and its results kept.
 
 A job (``/v1/embeddings/jobs``) or a batch (``/v1/batches``), the chunks' *parent*, is cut into chunks, each an
-entry on ``keys.CHUNK_QUEUE`` (``shared.protocol.ChunkJob``) that any worker may take. Its parts, in Redis:
+entry on ``keys.CHUNK_QUEUE`` (``shared.protocol.EmbedChunk``) that any worker may take. Its parts, in Redis:
 
 - the parent's progress (``keys.progress``), created by the API with the parent's record (``create_in``); the
   chunk queue's claim marks it started and tells the worker whether it was cancelled (``shared.job_queue``);
@@ -28,7 +28,7 @@ from redis.asyncio.client import Pipeline
 from shared import keys
 from shared.errors import ErrorKind
 from shared.job_queue import queue_job_id
-from shared.protocol import EmbedError
+from shared.protocol import TaskError
 from shared.storage import RELEASE_PART_LUA, RESERVATION_KEYS
 
 # KEYS: progress hash, chunk vectors, chunk parts, then the store's reservation keys (``shared.storage``).
@@ -108,7 +108,7 @@ class PartResult:
     """How one request of a batch chunk ended: its prompt tokens, or the error it failed with."""
 
     prompt_tokens: int = 0
-    error: EmbedError | None = None
+    error: TaskError | None = None
     #: its vectors' values as JSON floats take this many bytes (``openai_json.float_text_bytes``), so its line's
     #: length is known without its vectors; None when stored by a worker that did not measure it
     float_text_bytes: int | None = None
@@ -133,7 +133,7 @@ def _decode_parts(data: bytes) -> list[PartResult]:
     return [
         PartResult(
             tokens,
-            None if error is None else EmbedError(ErrorKind(error[0]), error[1], error[2]),
+            None if error is None else TaskError(ErrorKind(error[0]), error[1], error[2]),
             measured[0] if measured else None,
         )
         for tokens, error, *measured in msgpack.unpackb(data, raw=False)

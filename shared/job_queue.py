@@ -33,8 +33,8 @@ from shared import keys
 from shared.backlog import READ_COUNTER_LUA, READ_SHARE_LUA, RELEASE_LUA
 from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
 
-#: name of the arq function that embeds one ``EmbedJob``
-EMBED_FUNCTION = "embed"
+#: the name of the arq function every job carries, whatever its task (the worker runs them itself: ``worker.app``)
+TASK_FUNCTION = "task"
 
 
 def serialize_arq_job(job: dict[str, Any]) -> bytes:
@@ -339,7 +339,7 @@ class JobQueue:
 
     @classmethod
     def sync(cls, redis: Redis) -> JobQueue:
-        """The queue of synchronous ``/v1/embeddings`` requests."""
+        """The queue of synchronous requests, of every task (embed, rerank): answered while their clients wait."""
         return cls(redis, keys.SYNC_QUEUE, keys.QUEUED_TEXTS, keys.QUEUED_TEXTS_PER_KEY)
 
     @classmethod
@@ -357,7 +357,7 @@ class JobQueue:
         args: list[str | bytes | int] = [backlog_limit, per_key_limit, keys.WAKE_CHANNEL, now_ms, candidate_id()]
         for job in jobs:
             payload = serialize_job(
-                EMBED_FUNCTION, (job.message,), {}, None, job.enqueued_ms, serializer=serialize_arq_job
+                TASK_FUNCTION, (job.message,), {}, None, job.enqueued_ms, serializer=serialize_arq_job
             )
             args += [job.job_id, payload, job.expires_ms, job.texts]
         job_keys = [job_key_prefix + job.job_id for job in jobs]

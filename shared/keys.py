@@ -6,7 +6,7 @@ that sit in our queues.
 
 PREFIX = "emb:"
 
-#: arq queue (a sorted set) holding synchronous ``/v1/embeddings`` jobs; workers serve it first.
+#: arq queue (a sorted set) holding synchronous requests of every task (embed, rerank); workers serve it first.
 SYNC_QUEUE = PREFIX + "queue:sync"
 
 #: arq queue holding the chunks of asynchronous embedding jobs (``/v1/embeddings/jobs``).

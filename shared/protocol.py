@@ -1,18 +1,21 @@
 """Wire protocol between the API and the workers: versioned msgpack messages, never pickle.
 
-Three kinds of job travel API -> worker, each as the single argument of an arq job:
+A *task* is what a client asks for: ``embed`` or ``rerank``. Each message is the single argument of an arq job
+(every job names the arq function ``job_queue.TASK_FUNCTION``, whatever its task):
 
-- ``SyncJob`` (``keys.SYNC_QUEUE``): one ``POST /v1/embeddings`` request. The worker answers it with one
-  ``SyncReply`` pushed on the job's ``reply_to`` list; the reply carries the OpenAI ``data`` array already rendered
-  (JSON floats, base64, packed bits), so the API only frames it.
-- ``RerankJob`` (the same queue, leases and priorities): one rerank request. Its ``SyncReply`` carries the scores,
-  one per document in order, as a JSON array; the API sorts and frames them.
-- ``ChunkJob`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job. No reply travels: the worker stores the
-  chunk's float32 vectors and counts it into its job's progress (``shared.chunks``), which the API reads when polled.
+- ``EmbedTask`` (``keys.SYNC_QUEUE``): one synchronous embed request (``/v1/embeddings``, ``/v2/embed``). The
+  worker answers it with one ``TaskReply`` pushed on the job's ``reply_to`` list; the reply carries the OpenAI
+  ``data`` array already rendered (JSON floats, base64, packed bits), so the API only frames it.
+- ``RerankTask`` (the same queue, leases and priorities): one rerank request, in any of its shapes. Its
+  ``TaskReply`` carries the scores, one per document in order, as a JSON array; the API sorts and frames them.
+- ``EmbedChunk`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job or batch. No reply travels: the worker
+  stores the chunk's float32 vectors and counts it into its parent's progress (``shared.chunks``), which the API
+  reads when polled.
 
-The embedding jobs carry what to embed (``EmbedJob``'s fields); messages on the sync queue say their ``task``.
-A synchronous job may carry its request's trace context (``trace_context``: the W3C ``traceparent`` and the other
-headers the API's propagators write; ``shared.tracing``). Version 6: ``trace_context``; version 5: rerank jobs
+Both embed messages carry what to embed (``EmbedInputs``' fields); messages on the sync queue say their ``task``.
+A synchronous task may carry its request's trace context (``trace_context``: the W3C ``traceparent`` and the other
+headers the API's propagators write; ``shared.tracing``). Version 7: the arq function ``task`` and sync queue ids
+that name their API key (``shared.job_queue.queue_job_id``); version 6: ``trace_context``; version 5: rerank tasks
 and ``output_dtype``. Messages of another version are moved aside, not guessed at (``worker.dead_letter``).
 """
 
@@ -25,7 +28,7 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 InputKind = Literal["text", "tokens"]
 EncodingFormat = Literal["float", "base64"]
@@ -33,13 +36,13 @@ EncodingFormat = Literal["float", "base64"]
 OutputDtype = Literal["float", "binary", "ubinary"]
 OUTPUT_DTYPES: tuple[OutputDtype, ...] = ("float", "binary", "ubinary")
 
-Job = TypeVar("Job", bound="EmbedJob")
-SyncOrRerank = TypeVar("SyncOrRerank", "SyncJob", "RerankJob")
+Job = TypeVar("Job", bound="EmbedInputs")
+SyncTask = TypeVar("SyncTask", "EmbedTask", "RerankTask")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EmbedJob:
-    """What to embed, and by when: the part both kinds of job share."""
+class EmbedInputs:
+    """What to embed, and by when: the part an embed task and a chunk share."""
 
     request_id: str
     model: str
@@ -58,8 +61,8 @@ class EmbedJob:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SyncJob(EmbedJob):
-    """A synchronous request: answered with a ``SyncReply`` on ``reply_to``, rendered as ``encoding_format``."""
+class EmbedTask(EmbedInputs):
+    """A synchronous request: answered with a ``TaskReply`` on ``reply_to``, rendered as ``encoding_format``."""
 
     reply_to: str
     encoding_format: EncodingFormat
@@ -69,7 +72,7 @@ class SyncJob(EmbedJob):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RerankJob:
+class RerankTask:
     """A rerank request: ``query`` scored against each document, answered on ``reply_to``."""
 
     request_id: str
@@ -86,12 +89,12 @@ class RerankJob:
     enqueued_ms: int
     deadline_ms: int
     reply_to: str
-    #: as ``SyncJob``'s
+    #: as ``EmbedTask``'s
     trace_context: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ChunkJob(EmbedJob):
+class EmbedChunk(EmbedInputs):
     """Chunk ``chunk`` of the asynchronous job or batch ``parent_job``: stored, not answered."""
 
     parent_job: str
@@ -103,21 +106,21 @@ class ChunkJob(EmbedJob):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EmbedError:
+class TaskError:
     kind: ErrorKind
     message: str
     param: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SyncReply:
-    """A worker's answer to a ``SyncJob``: the rendered ``data`` array, or an error."""
+class TaskReply:
+    """A worker's answer to a ``EmbedTask``: the rendered ``data`` array, or an error."""
 
     request_id: str
     #: the OpenAI ``data`` array as JSON
     data: bytes = b""
     prompt_tokens: int = 0
-    error: EmbedError | None = None
+    error: TaskError | None = None
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     #: texts and requests in the largest batch that served this request
@@ -126,10 +129,11 @@ class SyncReply:
 
 
 _FIELDS = {
-    cls: tuple(field.name for field in dataclasses.fields(cls)) for cls in (SyncJob, RerankJob, ChunkJob, SyncReply)
+    cls: tuple(field.name for field in dataclasses.fields(cls))
+    for cls in (EmbedTask, RerankTask, EmbedChunk, TaskReply)
 }
 #: the ``task`` of a message on the sync queue
-_TASKS: dict[type[Any], str] = {SyncJob: "embed", RerankJob: "rerank"}
+_TASKS: dict[type[Any], str] = {EmbedTask: "embed", RerankTask: "rerank"}
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -157,19 +161,19 @@ def _build(cls: type[Any], fields: dict[str, Any], what: str) -> Any:
         raise ProtocolError(f"{what} has missing or unknown fields") from exc
 
 
-def encode_job(job: SyncJob | RerankJob | ChunkJob) -> bytes:
+def encode_job(job: EmbedTask | RerankTask | EmbedChunk) -> bytes:
     # built by hand: dataclasses.asdict deep-copies every input, and this runs once a request
     fields = {field: getattr(job, field) for field in _FIELDS[type(job)]}
     task = _TASKS.get(type(job))
     return _pack(fields if task is None else {"task": task, **fields})
 
 
-def decode_sync_job(data: bytes) -> SyncJob | RerankJob:
+def decode_sync_task(data: bytes) -> EmbedTask | RerankTask:
     """What a message on the sync queue asks: an embedding or a rerank; ProtocolError if it is neither."""
     fields = _unpack(data, "job")
     task = fields.pop("task", None)
     if task == "rerank":
-        job: RerankJob = _build(RerankJob, fields, "job")
+        job: RerankTask = _build(RerankTask, fields, "job")
         if not isinstance(job.query, str) or not isinstance(job.inputs, list):
             raise ProtocolError("job has malformed inputs")
         if not all(isinstance(document, str) for document in job.inputs):
@@ -177,15 +181,15 @@ def decode_sync_job(data: bytes) -> SyncJob | RerankJob:
         return _checked_trace(job)
     if task != "embed":
         raise ProtocolError(f"job has an unknown task {task!r}")
-    embedding: SyncJob = _build(SyncJob, fields, "job")
+    embedding: EmbedTask = _build(EmbedTask, fields, "job")
     return _checked_trace(_checked(embedding))
 
 
-def decode_job(data: bytes, kind: type[Job]) -> Job:
-    """A ``ChunkJob`` (or an embedding ``SyncJob``), as the queue it came from says; ProtocolError if it is not
+def decode_embedding(data: bytes, kind: type[Job]) -> Job:
+    """A ``EmbedChunk`` (or an embedding ``EmbedTask``), as the queue it came from says; ProtocolError if it is not
     one."""
     fields = _unpack(data, "job")
-    if kind is SyncJob and fields.pop("task", None) != "embed":
+    if kind is EmbedTask and fields.pop("task", None) != "embed":
         raise ProtocolError("job is not an embedding")
     job: Job = _build(kind, fields, "job")
     return _checked(job)
@@ -194,16 +198,16 @@ def decode_job(data: bytes, kind: type[Job]) -> Job:
 def _checked(job: Job) -> Job:
     if job.input_kind not in ("text", "tokens") or not isinstance(job.inputs, list):
         raise ProtocolError("job has malformed inputs")
-    if isinstance(job, SyncJob) and job.encoding_format not in ("float", "base64"):
+    if isinstance(job, EmbedTask) and job.encoding_format not in ("float", "base64"):
         raise ProtocolError("job has an unknown encoding format")
-    if isinstance(job, SyncJob) and job.output_dtype not in OUTPUT_DTYPES:
+    if isinstance(job, EmbedTask) and job.output_dtype not in OUTPUT_DTYPES:
         raise ProtocolError("job has an unknown output dtype")
-    if isinstance(job, ChunkJob) and job.parts is not None and sum(job.parts) != len(job.inputs):
+    if isinstance(job, EmbedChunk) and job.parts is not None and sum(job.parts) != len(job.inputs):
         raise ProtocolError("chunk's parts do not add up to its inputs")
     return job
 
 
-def _checked_trace(job: SyncOrRerank) -> SyncOrRerank:
+def _checked_trace(job: SyncTask) -> SyncTask:
     carrier = job.trace_context
     if carrier is not None and not (
         isinstance(carrier, dict) and all(isinstance(v, str) and isinstance(k, str) for k, v in carrier.items())
@@ -212,20 +216,20 @@ def _checked_trace(job: SyncOrRerank) -> SyncOrRerank:
     return job
 
 
-def encode_reply(reply: SyncReply) -> bytes:
-    fields = {field: getattr(reply, field) for field in _FIELDS[SyncReply]}
+def encode_reply(reply: TaskReply) -> bytes:
+    fields = {field: getattr(reply, field) for field in _FIELDS[TaskReply]}
     if reply.error is not None:
         fields["error"] = {"kind": reply.error.kind.value, "message": reply.error.message, "param": reply.error.param}
     return _pack(fields)
 
 
-def decode_reply(data: bytes) -> SyncReply:
+def decode_reply(data: bytes) -> TaskReply:
     fields = _unpack(data, "reply")
     error = fields.get("error")
     if error is not None:
         try:
-            fields["error"] = EmbedError(ErrorKind(error["kind"]), str(error["message"]), error.get("param"))
+            fields["error"] = TaskError(ErrorKind(error["kind"]), str(error["message"]), error.get("param"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError("reply has a malformed error") from exc
-    reply: SyncReply = _build(SyncReply, fields, "reply")
+    reply: TaskReply = _build(TaskReply, fields, "reply")
     return reply

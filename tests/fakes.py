@@ -1,5 +1,5 @@
 """The test doubles of the unit tests, all here: fakeredis clients, a fake model, and a worker that runs the real
-``EmbeddingService`` over the fake model, claiming and finishing jobs through ``JobQueue`` as the real worker does."""
+``TaskService`` over the fake model, claiming and finishing jobs through ``JobQueue`` as the real worker does."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from arq.connections import ArqRedis
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue
-from shared.protocol import ChunkJob, RerankJob, SyncJob
+from shared.protocol import EmbedChunk, EmbedTask, RerankTask
 from shared.redis_client import as_job_queue
 from shared.workers import WorkerInfo, record_heartbeat
 from worker.models.registry import ModelRegistry
 from worker.models.reranker import PairTokens
-from worker.service import EmbeddingService
+from worker.service import TaskService
 
 FAKE_DIM = 4
 REPLY_TO = "emb:reply:test"
@@ -141,13 +141,13 @@ def _what_to_embed() -> dict[str, object]:
     )
 
 
-def make_sync_job(**overrides: object) -> SyncJob:
+def make_embed_task(**overrides: object) -> EmbedTask:
     """A synchronous job ("r1") answered on ``REPLY_TO``; any field can be overridden."""
     fields = {**_what_to_embed(), "request_id": "r1", "reply_to": REPLY_TO, "encoding_format": "float"}
-    return SyncJob(**{**fields, **overrides})  # type: ignore[arg-type]
+    return EmbedTask(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
-def make_rerank_job(**overrides: object) -> RerankJob:
+def make_rerank_task(**overrides: object) -> RerankTask:
     """A rerank job ("r1") answered on ``REPLY_TO``; any field can be overridden."""
     fields = {
         "request_id": "r1",
@@ -161,13 +161,13 @@ def make_rerank_job(**overrides: object) -> RerankJob:
         "deadline_ms": now_ms() + 60_000,
         "reply_to": REPLY_TO,
     }
-    return RerankJob(**{**fields, **overrides})  # type: ignore[arg-type]
+    return RerankTask(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
-def make_chunk_job(**overrides: object) -> ChunkJob:
+def make_embed_chunk(**overrides: object) -> EmbedChunk:
     """Chunk 0 of job "embjob_1"; any field can be overridden."""
     fields = {**_what_to_embed(), "request_id": "embjob_1-0", "parent_job": "embjob_1", "chunk": 0}
-    return ChunkJob(**{**fields, **overrides})  # type: ignore[arg-type]
+    return EmbedChunk(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 def fake_redis_factory(server: fakeredis.FakeServer):
@@ -181,7 +181,7 @@ async def run_fake_worker(redis: ArqRedis, worker_id: str = "fake") -> None:
     """Serve the sync queue with the real service over ``FakeEncoder``; model "missing" is not found."""
     await record_heartbeat(redis, WorkerInfo(worker_id, "cpu", ["fake-model"], 0), ttl_s=60)
     registry = make_registry(Loader(failing={"missing"}))
-    service = EmbeddingService(registry, redis, worker_id, max_attempts=2)
+    service = TaskService(registry, redis, worker_id, max_attempts=2)
     queue = JobQueue.sync(redis)
     try:
         while True:

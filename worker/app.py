@@ -4,7 +4,7 @@ What arq does here: the process's life (``Worker.run``: start-up and shutdown ho
 that stops taking jobs and waits up to ``shutdown_grace_s`` for the held ones, the health-check key), the job
 format and its keys (``arq:job:*``, ``arq:in-progress:*``, ``arq:retry:*``) and the job serializer hook.
 
-What the project does itself, and why (``EmbeddingWorker._poll_iteration`` replaces arq's poll):
+What the project does itself, and why (``TaskWorker._poll_iteration`` replaces arq's poll):
 
 - It sleeps until woken (a job was enqueued, or capacity freed up: ``worker.wake_ups``), not for a fixed poll
   delay, so a job starts within a Redis round trip of being enqueued.
@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.clock import now_ms
-from shared.job_queue import EMBED_FUNCTION, ClaimedJob, JobQueue, deserialize_arq_job, serialize_arq_job
+from shared.job_queue import TASK_FUNCTION, ClaimedJob, JobQueue, deserialize_arq_job, serialize_arq_job
 from shared.redis_client import connect
 from shared.redis_memory import EvictionGuard
 from shared.settings import Settings
@@ -45,7 +45,7 @@ from worker.models.encoder import pick_device
 from worker.models.precision import declared_precision
 from worker.models.registry import ModelRegistry
 from worker.models.source import load_model
-from worker.service import EmbeddingService
+from worker.service import TaskService
 from worker.wake_ups import IDLE_POLL_S, WakeUps
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,16 @@ _NO_TEXT_BUDGET = 1 << 30
 
 
 async def _claimed_by_our_loop(ctx: dict[str, Any], message: bytes) -> None:
-    """arq needs a function registered under the name our jobs carry; ``EmbeddingWorker`` never calls it."""
-    raise RuntimeError(f"{EMBED_FUNCTION!r} jobs are run by worker.app.EmbeddingWorker (python -m worker)")
+    """arq needs a function registered under the name our jobs carry; ``TaskWorker`` never calls it."""
+    raise RuntimeError(f"{TASK_FUNCTION!r} jobs are run by worker.app.TaskWorker (python -m worker)")
 
 
-class EmbeddingWorker(Worker):
+class TaskWorker(Worker):
     def __init__(
-        self, settings: Settings, service: EmbeddingService, redis: ArqRedis, *, handle_signals: bool = True
+        self, settings: Settings, service: TaskService, redis: ArqRedis, *, handle_signals: bool = True
     ) -> None:
         super().__init__(
-            functions=[func(_claimed_by_our_loop, name=EMBED_FUNCTION, keep_result=0)],
+            functions=[func(_claimed_by_our_loop, name=TASK_FUNCTION, keep_result=0)],
             queue_name=keys.SYNC_QUEUE,
             redis_pool=redis,
             on_startup=self._startup,
@@ -100,7 +100,7 @@ class EmbeddingWorker(Worker):
         for name in settings.embed_models:
             with contextlib.suppress(Exception):  # a model that fails to load is reported and served as an error
                 model = await registry.get(name)
-                loaded = model.encoder
+                loaded = model.model
                 warm_up = (
                     loaded.prepare([], truncate=True, param="input")
                     if loaded.kind == "embedding"
@@ -232,7 +232,7 @@ class EmbeddingWorker(Worker):
             await asyncio.sleep(self.settings.worker_heartbeat_s)
 
 
-def build_worker(settings: Settings) -> EmbeddingWorker:
+def build_worker(settings: Settings) -> TaskWorker:
     """The worker the settings describe; PrecisionUnavailable if its device cannot compute ``DTYPE`` natively."""
     declared_precision(settings.dtype, pick_device(settings.device))
     redis = connect(settings)
@@ -243,7 +243,7 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )
-    service = EmbeddingService(
+    service = TaskService(
         registry,
         redis,
         uuid.uuid4().hex[:12],
@@ -252,4 +252,4 @@ def build_worker(settings: Settings) -> EmbeddingWorker:
         max_tokens=settings.max_tokens_per_request,
         openai_token_ids=settings.token_ids == "openai",
     )
-    return EmbeddingWorker(settings, service, redis)
+    return TaskWorker(settings, service, redis)

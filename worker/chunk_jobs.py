@@ -1,4 +1,4 @@
-"""The life of a ``ChunkJob`` in a worker: decoded, embedded, its results stored and counted (``shared.chunks``).
+"""The life of a ``EmbedChunk`` in a worker: decoded, embedded, its results stored and counted (``shared.chunks``).
 
 A failure that may pass (``RETRYABLE``) gives the chunk back to the queue, up to ``max_attempts`` runs; any other
 fails it, named in its parent's errors. Never raises. Chunks that end together are stored together: one pipeline
@@ -21,7 +21,7 @@ from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.job_queue import FinishedJob, JobQueue
-from shared.protocol import ChunkJob, EmbedError, decode_job
+from shared.protocol import EmbedChunk, TaskError, decode_embedding
 from shared.storage import input_bytes
 from worker import metrics
 from worker.dead_letter import DeadLetters
@@ -43,7 +43,7 @@ STORE_BACKOFF_MAX_S = 8.0
 class ChunkOutcome:
     """What a finished chunk writes into its parent."""
 
-    job: ChunkJob
+    job: EmbedChunk
     vectors: np.ndarray | None = None
     #: a batch chunk's outcome per request
     parts: list[PartResult] | None = None
@@ -55,7 +55,7 @@ class ChunkOutcome:
     despite_oom: bool = False
 
 
-def failed_outcome(job: ChunkJob, error: EmbedError, *, despite_oom: bool = False) -> ChunkOutcome:
+def failed_outcome(job: EmbedChunk, error: TaskError, *, despite_oom: bool = False) -> ChunkOutcome:
     """Every input of the chunk, or in a batch chunk every request, failed with ``error``."""
     if job.parts is None:
         return ChunkOutcome(job, failed=len(job.inputs), error=error.message, despite_oom=despite_oom)
@@ -90,7 +90,7 @@ class ChunkJobs:
     async def handle(self, queue_id: str, message: bytes, attempt: int = 1, *, cancelled: bool = False) -> None:
         """Run one chunk. ``cancelled``: its parent was cancelled before the claim (which says so)."""
         try:
-            job = decode_job(message, ChunkJob)
+            job = decode_embedding(message, EmbedChunk)
         except ProtocolError as exc:
             await self._dead_letters.keep(queue_id, message, exc)
             await self._finish.add((FinishedJob(queue_id), None))
@@ -122,7 +122,7 @@ class ChunkJobs:
             return
         await self._fail(queue_id, job, error)
 
-    async def _run(self, job: ChunkJob) -> ChunkOutcome:
+    async def _run(self, job: EmbedChunk) -> ChunkOutcome:
         if job.parts is None:
             embedded = await self._pipeline.embed(job, urgent=False)
             return ChunkOutcome(
@@ -139,10 +139,10 @@ class ChunkJobs:
             prompt_tokens=sum(part.prompt_tokens for part in parts),
         )
 
-    async def _fail(self, queue_id: str, job: ChunkJob, error: ServiceError) -> None:
+    async def _fail(self, queue_id: str, job: EmbedChunk, error: ServiceError) -> None:
         """The whole chunk failed: every input, or in a batch chunk every request, with ``error``."""
         metrics.JOBS.labels("chunk_failed").inc()
-        await self._store(queue_id, failed_outcome(job, EmbedError(error.kind, error.message, error.param)))
+        await self._store(queue_id, failed_outcome(job, TaskError(error.kind, error.message, error.param)))
 
     async def _finish_many(
         self, batch: list[tuple[tuple[FinishedJob, ChunkOutcome | None], asyncio.Future[None]]]
@@ -204,5 +204,5 @@ class ChunkJobs:
             failure = dataclasses.replace(outcome, despite_oom=True)
         else:
             reason = "the result store was full: this chunk's vectors could not be stored"
-            failure = failed_outcome(job, EmbedError(ErrorKind.INSUFFICIENT_STORAGE, reason), despite_oom=True)
+            failure = failed_outcome(job, TaskError(ErrorKind.INSUFFICIENT_STORAGE, reason), despite_oom=True)
         await self._finish.add((finished, failure))

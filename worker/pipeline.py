@@ -18,7 +18,7 @@ from shared.chunks import PartResult
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 from shared.openai_json import float_text_bytes
-from shared.protocol import ChunkJob, EmbedError, EmbedJob, InputKind
+from shared.protocol import EmbedChunk, EmbedInputs, InputKind, TaskError
 from worker import openai_tokens
 from worker.batcher import BatchStats
 from worker.models.encoder_protocol import Encoder
@@ -48,7 +48,7 @@ class EmbeddingPipeline:
         #: sequences and requests of the largest batch seen
         self.largest_batch = (0, 0)
 
-    async def embed(self, job: EmbedJob, *, urgent: bool = True, deadline_ms: int | None = None) -> Embedded:
+    async def embed(self, job: EmbedInputs, *, urgent: bool = True, deadline_ms: int | None = None) -> Embedded:
         """``deadline_ms``: past it, a job still waiting for its model to load or for a batch fails with a timeout;
         one already in a running batch finishes with it."""
         model, encoder, prompt = await self._model_for(job, deadline_ms)
@@ -59,7 +59,7 @@ class EmbeddingPipeline:
                 sequences = await asyncio.to_thread(self._sequences, encoder, job, job.inputs, prompt)
         return await self._encode(model, encoder, job, sequences, prompt, urgent=urgent, deadline_ms=deadline_ms)
 
-    async def embed_parts(self, job: ChunkJob, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
+    async def embed_parts(self, job: EmbedChunk, parts: list[int]) -> tuple[np.ndarray | None, list[PartResult]]:
         """A batch chunk: each request (``parts``) is tokenized and checked alone, so one that cannot be encoded
         fails by itself; the others are encoded together. Rows of the requests that succeeded, in order."""
         model, encoder, prompt = await self._model_for(job, None)
@@ -84,7 +84,7 @@ class EmbeddingPipeline:
         offset = 0
         for part in tokenized:
             if isinstance(part, ServiceError):
-                results.append(PartResult(error=EmbedError(part.kind, part.message, part.param)))
+                results.append(PartResult(error=TaskError(part.kind, part.message, part.param)))
                 continue
             assert vectors is not None
             rows = vectors[offset : offset + len(part)]
@@ -92,12 +92,12 @@ class EmbeddingPipeline:
             results.append(PartResult(_prompt_tokens(encoder, part), float_text_bytes=float_text_bytes(rows)))
         return vectors, results
 
-    async def _model_for(self, job: EmbedJob, deadline_ms: int | None) -> tuple[LoadedModel, Encoder, str]:
+    async def _model_for(self, job: EmbedInputs, deadline_ms: int | None) -> tuple[LoadedModel, Encoder, str]:
         """The job's model, loaded, and the prompt its options choose; ServiceError if they do not fit the model
         (a reranker is not an embedding model)."""
         timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
         model = await self.registry.get(job.model, timeout_s)
-        encoder = model.encoder
+        encoder = model.model
         if encoder.kind != "embedding":
             raise ServiceError(
                 ErrorKind.INVALID_REQUEST,
@@ -116,7 +116,7 @@ class EmbeddingPipeline:
             resolve_prompt(encoder.prompts, encoder.default_prompt_name, job.prompt_name, job.input_type),
         )
 
-    def _sequences(self, encoder: Encoder, job: EmbedJob, inputs: list[Any], prompt: str) -> list[list[int]]:
+    def _sequences(self, encoder: Encoder, job: EmbedInputs, inputs: list[Any], prompt: str) -> list[list[int]]:
         """One request's model inputs, refused if they hold more tokens than a request may."""
         sequences = _model_inputs(encoder, job.input_kind, inputs, prompt, job.truncate, self._openai_token_ids)
         tokens = sum(map(len, sequences))
@@ -129,7 +129,7 @@ class EmbeddingPipeline:
         self,
         model: LoadedModel,
         encoder: Encoder,
-        job: EmbedJob,
+        job: EmbedInputs,
         sequences: list[list[int]],
         prompt: str,
         *,

@@ -12,7 +12,7 @@ import numpy as np
 from shared import tracing
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.protocol import RerankJob
+from shared.protocol import RerankTask
 from worker.batcher import BatchStats
 from worker.models.encoder_protocol import Reranker
 from worker.models.registry import LoadedModel, ModelRegistry
@@ -34,7 +34,7 @@ class RerankPipeline:
         self.registry = registry
         self._max_tokens = max_tokens
 
-    async def rerank(self, job: RerankJob, *, deadline_ms: int | None = None) -> Ranked:
+    async def rerank(self, job: RerankTask, *, deadline_ms: int | None = None) -> Ranked:
         """``deadline_ms``: past it, a job still waiting for its model or for a batch fails with a timeout."""
         timeout_s = None if deadline_ms is None else (deadline_ms - now_ms()) / 1000
         model = await self.registry.get(job.model, timeout_s)
@@ -62,7 +62,7 @@ class RerankPipeline:
 
 def _reranker_of(model: LoadedModel) -> Reranker:
     """The model as a reranker; a 400 if it is an embedding model, or scores a pair more than one way."""
-    reranker = model.encoder
+    reranker = model.model
     if reranker.kind != "reranker":
         raise ServiceError(
             ErrorKind.INVALID_REQUEST,

@@ -15,7 +15,7 @@ from worker.reranking import RerankPipeline
 from worker.sync_jobs import SyncJobs
 
 
-class EmbeddingService:
+class TaskService:
     def __init__(
         self,
         registry: ModelRegistry,

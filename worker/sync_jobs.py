@@ -1,5 +1,5 @@
-"""The life of a job on the sync queue in a worker: decoded, embedded (``SyncJob``) or scored (``RerankJob``),
-answered with a ``SyncReply`` on the API's reply list.
+"""The life of a job on the sync queue in a worker: decoded, embedded (``EmbedTask``) or scored (``RerankTask``),
+answered with a ``TaskReply`` on the API's reply list.
 
 Never raises: work that was answered is not run again. Jobs answered together are finished together
 (``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts.
@@ -20,7 +20,7 @@ from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.job_queue import FinishedJob, JobQueue
 from shared.openai_json import data_array
-from shared.protocol import EmbedError, RerankJob, SyncJob, SyncReply, decode_sync_job, encode_reply
+from shared.protocol import EmbedTask, RerankTask, TaskError, TaskReply, decode_sync_task, encode_reply
 from worker import metrics
 from worker.dead_letter import DeadLetters
 from worker.pipeline import EmbeddingPipeline
@@ -52,7 +52,7 @@ class SyncJobs:
     async def handle(self, queue_id: str, message: bytes, attempt: int = 1) -> None:
         """Run one job and answer it. ``attempt`` counts its runs: more than one means a worker died holding it."""
         try:
-            job = decode_sync_job(message)
+            job = decode_sync_task(message)
         except ProtocolError as exc:
             await self._reject_undecodable(queue_id, message, exc)
             return
@@ -71,7 +71,7 @@ class SyncJobs:
             return
         queue_ms = float(now_ms() - job.enqueued_ms)
         metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
-        task = "rerank" if isinstance(job, RerankJob) else "embed"
+        task = "rerank" if isinstance(job, RerankTask) else "embed"
         attributes = {"embeddings.request_id": job.request_id, "embeddings.model": job.model}
         # the job's span ends with its reply ready, before the push: the API's span, ended by the reply, holds it
         with tracing.continued(job.trace_context, task, queued_since_ms=job.enqueued_ms, attributes=attributes):
@@ -84,7 +84,7 @@ class SyncJobs:
         if reply.error is not None:
             metrics.ERRORS.labels(reply.error.kind.value).inc()
 
-    async def _reply(self, job: SyncJob | RerankJob, queue_ms: float) -> SyncReply:
+    async def _reply(self, job: EmbedTask | RerankTask, queue_ms: float) -> TaskReply:
         """The job's answer: its result, or the error that stopped it."""
         try:
             return await self._run(job, queue_ms)
@@ -98,8 +98,8 @@ class SyncJobs:
             reason = "the worker failed to process this request"
             return _error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
 
-    async def _run(self, job: SyncJob | RerankJob, queue_ms: float) -> SyncReply:
-        if isinstance(job, RerankJob):
+    async def _run(self, job: EmbedTask | RerankTask, queue_ms: float) -> TaskReply:
+        if isinstance(job, RerankTask):
             ranked = await self._reranking.rerank(job, deadline_ms=job.deadline_ms)
             data = orjson.dumps(ranked.scores, option=orjson.OPT_SERIALIZE_NUMPY)
             tokens, stats = ranked.tokens, ranked.stats
@@ -107,7 +107,7 @@ class SyncJobs:
             embedded = await self._pipeline.embed(job, deadline_ms=job.deadline_ms)
             data = data_array(embedded.vectors, job.encoding_format, job.output_dtype)
             tokens, stats = embedded.prompt_tokens, embedded.stats
-        return SyncReply(
+        return TaskReply(
             job.request_id,
             data=data,
             prompt_tokens=tokens,
@@ -117,7 +117,7 @@ class SyncJobs:
             batch_requests=stats.batch_requests,
         )
 
-    async def _answer(self, queue_id: str, job: SyncJob | RerankJob, reply: SyncReply) -> None:
+    async def _answer(self, queue_id: str, job: EmbedTask | RerankTask, reply: TaskReply) -> None:
         await self._finish.add(FinishedJob(queue_id, job.reply_to, encode_reply(reply)))
 
     async def _finish_many(self, batch: list[tuple[FinishedJob, asyncio.Future[None]]]) -> None:
@@ -132,13 +132,13 @@ class SyncJobs:
         reply_to = reply = None
         with contextlib.suppress(Exception):
             fields = msgpack.unpackb(message, raw=False)
-            error = EmbedError(ErrorKind.INTERNAL, "the worker could not decode this job")
-            reply = encode_reply(SyncReply(str(fields["request_id"]), error=error))
+            error = TaskError(ErrorKind.INTERNAL, "the worker could not decode this job")
+            reply = encode_reply(TaskReply(str(fields["request_id"]), error=error))
             reply_to = str(fields["reply_to"])
         await self._finish.add(FinishedJob(queue_id, reply_to, reply))
 
 
 def _error_reply(
-    job: SyncJob | RerankJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
-) -> SyncReply:
-    return SyncReply(job.request_id, error=EmbedError(kind, message, param), queue_ms=queue_ms)
+    job: EmbedTask | RerankTask, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
+) -> TaskReply:
+    return TaskReply(job.request_id, error=TaskError(kind, message, param), queue_ms=queue_ms)

@@ -23,7 +23,7 @@ import orjson
 from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import EmbeddingRequest, parse_embedding_request
 from shared.errors import ServiceError
-from shared.protocol import EmbedError
+from shared.protocol import TaskError
 from shared.settings import Settings
 
 ENDPOINT = "/v1/embeddings"
@@ -51,7 +51,7 @@ class Line:
     custom_id: str
     model: str
     request: EmbeddingRequest | None = None
-    error: EmbedError | None = None
+    error: TaskError | None = None
 
     @property
     def inputs(self) -> list[Any]:
@@ -110,7 +110,7 @@ def _parse_line(raw: bytes, number: int, settings: Settings) -> Line | LineError
     try:
         request = parse_embedding_request(body, settings)
     except ServiceError as exc:
-        return Line(number, custom_id, model, error=EmbedError(exc.kind, exc.message, exc.param))
+        return Line(number, custom_id, model, error=TaskError(exc.kind, exc.message, exc.param))
     return Line(number, custom_id, model, request=request)
 
 

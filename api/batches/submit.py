@@ -1,6 +1,6 @@
 """Turn a validated batch file into chunks on the jobs queue (the second read of the file).
 
-Chunks are cut where ``api.batches.plan.chunk_starts`` says. A chunk to run becomes a ``ChunkJob`` with ``parts`` (its
+Chunks are cut where ``api.batches.plan.chunk_starts`` says. A chunk to run becomes a ``EmbedChunk`` with ``parts`` (its
 requests' input counts) on ``keys.CHUNK_QUEUE``, so batches share workers, leases, retries and the backlog bound
 with embedding jobs; a chunk of requests that already failed has its results written here. Each chunk's manifest
 entry names its requests for the output files. Written a group of chunks per round trip.

@@ -1,4 +1,4 @@
-"""A validated embeddings request as what it asks of a worker: the one place ``SyncJob`` and ``ChunkJob`` fields
+"""A validated embeddings request as what it asks of a worker: the one place ``EmbedTask`` and ``EmbedChunk`` fields
 are built from a request, whichever way it came in (``/v1/embeddings``, a job, a line of a batch)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from api.embeddings.schemas import EmbeddingRequest
 from shared.chunks import chunk_request_id
-from shared.protocol import ChunkJob, EncodingFormat, InputKind, OutputDtype, SyncJob
+from shared.protocol import EmbedChunk, EmbedTask, EncodingFormat, InputKind, OutputDtype
 from shared.settings import Settings
 
 
@@ -47,9 +47,9 @@ class EmbedOptions:
         reply_to: str,
         enqueued_ms: int,
         deadline_ms: int,
-    ) -> SyncJob:
+    ) -> EmbedTask:
         """The job for a synchronous request (``api.dispatch`` gives the reply list and the deadline)."""
-        return SyncJob(
+        return EmbedTask(
             **self._fields(),
             request_id=request_id,
             inputs=inputs,
@@ -70,9 +70,9 @@ class EmbedOptions:
         deadline_ms: int,
         parts: list[int] | None = None,
         results_expire_at_s: int = 0,
-    ) -> ChunkJob:
+    ) -> EmbedChunk:
         """Chunk ``chunk`` of job or batch ``parent_job``; a batch's chunks say how many inputs each request has."""
-        return ChunkJob(
+        return EmbedChunk(
             **self._fields(),
             request_id=chunk_request_id(parent_job, chunk),
             inputs=inputs,

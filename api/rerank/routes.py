@@ -21,7 +21,7 @@ from api.http import parse_body, parse_json
 from api.rerank.schemas import RerankRequest, RerankResponse, TeiRank, TeiRerankRequest
 from api.sync_io import read_body, reply_of, send_json
 from shared.errors import ErrorKind, ServiceError
-from shared.protocol import RerankJob, SyncReply
+from shared.protocol import RerankTask, TaskReply
 from shared.settings import Settings
 
 _META = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
@@ -100,10 +100,10 @@ def ranking(scores: list[float], top_n: int | None) -> list[int]:
     return order if top_n is None else order[:top_n]
 
 
-async def _scored(scope: Scope, receive: Receive, **fields: Any) -> SyncReply:
-    """The worker's scores for the ``RerankJob`` of these fields (the dispatcher adds where to answer, and when)."""
+async def _scored(scope: Scope, receive: Receive, **fields: Any) -> TaskReply:
+    """The worker's scores for the ``RerankTask`` of these fields (the dispatcher adds where to answer, and when)."""
     dispatcher: Dispatcher = scope["app"].state.dispatcher
-    return await reply_of(receive, dispatcher.run(functools.partial(RerankJob, **fields), scope["state"]["owner"]))
+    return await reply_of(receive, dispatcher.run(functools.partial(RerankTask, **fields), scope["state"]["owner"]))
 
 
 ROUTES = [

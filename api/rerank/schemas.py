@@ -1,5 +1,5 @@
 """Rerank requests in the two shapes clients send: Cohere's and Jina's (``/v1/rerank``, ``/v2/rerank``, what the
-``cohere`` client and vLLM speak) and TEI's (``/rerank``). Both become one ``RerankJob``; limits come in through
+``cohere`` client and vLLM speak) and TEI's (``/rerank``). Both become one ``RerankTask``; limits come in through
 the validation context (``{"settings": Settings}``), as for embeddings."""
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import redis
 
 from shared import keys
 from shared.clock import now_ms
-from shared.job_queue import EMBED_FUNCTION, serialize_arq_job
-from shared.protocol import SyncJob, encode_job
+from shared.job_queue import TASK_FUNCTION, serialize_arq_job
+from shared.protocol import EmbedTask, encode_job
 from tests.integration.conftest import (
     MODEL,
     TEXTS,
@@ -121,7 +121,7 @@ def test_past_the_deadline_the_client_gets_504_and_queued_work_is_withdrawn(stac
 
 def test_a_worker_skips_jobs_whose_deadline_has_passed(stack_with):
     stack = stack_with()
-    job = SyncJob(
+    job = EmbedTask(
         request_id="late",
         model=MODEL,
         input_kind="text",
@@ -137,7 +137,7 @@ def test_a_worker_skips_jobs_whose_deadline_has_passed(stack_with):
         encoding_format="float",
     )
     client = redis.Redis.from_url(stack.redis_url)
-    arq_job = {"t": 1, "f": EMBED_FUNCTION, "a": [encode_job(job)], "k": {}, "et": now_ms()}
+    arq_job = {"t": 1, "f": TASK_FUNCTION, "a": [encode_job(job)], "k": {}, "et": now_ms()}
     client.psetex("arq:job:late", 60_000, serialize_arq_job(arq_job))
     client.zadd(keys.SYNC_QUEUE, {"late": now_ms()})
     client.publish(keys.WAKE_CHANNEL, b"")

@@ -1,6 +1,6 @@
 """The worker's claim loop run by arq's own lifecycle (``Worker.async_run``, its SIGTERM handling, ``close``), over a
 real redis-server (arq asks it for INFO, which fakeredis lacks) with the fake model: guards the arq internals
-``EmbeddingWorker`` relies on (arq is pinned)."""
+``TaskWorker`` relies on (arq is pinned)."""
 
 import asyncio
 import contextlib
@@ -15,9 +15,9 @@ from shared.protocol import decode_reply, encode_job
 from shared.redis_client import connect
 from shared.settings import Settings
 from shared.workers import live_workers
-from tests.fakes import REPLY_TO, Loader, make_registry, make_sync_job
-from worker.app import EmbeddingWorker
-from worker.service import EmbeddingService
+from tests.fakes import REPLY_TO, Loader, make_embed_task, make_registry
+from worker.app import TaskWorker
+from worker.service import TaskService
 
 
 def settings(redis_url: str) -> Settings:
@@ -32,7 +32,7 @@ def settings(redis_url: str) -> Settings:
 
 
 async def enqueue(redis, request_id: str) -> None:
-    job = make_sync_job(request_id=request_id)
+    job = make_embed_task(request_id=request_id)
     new_job = NewJob(queue_job_id(request_id, 2), encode_job(job), now_ms(), 60_000, 2)
     assert (await JobQueue.sync(redis).enqueue([new_job], 100, now_ms())).admitted == [True]
 
@@ -48,8 +48,8 @@ async def next_reply(redis):
 async def test_the_worker_serves_jobs_and_finishes_held_ones_on_sigterm(redis_url):
     loader = Loader()
     redis = connect(settings(redis_url))
-    service = EmbeddingService(make_registry(loader), redis, "w1", max_attempts=2)
-    worker = EmbeddingWorker(settings(redis_url), service, connect(settings(redis_url)), handle_signals=False)
+    service = TaskService(make_registry(loader), redis, "w1", max_attempts=2)
+    worker = TaskWorker(settings(redis_url), service, connect(settings(redis_url)), handle_signals=False)
     running = asyncio.create_task(worker.async_run())
 
     await enqueue(redis, "first")

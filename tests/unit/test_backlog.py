@@ -39,7 +39,8 @@ async def test_a_key_over_its_share_gets_429_key_backlog_full_while_another_key_
         _env_file=None,
         api_keys="key-a,key-b",
         max_queued_texts_per_key=2,
-        request_timeout_s=0.5,
+        # long enough for the others to find the first admitted ones still queued, however slow the machine
+        request_timeout_s=3,
         embed_models=["m"],
     )
     body = {"input": ["a", "b"], "model": "m"}
@@ -49,7 +50,8 @@ async def test_a_key_over_its_share_gets_429_key_backlog_full_while_another_key_
             return await client.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
 
         # the first of key-a's two fills its share; key-b's is admitted all the same
-        first, second, other = await asyncio.gather(post("key-a"), post("key-a"), post("key-b"))
+        *key_a, other = await asyncio.gather(post("key-a"), post("key-a"), post("key-b"))
+        first, second = sorted(key_a, key=lambda answer: answer.status_code, reverse=True)
         # the silent worker never answers: the admitted ones time out and are withdrawn, releasing their texts
         assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0
         assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}
@@ -62,13 +64,15 @@ async def test_a_key_over_its_share_gets_429_key_backlog_full_while_another_key_
 
 
 async def test_with_no_keys_every_request_shares_the_anonymous_key():
-    settings = Settings(_env_file=None, max_queued_texts_per_key=2, request_timeout_s=0.5, embed_models=["m"])
+    # the first request waits for a worker that never answers, long enough for the second to find it queued
+    settings = Settings(_env_file=None, max_queued_texts_per_key=2, request_timeout_s=3, embed_models=["m"])
     body = {"input": ["a", "b"], "model": "m"}
     async with served_by_a_silent_worker(fakeredis.FakeServer(), settings) as (client, redis):
-        first, second = await asyncio.gather(*[client.post("/v1/embeddings", json=body) for _ in range(2)])
+        answers = await asyncio.gather(*[client.post("/v1/embeddings", json=body) for _ in range(2)])
         assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}
-    assert first.status_code == 504
-    error = assert_openai_error(second, 429, "key_backlog_full")
+    timed_out, refused = sorted(answers, key=lambda answer: answer.status_code, reverse=True)
+    assert timed_out.status_code == 504
+    error = assert_openai_error(refused, 429, "key_backlog_full")
     assert "unauthenticated requests already have 2 texts queued" in error["message"]
 
 

@@ -17,7 +17,7 @@ from shared import keys
 from shared.chunks import ChunkStore, PartResult
 from shared.errors import ErrorKind
 from shared.openai_json import float_text_bytes
-from shared.protocol import EmbedError
+from shared.protocol import TaskError
 from tests.fakes import fake_redis_factory
 
 BATCH = "batch_" + "d" * 44
@@ -49,7 +49,7 @@ async def stored_batch(rows=None, *, measured=False, formats="fb"):
     ]
     await redis.rpush(keys.batch_manifest(BATCH), *[entry.pack() for entry in entries])
     rows = np.arange(12, dtype="<f4").reshape(3, 4) if rows is None else rows
-    bad = PartResult(error=EmbedError(ErrorKind.INVALID_REQUEST, "input must not be empty", "input"))
+    bad = PartResult(error=TaskError(ErrorKind.INVALID_REQUEST, "input must not be empty", "input"))
     a, b = (
         PartResult(5, float_text_bytes=float_text_bytes(rows[:2])),
         PartResult(2, float_text_bytes=float_text_bytes(rows[2:])),
@@ -131,7 +131,7 @@ async def test_a_files_size_is_known_without_rendering_it_and_is_what_renders(me
     if ending == "cancelled":
         await batches.cancel(await batches.get(BATCH), withdrawn_chunks=1)
     if ending == "completed":  # the last chunk's two requests fail at the worker
-        failure = PartResult(error=EmbedError(ErrorKind.INTERNAL, "the worker failed"))
+        failure = PartResult(error=TaskError(ErrorKind.INTERNAL, "the worker failed"))
         async with redis.pipeline(transaction=False) as pipe:
             await jobs.done_in(
                 pipe,

@@ -4,7 +4,15 @@ from arq.jobs import Job
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.job_queue import _PARSE_ID, FinishedJob, JobQueue, NewJob, deserialize_arq_job, queue_job_id
+from shared.job_queue import (
+    _PARSE_ID,
+    TASK_FUNCTION,
+    FinishedJob,
+    JobQueue,
+    NewJob,
+    deserialize_arq_job,
+    queue_job_id,
+)
 from tests.fakes import fake_redis_factory
 
 KEY_A, KEY_B = "0123456789abcdef", "fedcba9876543210"
@@ -37,7 +45,7 @@ async def test_enqueued_jobs_are_arq_jobs(redis):
     assert enqueued.epoch == (await redis.get("emb:epoch")).decode()  # the first write made this Redis's epoch
     info = await Job("j1.1", redis, _queue_name="emb:queue:sync", _deserializer=deserialize_arq_job).info()
     assert info is not None
-    assert (info.function, list(info.args), info.enqueue_time.timestamp()) == ("embed", [b"m1"], 1.001)
+    assert (info.function, list(info.args), info.enqueue_time.timestamp()) == (TASK_FUNCTION, [b"m1"], 1.001)
     assert await redis.zrange("emb:queue:sync", 0, -1) == [b"j1.1", b"j2.1"]
     assert int(await redis.get("emb:queued-texts")) == 2
 

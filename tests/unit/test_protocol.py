@@ -4,41 +4,41 @@ import pytest
 from shared.errors import ErrorKind, ProtocolError
 from shared.protocol import (
     PROTOCOL_VERSION,
-    ChunkJob,
-    EmbedError,
-    RerankJob,
-    SyncJob,
-    SyncReply,
-    decode_job,
+    EmbedChunk,
+    EmbedTask,
+    RerankTask,
+    TaskError,
+    TaskReply,
+    decode_embedding,
     decode_reply,
-    decode_sync_job,
+    decode_sync_task,
     encode_job,
     encode_reply,
 )
-from tests.fakes import make_chunk_job, make_rerank_job, make_sync_job
+from tests.fakes import make_embed_chunk, make_embed_task, make_rerank_task
 
 
-def make_job(**overrides) -> SyncJob:
-    return make_sync_job(**{"inputs": ["a", "ü"], **overrides})
+def make_job(**overrides) -> EmbedTask:
+    return make_embed_task(**{"inputs": ["a", "ü"], **overrides})
 
 
 def test_sync_job_round_trip():
     for job in (make_job(), make_job(input_kind="tokens", inputs=[[1, 2], [3]], dimensions=8, truncate=False)):
-        assert decode_job(encode_job(job), SyncJob) == job
+        assert decode_embedding(encode_job(job), EmbedTask) == job
 
 
 def test_the_sync_queue_carries_embeddings_and_reranks():
     embedding = make_job(output_dtype="ubinary", encoding_format="base64")
-    rerank = make_rerank_job(max_tokens_per_doc=12, raw_scores=True, truncate=False)
-    assert decode_sync_job(encode_job(embedding)) == embedding
-    assert decode_sync_job(encode_job(rerank)) == rerank
-    assert isinstance(decode_sync_job(encode_job(rerank)), RerankJob)
+    rerank = make_rerank_task(max_tokens_per_doc=12, raw_scores=True, truncate=False)
+    assert decode_sync_task(encode_job(embedding)) == embedding
+    assert decode_sync_task(encode_job(rerank)) == rerank
+    assert isinstance(decode_sync_task(encode_job(rerank)), RerankTask)
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(rerank), SyncJob)
+        decode_embedding(encode_job(rerank), EmbedTask)
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(rerank), ChunkJob)
+        decode_embedding(encode_job(rerank), EmbedChunk)
     with pytest.raises(ProtocolError):
-        decode_sync_job(encode_job(make_chunk_job()))  # no task: not a sync-queue message
+        decode_sync_task(encode_job(make_embed_chunk()))  # no task: not a sync-queue message
 
 
 @pytest.mark.parametrize(
@@ -46,54 +46,54 @@ def test_the_sync_queue_carries_embeddings_and_reranks():
     [{"task": "classify"}, {"inputs": ["a", 3]}, {"query": ["q"]}, {"inputs": "abc"}],
 )
 def test_a_malformed_rerank_job_is_rejected(overrides):
-    fields = msgpack.unpackb(encode_job(make_rerank_job()), raw=False) | overrides
+    fields = msgpack.unpackb(encode_job(make_rerank_task()), raw=False) | overrides
     with pytest.raises(ProtocolError):
-        decode_sync_job(msgpack.packb(fields, use_bin_type=True))
+        decode_sync_task(msgpack.packb(fields, use_bin_type=True))
 
 
 def test_an_unknown_output_dtype_is_rejected():
     with pytest.raises(ProtocolError):
-        decode_sync_job(encode_job(make_job(output_dtype="int8")))
+        decode_sync_task(encode_job(make_job(output_dtype="int8")))
 
 
 def test_chunk_job_round_trip():
-    job = make_chunk_job(chunk=3, dimensions=2)
-    assert decode_job(encode_job(job), ChunkJob) == job
-    batch_chunk = make_chunk_job(parts=[1, 1], results_expire_at_s=2_000_000_000)
-    assert decode_job(encode_job(batch_chunk), ChunkJob) == batch_chunk
+    job = make_embed_chunk(chunk=3, dimensions=2)
+    assert decode_embedding(encode_job(job), EmbedChunk) == job
+    batch_chunk = make_embed_chunk(parts=[1, 1], results_expire_at_s=2_000_000_000)
+    assert decode_embedding(encode_job(batch_chunk), EmbedChunk) == batch_chunk
 
 
 def test_a_chunk_written_before_batches_still_decodes():
-    fields = msgpack.unpackb(encode_job(make_chunk_job()), raw=False)
+    fields = msgpack.unpackb(encode_job(make_embed_chunk()), raw=False)
     del fields["parts"], fields["results_expire_at_s"]
-    job = decode_job(msgpack.packb(fields, use_bin_type=True), ChunkJob)
+    job = decode_embedding(msgpack.packb(fields, use_bin_type=True), EmbedChunk)
     assert job.parts is None and job.results_expire_at_s == 0
 
 
 def test_a_batch_chunk_whose_parts_do_not_add_up_is_rejected():
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_chunk_job(parts=[1, 5])), ChunkJob)
+        decode_embedding(encode_job(make_embed_chunk(parts=[1, 5])), EmbedChunk)
 
 
 def test_a_job_of_one_kind_does_not_decode_as_the_other():
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_job()), ChunkJob)
+        decode_embedding(encode_job(make_job()), EmbedChunk)
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_chunk_job()), SyncJob)
+        decode_embedding(encode_job(make_embed_chunk()), EmbedTask)
 
 
 def test_reply_with_a_rendered_data_array_round_trips():
-    reply = SyncReply("r1", data=b'[{"object":"embedding","index":0,"embedding":[1.0]}]', prompt_tokens=5)
+    reply = TaskReply("r1", data=b'[{"object":"embedding","index":0,"embedding":[1.0]}]', prompt_tokens=5)
     assert decode_reply(encode_reply(reply)) == reply
 
 
 def test_job_with_an_unknown_encoding_format_is_rejected():
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_job(encoding_format="hex")), SyncJob)
+        decode_embedding(encode_job(make_job(encoding_format="hex")), EmbedTask)
 
 
 def test_error_reply_round_trip():
-    reply = SyncReply("r1", error=EmbedError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
+    reply = TaskReply("r1", error=TaskError(ErrorKind.MODEL_NOT_FOUND, "no such model", "model"))
     assert decode_reply(encode_reply(reply)) == reply
 
 
@@ -114,12 +114,12 @@ def test_messages_are_msgpack_with_a_version():
 )
 def test_undecodable_job_raises_protocol_error(data):
     with pytest.raises(ProtocolError):
-        decode_job(data, SyncJob)
+        decode_embedding(data, EmbedTask)
 
 
 def test_job_with_bad_input_kind_is_rejected():
     with pytest.raises(ProtocolError):
-        decode_job(encode_job(make_job(input_kind="images")), SyncJob)
+        decode_embedding(encode_job(make_job(input_kind="images")), EmbedTask)
 
 
 def test_reply_with_unknown_error_kind_is_rejected():
@@ -129,14 +129,14 @@ def test_reply_with_unknown_error_kind_is_rejected():
 
 
 @pytest.mark.parametrize("carrier", [["00-abc"], {"traceparent": 1}, "00-abc"])
-@pytest.mark.parametrize("make", [make_job, make_rerank_job])
+@pytest.mark.parametrize("make", [make_job, make_rerank_task])
 def test_a_malformed_trace_context_is_rejected(make, carrier):
     fields = msgpack.unpackb(encode_job(make()), raw=False) | {"trace_context": carrier}
     with pytest.raises(ProtocolError, match="trace context"):
-        decode_sync_job(msgpack.packb(fields, use_bin_type=True))
+        decode_sync_task(msgpack.packb(fields, use_bin_type=True))
 
 
 def test_a_traced_job_round_trips():
     carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "k=v"}
-    for job in (make_job(trace_context=carrier), make_rerank_job(trace_context=carrier)):
-        assert decode_sync_job(encode_job(job)) == job
+    for job in (make_job(trace_context=carrier), make_rerank_task(trace_context=carrier)):
+        assert decode_sync_task(encode_job(job)) == job

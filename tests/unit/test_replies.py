@@ -9,7 +9,7 @@ from api import replies
 from api.replies import ReplyReader
 from shared.epoch import Epochs
 from shared.errors import ErrorKind, ServiceError
-from shared.protocol import SyncReply, encode_reply
+from shared.protocol import TaskReply, encode_reply
 from shared.redis_client import connect
 from shared.settings import Settings
 
@@ -25,7 +25,7 @@ async def test_a_reply_reaches_its_request(redis):
     listener = ReplyReader(redis, "emb:reply:api")
     future = listener.expect("r1")
     listener.start()
-    await redis.lpush("emb:reply:api", encode_reply(SyncReply("r1", data=b"[]")))
+    await redis.lpush("emb:reply:api", encode_reply(TaskReply("r1", data=b"[]")))
     assert (await asyncio.wait_for(future, 5)).request_id == "r1"
     await listener.stop()
 
@@ -81,7 +81,7 @@ async def test_a_duplicate_reply_is_dropped_and_the_first_one_kept(redis):
     listener.start()
     # a job re-run after its worker seemed dead answers twice; the first answer wins
     await redis.lpush(
-        "emb:reply:api", encode_reply(SyncReply("r1", data=b"[1]")), encode_reply(SyncReply("r1", data=b"[2]"))
+        "emb:reply:api", encode_reply(TaskReply("r1", data=b"[1]")), encode_reply(TaskReply("r1", data=b"[2]"))
     )
     assert (await asyncio.wait_for(future, 5)).data == b"[1]"
     await asyncio.sleep(0.1)

@@ -13,17 +13,17 @@ from shared.chunks import ChunkStore
 from shared.clock import now_ms
 from shared.errors import ErrorKind
 from shared.job_queue import JobQueue, NewJob, queue_job_id
-from shared.protocol import SyncJob, decode_reply, encode_job
+from shared.protocol import EmbedTask, decode_reply, encode_job
 from tests.fakes import (
     REPLY_TO,
     Loader,
     fake_redis_factory,
     fake_vector,
-    make_chunk_job,
+    make_embed_chunk,
+    make_embed_task,
     make_registry,
-    make_sync_job,
 )
-from worker.service import EmbeddingService
+from worker.service import TaskService
 
 
 @pytest.fixture
@@ -36,12 +36,12 @@ async def redis():
 @pytest.fixture
 async def service(redis):
     registry = make_registry(Loader(failing={"missing"}))
-    yield EmbeddingService(registry, redis, "w1", max_attempts=2)
+    yield TaskService(registry, redis, "w1", max_attempts=2)
     await registry.close()
 
 
-def job(**overrides) -> SyncJob:
-    return make_sync_job(**overrides)
+def job(**overrides) -> EmbedTask:
+    return make_embed_task(**overrides)
 
 
 async def reply(redis):
@@ -77,7 +77,7 @@ async def test_a_prompt_goes_before_each_text_and_its_length_reaches_the_model(s
     await service.handle("job-1", encode_job(job(prompt_name="q")))
     result = await reply(redis)
     assert [item["embedding"] for item in orjson.loads(result.data)] == [fake_vector("Q: abc"), fake_vector("Q: de")]
-    encoder = (await service.registry.get("m")).encoder
+    encoder = (await service.registry.get("m")).model
     assert encoder.prompt_lengths[-1] == len("Q: ")
 
 
@@ -89,7 +89,7 @@ async def test_an_unknown_prompt_is_a_400_naming_the_models_prompts(service, red
 
 async def test_openai_token_ids_are_read_as_cl100k_text(redis):
     registry = make_registry(Loader())
-    service = EmbeddingService(registry, redis, "w1", max_attempts=2, openai_token_ids=True)
+    service = TaskService(registry, redis, "w1", max_attempts=2, openai_token_ids=True)
     ids = [[1820, 8415], [1820]]  # cl100k_base: "the cat", "the"
     await service.handle("job-1", encode_job(job(input_kind="tokens", inputs=ids)))
     result = await reply(redis)
@@ -122,7 +122,7 @@ async def test_unknown_model_is_reported(service, redis):
     assert (await reply(redis)).error.kind is ErrorKind.MODEL_NOT_FOUND
 
 
-async def queued(redis, sync_job: SyncJob, owner: str = "anonymous") -> str:
+async def queued(redis, sync_job: EmbedTask, owner: str = "anonymous") -> str:
     """``sync_job`` on the sync queue, as the API puts it there (counted in the backlog); its queue id."""
     queue_id = queue_job_id(sync_job.request_id, len(sync_job.inputs), owner)
     new_job = NewJob(queue_id, encode_job(sync_job), now_ms(), 60_000, len(sync_job.inputs))
@@ -144,7 +144,7 @@ async def test_job_whose_model_loads_past_its_deadline_times_out(redis):
     loader = Loader()
     loader.release.clear()
     registry = make_registry(loader)
-    service = EmbeddingService(registry, redis, "w1", max_attempts=2)
+    service = TaskService(registry, redis, "w1", max_attempts=2)
     await service.handle("job-1", encode_job(job(deadline_ms=now_ms() + 50)))
     assert (await reply(redis)).error.kind is ErrorKind.TIMEOUT
     loader.release.set()
@@ -209,7 +209,9 @@ async def _batch_record(redis, requests: int) -> None:
 async def test_a_batch_chunk_fails_only_the_requests_that_cannot_be_encoded(service, redis):
     await _batch_record(redis, 3)
     # three requests: one input; one input with a token id outside the vocabulary; two inputs
-    chunk = make_chunk_job(parent_job="batch_1", input_kind="tokens", inputs=[[1, 2], [150], [3], [4]], parts=[1, 1, 2])
+    chunk = make_embed_chunk(
+        parent_job="batch_1", input_kind="tokens", inputs=[[1, 2], [150], [3], [4]], parts=[1, 1, 2]
+    )
     await service.handle_chunk("chunk-1", encode_job(chunk))
     store = ChunkStore(redis)
     [parts] = await store.parts("batch_1", [0])
@@ -226,7 +228,7 @@ async def test_a_batch_chunk_fails_only_the_requests_that_cannot_be_encoded(serv
 
 async def test_a_batch_chunk_that_fails_as_a_whole_fails_each_of_its_requests(service, redis):
     await _batch_record(redis, 2)
-    chunk = make_chunk_job(parent_job="batch_1", model="missing", inputs=["a", "b", "c"], parts=[2, 1])
+    chunk = make_embed_chunk(parent_job="batch_1", model="missing", inputs=["a", "b", "c"], parts=[2, 1])
     await service.handle_chunk("chunk-1", encode_job(chunk))
     [parts] = await ChunkStore(redis).parts("batch_1", [0])
     assert [part.error.kind for part in parts] == [ErrorKind.MODEL_NOT_FOUND] * 2
@@ -235,7 +237,7 @@ async def test_a_batch_chunk_that_fails_as_a_whole_fails_each_of_its_requests(se
 
 async def test_a_chunk_of_a_cancelled_batch_is_counted_as_done_with_nothing_run(service, redis):
     await _batch_record(redis, 1)
-    chunk = make_chunk_job(parent_job="batch_1", parts=[2])
+    chunk = make_embed_chunk(parent_job="batch_1", parts=[2])
     await service.handle_chunk("chunk-1", encode_job(chunk), cancelled=True)  # as the claim said
     progress = await redis.hgetall(keys.progress("batch_1"))
     assert (progress[b"completed"], progress[b"failed"], progress[b"chunks_done"]) == (b"0", b"0", b"1")

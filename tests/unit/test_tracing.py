@@ -21,10 +21,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from api.main import create_app
 from shared import tracing
-from shared.protocol import decode_sync_job, encode_job
+from shared.protocol import decode_sync_task, encode_job
 from shared.settings import Settings
 from shared.tracing import TracingMisconfigured
-from tests.fakes import fake_redis_factory, make_sync_job, run_fake_worker, running
+from tests.fakes import fake_redis_factory, make_embed_task, run_fake_worker, running
 from tests.stack import ROOT
 from worker.batcher import MicroBatcher
 
@@ -101,8 +101,8 @@ def test_a_jobs_trace_context_survives_the_wire(spans):
     assert carrier is not None
     context = request.get_span_context()
     assert carrier["traceparent"].startswith(f"00-{context.trace_id:032x}-{context.span_id:016x}-")
-    job = make_sync_job(trace_context=carrier)
-    assert decode_sync_job(encode_job(job)).trace_context == carrier
+    job = make_embed_task(trace_context=carrier)
+    assert decode_sync_task(encode_job(job)).trace_context == carrier
 
 
 def test_the_worker_continues_the_request_it_was_sent(spans):

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     name: str
     #: an embedding model or a reranker (``kind`` says which)
-    encoder: Model
+    model: Model
     batcher: MicroBatcher[Any]
     executor: ThreadPoolExecutor
 
@@ -56,7 +56,7 @@ class ModelRegistry:
 
     def describe_loaded(self) -> dict[str, dict[str, Any]]:
         """What ``GET /v1/models`` says of each loaded model."""
-        return {name: model.encoder.describe() for name, model in self._loaded.items()}
+        return {name: loaded.model.describe() for name, loaded in self._loaded.items()}
 
     async def get(self, name: str, timeout_s: float | None = None) -> LoadedModel:
         """The model, loaded if need be; TimeoutError if loading takes longer than ``timeout_s`` (it goes on)."""
@@ -120,11 +120,11 @@ class ModelRegistry:
 
     async def _make_room(self) -> None:
         """Unload the least recently used idle models until one more fits."""
-        for name, model in list(self._loaded.items()):
+        for name, loaded in list(self._loaded.items()):
             if len(self._loaded) < self._max_loaded:
                 return
-            if model.batcher.pending == 0 and not model.batcher.busy:
+            if loaded.batcher.pending == 0 and not loaded.batcher.busy:
                 del self._loaded[name]
-                await model.unload()
-                metrics.MODEL_BACKEND.remove(name, model.encoder.describe().get("backend", "torch"))
+                await loaded.unload()
+                metrics.MODEL_BACKEND.remove(name, loaded.model.describe().get("backend", "torch"))
                 log.info("model %r unloaded to make room", name)
