@@ -21,8 +21,9 @@ from shared import tracing
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
-from shared.job_queue import JobQueue, NewJob, queue_job_id
+from shared.job_queue import JobQueue, NewJob
 from shared.protocol import EmbedTask, RerankTask, TaskReply, encode_job
+from shared.queue_format import queue_job_id
 from shared.redis_memory import EvictionGuard, read_memory_info
 from shared.workers import live_workers
 

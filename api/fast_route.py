@@ -11,22 +11,26 @@ whole trip through the queue (bench/run.py, pipeline section), so the endpoint i
   straight to the function, and renders the ``ServiceError``s it raises with the app's one error renderer.
 
 ``install`` puts both in place. A ``ClientGone`` raised by the function goes up to ``api.metrics.RequestTracking``.
+The synchronous routes are declared as ``api.sync_route.SyncRoute``s, each its own ASGI function; ``json_post`` makes
+one a ``FastRoute``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import SYNC_ERRORS, error_responses, service_error_response
 from api.http import route_path
 from shared import tracing
 from shared.errors import ServiceError
+
+if TYPE_CHECKING:
+    from api.sync_route import SyncRoute
 
 
 async def _declared_only() -> None:
@@ -42,19 +46,22 @@ class FastRoute(APIRoute):
         self.method = method
 
 
-def json_post(path: str, endpoint: ASGIApp, *, name: str, request: type[BaseModel], response: Any) -> FastRoute:
-    """A POST ``FastRoute`` documented as taking a JSON ``request`` and answering ``response``, or the errors any
-    synchronous route may answer."""
+def json_post(route: SyncRoute[Any]) -> FastRoute:
+    """The ``FastRoute`` of a synchronous route: a POST served by the declaration itself, documented as taking its
+    JSON ``request`` and answering its ``response``, or the errors any synchronous route may answer."""
     return FastRoute(
-        path,
-        endpoint,
+        route.path,
+        route,
         method="POST",
-        name=name,
+        name=route.name,
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": request.model_json_schema()}}}
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": route.request.model_json_schema()}},
+            }
         },
         response_class=Response,
-        responses={200: {"model": response}, **error_responses(*SYNC_ERRORS)},
+        responses={200: {"model": route.response}, **error_responses(*SYNC_ERRORS)},
     )
 
 

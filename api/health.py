@@ -50,7 +50,7 @@ async def list_models(request: Request) -> Response:
     configured = [*settings.embed_models, *settings.model_paths]
     if settings.default_rerank_model:
         configured.append(settings.default_rerank_model)
-    cards = model_cards(configured, workers)
+    cards = model_cards(configured, workers).cards
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "embeddings-server", **card}
         for name, card in cards.items()

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.model_cards import model_cards
+from api.model_cards import Variants, model_cards
 from shared import keys
 from shared.errors import ClientGone
 from shared.settings import Settings
@@ -38,6 +38,9 @@ STORE_RESERVED = Gauge("embeddings_store_reserved_bytes", "Bytes of Redis reserv
 STORE_BUDGET = Gauge("embeddings_store_budget_bytes", "Bytes of Redis they may reserve (0: no bound)")
 REDIS_USED = Gauge("embeddings_redis_used_memory_bytes", "Redis' used_memory")
 REDIS_MAXMEMORY = Gauge("embeddings_redis_maxmemory_bytes", "Redis' maxmemory (0: no cap)")
+MODEL_VARIANTS = Gauge(
+    "embeddings_model_variants", "Distinct (backend, dtype) pairs live workers serve a model with", ["model"]
+)
 
 #: the status a request is counted under when its client left before the answer (nginx's convention)
 CLIENT_GONE_STATUS = 499
@@ -45,6 +48,9 @@ CLIENT_GONE_STATUS = 499
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+#: the (model, variants) combinations already warned of
+_warned: set[tuple[str, frozenset[tuple[str, str]]]] = set()
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -62,7 +68,7 @@ async def metrics(request: Request) -> Response:
         LIVE_WORKERS.set(len(workers))
         for outcome, count in _summed_counters(workers).items():
             LIVE_WORKER_JOBS.labels(outcome).set(count)
-        model_cards([], workers)  # sets embeddings_model_variants
+        record_model_variants(model_cards([], workers).variants)
         usage, memory = await request.app.state.admission.usage()
         STORE_RESERVED.set(usage.reserved)
         STORE_BUDGET.set(usage.budget)
@@ -71,6 +77,24 @@ async def metrics(request: Request) -> Response:
     except (RedisError, OSError):
         pass  # the process's own metrics are still worth serving
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def record_model_variants(variants: Variants) -> None:
+    """Set ``embeddings_model_variants`` of each model live workers serve, and warn, once per combination, of a
+    model they serve on different runtimes or precisions (its vectors differ from one request to the next)."""
+    for name, seen in variants.items():
+        MODEL_VARIANTS.labels(name).set(len(seen))
+        if len(seen) > 1:
+            _warn_once(name, seen)
+
+
+def _warn_once(name: str, seen: collections.Counter[tuple[str, str]]) -> None:
+    key = (name, frozenset(seen))
+    if key in _warned:
+        return
+    _warned.add(key)
+    described = ", ".join(f"{backend} {dtype} ({count} workers)" for (backend, dtype), count in sorted(seen.items()))
+    log.warning("model %r is served with different runtimes or precisions: %s; its vectors differ", name, described)
 
 
 def _summed_counters(workers: list[WorkerInfo]) -> dict[str, int]:

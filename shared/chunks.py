@@ -27,8 +27,9 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.errors import ErrorKind
-from shared.job_queue import queue_job_id
 from shared.protocol import TaskError
+from shared.queue_format import PROGRESS_FIELDS as _FIELD
+from shared.queue_format import PROGRESS_FIELDS_LUA
 from shared.storage import RELEASE_PART_LUA, RESERVATION_KEYS
 
 # KEYS: progress hash, chunk vectors, chunk parts, then the store's reservation keys (``shared.storage``).
@@ -40,8 +41,9 @@ from shared.storage import RELEASE_PART_LUA, RESERVATION_KEYS
 # stops there: a chunk is counted if and only if its results were stored.
 _CHUNK_DONE = (
     RELEASE_PART_LUA
+    + PROGRESS_FIELDS_LUA
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HSETNX', KEYS[1], 'done:' .. ARGV[1], 1) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HSETNX', KEYS[1], F.done .. ARGV[1], 1) == 0 then
     return 0
 end
 if ARGV[8] ~= '' then
@@ -50,18 +52,18 @@ end
 if ARGV[9] ~= '' then
     redis.call('SET', KEYS[3], ARGV[9], 'EXAT', ARGV[7])
 end
-local chunks_done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-if chunks_done >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
-    redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[5])
+local chunks_done = redis.call('HINCRBY', KEYS[1], F.chunks_done, 1)
+if chunks_done >= tonumber(redis.call('HGET', KEYS[1], F.chunks)) then
+    redis.call('HSETNX', KEYS[1], F.finished_at, ARGV[5])
 end
-local completed = redis.call('HINCRBY', KEYS[1], 'completed', ARGV[2])
-local failed = redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[4])
+local completed = redis.call('HINCRBY', KEYS[1], F.completed, ARGV[2])
+local failed = redis.call('HINCRBY', KEYS[1], F.failed, ARGV[3])
+redis.call('HINCRBY', KEYS[1], F.prompt_tokens, ARGV[4])
 if ARGV[6] ~= '' then
-    redis.call('HSET', KEYS[1], 'error:' .. ARGV[1], ARGV[6])
+    redis.call('HSET', KEYS[1], F.error .. ARGV[1], ARGV[6])
 end
-if completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
-    redis.call('HSETNX', KEYS[1], 'completed_at', ARGV[5])
+if completed + failed >= tonumber(redis.call('HGET', KEYS[1], F.total)) then
+    redis.call('HSETNX', KEYS[1], F.completed_at, ARGV[5])
 end
 release_part(KEYS[4], KEYS[5], ARGV[11], ARGV[10])
 return 1
@@ -73,25 +75,18 @@ _CHUNK_FAILED_DESPITE_OOM = "#!lua flags=allow-oom\n" + _CHUNK_DONE
 
 # KEYS: progress hash. ARGV: chunks taken off the queue, now (s). Marks the parent cancelled; the chunks withdrawn
 # count as done (they will never run), and finished_at is stamped if no chunk is left running.
-_CANCEL = """
-redis.call('HSET', KEYS[1], 'cancelled', 1)
-redis.call('HSETNX', KEYS[1], 'cancelling_at', ARGV[2])
-local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[1])
-if done >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
-    redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2])
+_CANCEL = (
+    PROGRESS_FIELDS_LUA
+    + """
+redis.call('HSET', KEYS[1], F.cancelled, 1)
+redis.call('HSETNX', KEYS[1], F.cancelling_at, ARGV[2])
+local done = redis.call('HINCRBY', KEYS[1], F.chunks_done, ARGV[1])
+if done >= tonumber(redis.call('HGET', KEYS[1], F.chunks)) then
+    redis.call('HSETNX', KEYS[1], F.finished_at, ARGV[2])
 end
 return done
 """
-
-
-def chunk_request_id(parent_id: str, chunk: int) -> str:
-    """How a chunk's message and logs name it; the chunk queue's claim reads the parent back from it."""
-    return f"{parent_id}-{chunk}"
-
-
-def chunk_queue_id(parent_id: str, chunk: int, texts: int) -> str:
-    """The chunk's arq job id in ``keys.CHUNK_QUEUE``."""
-    return queue_job_id(chunk_request_id(parent_id, chunk), texts)
+)
 
 
 def encode_vectors(vectors: np.ndarray) -> bytes:
@@ -166,22 +161,29 @@ class Progress:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
 
+        def count(name: str) -> int:
+            return int(fields.get(_FIELD[name], 0))
+
         def stamp(name: str) -> int | None:
-            return int(fields[name]) if name in fields else None
+            return int(fields[_FIELD[name]]) if _FIELD[name] in fields else None
 
         return cls(
-            total=int(fields["total"]),
-            chunks=int(fields["chunks"]),
-            completed=int(fields.get("completed", 0)),
-            failed=int(fields.get("failed", 0)),
-            prompt_tokens=int(fields.get("prompt_tokens", 0)),
-            chunks_done=int(fields.get("chunks_done", 0)),
-            started="started" in fields,
-            cancelled="cancelled" in fields,
+            total=count("total"),
+            chunks=count("chunks"),
+            completed=count("completed"),
+            failed=count("failed"),
+            prompt_tokens=count("prompt_tokens"),
+            chunks_done=count("chunks_done"),
+            started=_FIELD["started"] in fields,
+            cancelled=_FIELD["cancelled"] in fields,
             cancelling_at=stamp("cancelling_at"),
             completed_at=stamp("completed_at"),
             finished_at=stamp("finished_at"),
-            chunk_errors={int(k.split(":", 1)[1]): v for k, v in fields.items() if k.startswith("error:")},
+            chunk_errors={
+                int(name.removeprefix(_FIELD["error"])): why
+                for name, why in fields.items()
+                if name.startswith(_FIELD["error"])
+            },
         )
 
 
@@ -198,7 +200,8 @@ class ChunkStore:
     def create_in(pipe: Pipeline, parent_id: str, *, total: int, chunks: int, expire_at_s: int) -> None:
         """Queue in ``pipe`` the creation of a parent's progress: ``total`` units in ``chunks`` chunks."""
         key = keys.progress(parent_id)
-        pipe.hset(key, mapping={"total": total, "chunks": chunks, "completed": 0, "failed": 0, "chunks_done": 0})
+        counts = {"total": total, "chunks": chunks, "completed": 0, "failed": 0, "chunks_done": 0}
+        pipe.hset(key, mapping={_FIELD[name]: value for name, value in counts.items()})
         pipe.expireat(key, expire_at_s)
 
     async def records_with_progress(

@@ -5,9 +5,8 @@ one to start it, one to finish it). Embedding jobs are small and many, so the AP
 arrived in the same event-loop tick with one script, and a worker claims (and later finishes) all the jobs it
 can take with one script. Jobs stay arq jobs: arq's keys, arq's job format (with our msgpack serializer).
 
-A queue entry's id is ``queue_job_id(request_id, texts, owner)``: its number of texts and its owner (whose share of
-the backlog it counts against) ride in the id, so the scripts keep the text budget and the backlog without reading
-job bodies. Python builds that id in one place (``queue_job_id``) and only Lua reads it back (``_PARSE_ID``).
+A queue entry's id (``shared.queue_format.queue_job_id``) carries its number of texts and its owner (whose share of
+the backlog it counts against), so the scripts keep the text budget and the backlog without reading job bodies.
 
 The backlog (``shared.backlog``) counts an entry from the script that puts it on the queue to the one that takes it
 off: finishing it, withdrawing it, or a claim dropping it because its job is gone. Each of them releases the texts
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -32,6 +30,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError
 from shared import keys
 from shared.backlog import READ_COUNTER_LUA, READ_SHARE_LUA, RELEASE_LUA
 from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
+from shared.queue_format import PARENT_OF_LUA, PARSE_ID_LUA, PROGRESS_FIELDS_LUA
 
 #: the name of the arq function every job carries, whatever its task (the worker runs them itself: ``worker.app``)
 TASK_FUNCTION = "task"
@@ -55,20 +54,10 @@ _RETRY_KEY_TTL_S = 88_400
 #: queue entries one claim looks at
 _CLAIM_SCAN_LIMIT = 10_000
 
-# Lua: the texts and the owner (nil for none) of a queue entry, from its id (see ``queue_job_id``); an id with no
-# count counts 1
-_PARSE_ID = """
-local function parse_id(id)
-    local texts = tonumber(string.match(id, '%.(%d+)$') or '1')
-    local owner = string.match(id, '^([%w_%-]+):')
-    return texts, owner
-end
-"""
-
 # Lua: ``release_entries(counter, hash, ids)``, the texts of entries just taken off the queue given back to the
 # backlog counter and to their owners' shares (``shared.backlog``)
 _RELEASE_ENTRIES = (
-    _PARSE_ID
+    PARSE_ID_LUA
     + RELEASE_LUA
     + """
 local function release_entries(counter, hash, ids)
@@ -95,7 +84,7 @@ _ENQUEUE = (
     CURRENT_EPOCH_LUA
     + READ_COUNTER_LUA
     + READ_SHARE_LUA
-    + _PARSE_ID
+    + PARSE_ID_LUA
     + """
 local epoch = current_epoch(KEYS[4], ARGV[5])
 local queued = read_counter(KEYS[2])
@@ -153,6 +142,8 @@ return result
 # died, not the running ones. An entry whose job is gone (expired) is dropped, and its texts released.
 _CLAIM = (
     _RELEASE_ENTRIES
+    + PARENT_OF_LUA
+    + PROGRESS_FIELDS_LUA
     + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
 local claimed = {}
@@ -178,11 +169,11 @@ for _, id in ipairs(ids) do
             texts_left = texts_left - texts
             local cancelled = 0
             if ARGV[10] ~= '' then
-                local progress = ARGV[10] .. (string.match(id, '^(.+)%-%d+%.%d+$') or id)
-                if redis.call('HEXISTS', progress, 'cancelled') == 1 then
+                local progress = ARGV[10] .. parent_of(id)
+                if redis.call('HEXISTS', progress, F.cancelled) == 1 then
                     cancelled = 1
                 elseif redis.call('EXISTS', progress) == 1 then
-                    redis.call('HSET', progress, 'started', 1)
+                    redis.call('HSET', progress, F.started, 1)
                 end
             end
             table.insert(claimed, id)
@@ -292,23 +283,6 @@ def _message_of(arq_job: bytes) -> bytes:
 
 #: what an owner may be named in a queue id: what ``api.auth`` names them (16 hex digits, or "anonymous"), and then
 #: some; never a ":"
-_OWNER = re.compile(r"[0-9A-Za-z_-]{1,64}")
-
-
-def queue_job_id(request_id: str, texts: int, owner: str | None = None) -> str:
-    """The arq job id of a request or chunk: ``<owner>:<request id>.<texts>``, or ``<request id>.<texts>`` with
-    no owner (chunks). Its number of texts is what claims budget by and the backlog counts; its owner is whose share
-    of the backlog it counts against (``shared.backlog``). Lua reads both back (``_PARSE_ID``): the owner is what
-    precedes the first ":", so a request id with no owner must have none."""
-    if owner is None:
-        if ":" in request_id:
-            raise ValueError(f"a queue id with no owner cannot hold a ':' ({request_id!r})")
-        return f"{request_id}.{texts}"
-    if not _OWNER.fullmatch(owner):
-        raise ValueError(f"{owner!r} cannot own a queue entry")
-    return f"{owner}:{request_id}.{texts}"
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class FinishedJob:
     job_id: str

@@ -2,7 +2,7 @@
 
 With ``TOKEN_IDS=openai``, ids of OpenAI's cl100k_base vocabulary, checked without loading it: its largest id, and
 the ids inside its range that name no token (the worker decodes ids with tiktoken, whose vocabulary these must
-match: ``tests/unit/test_token_ids.py``). With ``TOKEN_IDS=model``, ids of the model's own vocabulary, which the
+match: ``tests/unit/shared/test_token_ids.py``). With ``TOKEN_IDS=model``, ids of the model's own vocabulary, which the
 API does not know: it admits any id a tokenizer can hold, and the worker refuses one outside the vocabulary.
 """
 

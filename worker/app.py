@@ -16,7 +16,7 @@ What the project does itself, and why (``TaskWorker._poll_iteration`` replaces a
 - It survives Redis going away and coming back (empty), without a restart.
 
 arq is pinned (``pyproject.toml``): ``_poll_iteration``, ``tasks``, ``allow_pick_jobs`` and ``heart_beat`` are
-arq's internals, and ``tests/unit/test_app.py`` runs this class through arq's own ``main`` and signal handling.
+arq's internals, and ``tests/unit/worker/test_app.py`` runs this class through arq's own ``main`` and signal handling.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class TaskWorker(Worker):
         for task in self._background:
             task.cancel()
         size, requests = self.service.largest_batch
-        counters = ", ".join(f"{name} {count}" for name, count in self.service.counters.items())
+        counters = ", ".join(f"{name} {count}" for name, count in metrics.job_counts().items())
         log.info(
             "worker %s stopped: %s; largest batch: %d sequences from %d requests",
             self.service.worker_id,
@@ -222,7 +222,7 @@ class TaskWorker(Worker):
                 device,
                 models=service.registry.loaded_names(),
                 started_ms=started_ms,
-                counters=dict(service.counters),
+                counters=metrics.job_counts(),
                 model_cards=service.registry.describe_loaded(),
             )
             try:

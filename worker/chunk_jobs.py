@@ -1,8 +1,9 @@
 """The life of a ``EmbedChunk`` in a worker: decoded, embedded, its results stored and counted (``shared.chunks``).
 
 A failure that may pass (``RETRYABLE``) gives the chunk back to the queue, up to ``max_attempts`` runs; any other
-fails it, named in its parent's errors. Never raises. Chunks that end together are stored together: one pipeline
-writes their results, then their arq jobs end and their texts are released.
+fails it, named in its parent's errors. A chunk is counted once (``metrics.count_job``), when what it ended as is
+stored. Never raises. Chunks that end together are stored together: one pipeline writes their results, then their
+arq jobs end and their texts are released.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ class ChunkJobs:
         redis: Redis,
         queue: JobQueue,
         dead_letters: DeadLetters,
-        counters: dict[str, int],
         *,
         max_attempts: int,
         store_attempts: int,
@@ -80,7 +80,6 @@ class ChunkJobs:
         self._queue = queue
         self._chunks = ChunkStore(redis)
         self._dead_letters = dead_letters
-        self._counters = counters
         self._max_attempts = max_attempts
         self._store_attempts = store_attempts
         self._finish: Coalescer[tuple[FinishedJob, ChunkOutcome | None], None] = Coalescer(
@@ -97,12 +96,11 @@ class ChunkJobs:
             return
         if cancelled or now_ms() > job.deadline_ms:
             # counted with nothing done, so a cancelled batch learns that this chunk will not run
-            await self._store(queue_id, ChunkOutcome(job))
+            await self._store(queue_id, ChunkOutcome(job), counted_as=None)
             return
         if attempt > self._max_attempts:
-            self._counters["abandoned"] += 1
             reason = f"this chunk failed {attempt - 1} times; it was abandoned"
-            await self._fail(queue_id, job, ServiceError(ErrorKind.INTERNAL, reason))
+            await self._fail(queue_id, job, ServiceError(ErrorKind.INTERNAL, reason), counted_as="abandoned")
             return
         try:
             outcome = await self._run(job)
@@ -112,15 +110,13 @@ class ChunkJobs:
             log.exception("chunk %s failed", queue_id)
             error = ServiceError(ErrorKind.INTERNAL, "the worker failed to process this chunk")
         else:
-            self._counters["answered"] += 1
-            metrics.JOBS.labels("chunk").inc()
-            await self._store(queue_id, outcome)
+            await self._store(queue_id, outcome, counted_as="chunk")
             return
         if error.kind in RETRYABLE and attempt < self._max_attempts:
             log.warning("chunk %s failed (%s); it goes back to the queue", queue_id, error.message)
             await self._queue.unclaim(queue_id, now_ms())
             return
-        await self._fail(queue_id, job, error)
+        await self._fail(queue_id, job, error, counted_as="chunk_failed")
 
     async def _run(self, job: EmbedChunk) -> ChunkOutcome:
         if job.parts is None:
@@ -139,10 +135,12 @@ class ChunkJobs:
             prompt_tokens=sum(part.prompt_tokens for part in parts),
         )
 
-    async def _fail(self, queue_id: str, job: EmbedChunk, error: ServiceError) -> None:
+    async def _fail(
+        self, queue_id: str, job: EmbedChunk, error: ServiceError, *, counted_as: metrics.JobOutcome
+    ) -> None:
         """The whole chunk failed: every input, or in a batch chunk every request, with ``error``."""
-        metrics.JOBS.labels("chunk_failed").inc()
-        await self._store(queue_id, failed_outcome(job, TaskError(error.kind, error.message, error.param)))
+        failure = failed_outcome(job, TaskError(error.kind, error.message, error.param))
+        await self._store(queue_id, failure, counted_as=counted_as)
 
     async def _finish_many(
         self, batch: list[tuple[tuple[FinishedJob, ChunkOutcome | None], asyncio.Future[None]]]
@@ -182,15 +180,15 @@ class ChunkJobs:
             if not future.done():
                 future.set_result(None)
 
-    async def _store(self, queue_id: str, outcome: ChunkOutcome) -> None:
-        """Store a finished chunk's results; while Redis is out of memory, wait (growing, jittered pauses) and try
-        again, ``store_attempts`` times; then the chunk fails, named in its parent's errors."""
+    async def _store(self, queue_id: str, outcome: ChunkOutcome, *, counted_as: metrics.JobOutcome | None) -> None:
+        """Store a finished chunk's results, then count it ``counted_as`` (None: not counted); while Redis is out
+        of memory, wait (growing, jittered pauses) and try again, ``store_attempts`` times; then the chunk fails,
+        named in its parent's errors, and is counted as failed (or as abandoned, if it was)."""
         job = outcome.job
         finished = FinishedJob(queue_id)
         for attempt in range(self._store_attempts):
             try:
                 await self._finish.add((finished, outcome))
-                return
             except OutOfMemoryError:
                 pause = min(STORE_BACKOFF_MAX_S, STORE_BACKOFF_S * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning(
@@ -198,11 +196,15 @@ class ChunkJobs:
                     *(queue_id, attempt + 1, self._store_attempts, pause),
                 )
                 await asyncio.sleep(pause)
+            else:
+                if counted_as is not None:
+                    metrics.count_job(counted_as)
+                return
         log.error("chunk %s: Redis stayed out of memory; the chunk fails", queue_id)
-        metrics.JOBS.labels("chunk_failed").inc()
         if outcome.vectors is None:  # a failure already: it is written as it is
             failure = dataclasses.replace(outcome, despite_oom=True)
         else:
             reason = "the result store was full: this chunk's vectors could not be stored"
             failure = failed_outcome(job, TaskError(ErrorKind.INSUFFICIENT_STORAGE, reason), despite_oom=True)
         await self._finish.add((finished, failure))
+        metrics.count_job("abandoned" if counted_as == "abandoned" else "chunk_failed")

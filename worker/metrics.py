@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 BATCH_SIZE = Histogram(
@@ -27,12 +29,37 @@ QUEUE_WAIT_SECONDS = Histogram(
     "Time from enqueue to a worker starting the job",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+#: what a job a worker took ended as, one count each: a sync job ``answered`` (with its result or an error),
+#: ``expired`` (skipped: its deadline had passed) or ``abandoned`` (after too many attempts); a chunk stored with
+#: its results (``chunk``), failed as a whole (``chunk_failed``) or ``abandoned``; an entry of either queue that
+#: no worker can read, ``dead_letter``. A chunk given back to the queue, or stored with nothing run (cancelled,
+#: expired), is not counted.
+JobOutcome = Literal["answered", "expired", "abandoned", "dead_letter", "chunk", "chunk_failed"]
+JOB_OUTCOMES: tuple[JobOutcome, ...] = get_args(JobOutcome)
+#: the one place jobs are counted: the heartbeat reports what it holds (``job_counts``)
 JOBS = Counter("embeddings_worker_jobs_total", "Jobs handled", ["outcome"])
+for _outcome in JOB_OUTCOMES:
+    JOBS.labels(_outcome)  # every outcome is exposed, at 0 until it happens
 ERRORS = Counter("embeddings_worker_errors_total", "Jobs answered with an error, by kind", ["kind"])
 MODEL_LOADS = Counter("embeddings_model_loads_total", "Model loads", ["model", "outcome"])
 MODEL_BACKEND = Gauge("embeddings_model_backend", "1 for the runtime each loaded model runs on", ["model", "backend"])
 LOADED_MODELS = Gauge("embeddings_loaded_models", "Models loaded in this worker")
 HELD_TEXTS = Gauge("embeddings_worker_held_texts", "Texts of the jobs this worker holds")
+
+
+def count_job(outcome: JobOutcome) -> None:
+    JOBS.labels(outcome).inc()
+
+
+def job_counts() -> dict[str, int]:
+    """This process's job counts by outcome, read from ``JOBS``: what the heartbeat reports
+    (``WorkerInfo.counters``, summed over the live workers by the API as ``embeddings_live_worker_jobs``)."""
+    return {
+        sample.labels["outcome"]: int(sample.value)
+        for metric in JOBS.collect()
+        for sample in metric.samples
+        if sample.name == "embeddings_worker_jobs_total"
+    }
 
 
 def serve(port: int, address: str) -> None:

@@ -1,6 +1,7 @@
 """What a worker does with the jobs it claims: the embedding and rerank pipelines (``worker.pipeline``,
-``worker.reranking``) and the two job lifecycles around them, one per queue (``worker.sync_jobs``,
-``worker.chunk_jobs``)."""
+``worker.reranking``, both on ``worker.task_pipeline``'s skeleton) and the two job lifecycles around them, one per
+queue (``worker.sync_jobs``, ``worker.chunk_jobs``), which count the jobs they end in ``worker.metrics.JOBS``: the
+heartbeat reports its counts."""
 
 from __future__ import annotations
 
@@ -32,18 +33,13 @@ class TaskService:
         self.worker_id = worker_id
         self.pipeline = EmbeddingPipeline(registry, max_tokens=max_tokens, openai_token_ids=openai_token_ids)
         dead_letters = DeadLetters(redis, worker_id)
-        #: jobs answered, skipped because their deadline had passed, and given up after too many attempts
-        self.counters = {"answered": 0, "expired": 0, "abandoned": 0}
         reranking = RerankPipeline(registry, max_tokens=max_tokens)
-        self._sync = SyncJobs(
-            self.pipeline, reranking, JobQueue.sync(redis), dead_letters, self.counters, max_attempts=max_attempts
-        )
+        self._sync = SyncJobs(self.pipeline, reranking, JobQueue.sync(redis), dead_letters, max_attempts=max_attempts)
         self._chunks = ChunkJobs(
             self.pipeline,
             redis,
             JobQueue.chunks(redis),
             dead_letters,
-            self.counters,
             max_attempts=max_attempts,
             store_attempts=store_attempts,
         )

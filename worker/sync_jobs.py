@@ -36,16 +36,15 @@ class SyncJobs:
         reranking: RerankPipeline,
         queue: JobQueue,
         dead_letters: DeadLetters,
-        counters: dict[str, int],
         *,
         max_attempts: int,
     ) -> None:
-        """``counters``: jobs answered, expired and abandoned, counted into (the worker logs them at shutdown)."""
+        """Each job is counted once, as it ends (``metrics.count_job``; one that cannot be read, by
+        ``DeadLetters``)."""
         self._pipeline = pipeline
         self._reranking = reranking
         self._queue = queue
         self._dead_letters = dead_letters
-        self._counters = counters
         self._max_attempts = max_attempts
         self._finish: Coalescer[FinishedJob, None] = Coalescer(self._finish_many, "finish")
 
@@ -58,14 +57,12 @@ class SyncJobs:
             return
         if now_ms() > job.deadline_ms:
             log.info("job %s expired before it started; skipped", job.request_id)
-            self._counters["expired"] += 1
-            metrics.JOBS.labels("expired").inc()
+            metrics.count_job("expired")
             await self._finish.add(FinishedJob(queue_id))
             return
         if attempt > self._max_attempts:
             log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
-            self._counters["abandoned"] += 1
-            metrics.JOBS.labels("abandoned").inc()
+            metrics.count_job("abandoned")
             reason = f"processing this request failed {attempt - 1} times; it was abandoned"
             await self._answer(queue_id, job, _error_reply(job, ErrorKind.INTERNAL, reason))
             return
@@ -79,8 +76,7 @@ class SyncJobs:
             if reply.error is not None:
                 tracing.failed(reply.error.kind.value, reply.error.message)
         await self._answer(queue_id, job, reply)
-        self._counters["answered"] += 1
-        metrics.JOBS.labels("answered").inc()
+        metrics.count_job("answered")
         if reply.error is not None:
             metrics.ERRORS.labels(reply.error.kind.value).inc()
 

@@ -13,13 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.admission import Admission
 from api.auth import owner_of
-from api.batches.input import read_lines, validate
+from api.batches.input import validate
 from api.batches.plan import chunk_starts
 from api.batches.schemas import BatchList, BatchObject, BatchRequest
 from api.batches.store import BatchRecord, BatchStore
-from api.batches.submit import chunk_ids, submit
+from api.batches.submit import chunk_ids, submit_batch
 from api.errors import (
     BATCH_CREATION_ERRORS,
     OBJECT_ERRORS,
@@ -34,7 +33,6 @@ from shared import keys
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue
 from shared.settings import Settings
-from shared.storage import RECORD_BYTES, results_bytes
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -86,19 +84,7 @@ async def create_batch(request: Request) -> Response:
     if errors:
         await batches.create(record)
     else:
-        admission: Admission = request.app.state.admission
-        dimensions = await admission.dimensions(found.model or "", None)
-        held = results_bytes(found.inputs, dimensions, len(starts)) + upload.size + RECORD_BYTES
-        await admission.reserve(record.batch_id, held, record.kept_until)
-        queue: JobQueue = request.app.state.chunk_queue
-        lines = read_lines(files.segments(upload.file_id), settings)
-        try:
-            await batches.create(record)
-            await submit(request.app.state.redis, queue, record, lines, starts, settings)
-        except BaseException:
-            await batches.delete(record)
-            await admission.release(record.batch_id)
-            raise
+        await submit_batch(request.app.state, record, upload, starts, found.inputs)
     return json_response(await _object(request, record.batch_id))
 
 

@@ -1,4 +1,5 @@
-"""Turn a validated batch file into chunks on the jobs queue (the second read of the file).
+"""Submit a validated batch: its record and its file's requests as chunks on the jobs queue (the second read of the
+file), created whole or not at all (``api.submission``).
 
 Chunks are cut where ``api.batches.plan.chunk_starts`` says. A chunk to run becomes a ``EmbedChunk`` with ``parts`` (its
 requests' input counts) on ``keys.CHUNK_QUEUE``, so batches share workers, leases, retries and the backlog bound
@@ -8,20 +9,24 @@ entry names its requests for the output files. Written a group of chunks per rou
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
 
 from redis.asyncio import Redis
+from starlette.datastructures import State
 
-from api.batches.input import Line, LineError
+from api.batches.input import Line, LineError, read_lines
 from api.batches.plan import ManifestEntry, format_code
-from api.batches.store import BatchRecord
+from api.batches.store import BatchRecord, BatchStore
 from api.embeddings.options import EmbedOptions
+from api.files.store import FileRecord, FileStore
+from api.submission import Chunks, Footprint, create_work
 from shared import keys
-from shared.chunks import ChunkStore, PartResult, chunk_queue_id
+from shared.chunks import ChunkStore, PartResult
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
-from shared.job_queue import JobQueue, NewJob
+from shared.job_queue import NewJob
 from shared.protocol import encode_job
+from shared.queue_format import chunk_queue_id
 from shared.settings import Settings
 
 #: chunks written per round trip at most, and input characters held before they are written (long texts make
@@ -31,7 +36,7 @@ _CHARS_PER_WRITE = 2_000_000
 
 
 class _Writer:
-    def __init__(self, redis: Redis, queue: JobQueue, record: BatchRecord, settings: Settings) -> None:
+    def __init__(self, redis: Redis, queue: Chunks, record: BatchRecord, settings: Settings) -> None:
         self._redis = redis
         self._queue = queue
         self._chunks = ChunkStore(redis)
@@ -41,7 +46,6 @@ class _Writer:
         self._to_run: list[NewJob] = []
         self._failed: list[tuple[int, list[Line]]] = []
         self._chars = 0
-        self.enqueued: list[str] = []
 
     async def add(self, chunk: int, lines: list[Line], first: int) -> None:
         entry = ManifestEntry(
@@ -101,41 +105,46 @@ class _Writer:
                     )
                 await pipe.execute()
         if self._to_run:
-            admitted = (await self._queue.enqueue(self._to_run, self._settings.max_queued_job_texts, now_ms())).admitted
-            self.enqueued += [job.job_id for job, ok in zip(self._to_run, admitted, strict=True) if ok]
-            if not all(admitted):
-                raise ServiceError(ErrorKind.RATE_LIMITED, "too much job work is queued right now; retry later")
+            await self._queue.enqueue(self._to_run, now_ms())
         self._entries, self._to_run, self._failed, self._chars = [], [], [], 0
 
 
-async def submit(
-    redis: Redis,
-    queue: JobQueue,
-    record: BatchRecord,
-    lines: AsyncIterator[list[Line | LineError]],
-    starts: list[int],
-    settings: Settings,
-) -> None:
-    """Write every chunk of a batch whose record exists; on a failure, withdraw what was enqueued and raise."""
-    writer = _Writer(redis, queue, record, settings)
+async def submit_batch(state: State, record: BatchRecord, upload: FileRecord, starts: list[int], inputs: int) -> None:
+    """Create batch ``record``, whose input file ``upload`` validated with ``inputs`` inputs, cut into chunks at
+    ``starts``. ``state``: the app's."""
+    batches: BatchStore = state.batches
+    footprint = Footprint(record.model or "", None, inputs, len(starts), upload.size)
+    await create_work(
+        state,
+        record.batch_id,
+        footprint,
+        record.kept_until,
+        create=functools.partial(batches.create, record),
+        enqueue=functools.partial(_write, state, record, upload, starts),
+        delete=functools.partial(batches.delete, record),
+    )
+
+
+async def _write(state: State, record: BatchRecord, upload: FileRecord, starts: list[int], chunks: Chunks) -> None:
+    """Write every chunk of a batch whose record exists, reading its file again."""
+    settings: Settings = state.settings
+    files: FileStore = state.files
+    lines = read_lines(files.segments(upload.file_id), settings)
+    writer = _Writer(state.redis, chunks, record, settings)
     bounds = [*starts, record.total]
     pending: list[Line] = []
     chunk = 0
     index = 0
-    try:
-        async for group in lines:
-            for line in group:
-                if isinstance(line, LineError):  # the file validated: it cannot have changed
-                    raise ServiceError(ErrorKind.INTERNAL, "the input file changed while the batch was created")
-                pending.append(line)
-                index += 1
-                if index == bounds[chunk + 1]:
-                    await writer.add(chunk, pending, bounds[chunk])
-                    pending, chunk = [], chunk + 1
-        await writer.flush()
-    except BaseException:
-        await queue.withdraw(writer.enqueued)
-        raise
+    async for group in lines:
+        for line in group:
+            if isinstance(line, LineError):  # the file validated: it cannot have changed
+                raise ServiceError(ErrorKind.INTERNAL, "the input file changed while the batch was created")
+            pending.append(line)
+            index += 1
+            if index == bounds[chunk + 1]:
+                await writer.add(chunk, pending, bounds[chunk])
+                pending, chunk = [], chunk + 1
+    await writer.flush()
 
 
 def chunk_ids(batch_id: str, entries: list[ManifestEntry]) -> list[str]:

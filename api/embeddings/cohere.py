@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import base64
 import functools
-import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from starlette.types import Receive, Scope, Send
 
-from api.dispatch import Dispatcher
+from api.dispatch import JobBuilder
 from api.embeddings.options import EmbedOptions
-from api.embeddings.schemas import normalize_input, served
+from api.embeddings.schemas import normalize_input
 from api.fast_route import json_post
-from api.http import Dimensions, parse_body, parse_json
-from api.sync_io import read_body, reply_of, send_json
+from api.http import Dimensions
+from api.sync_route import SyncRoute
+from shared.protocol import TaskReply
 from shared.quantize import UNOFFERED, quantize, unoffered
 from shared.settings import Settings
 
@@ -77,14 +76,7 @@ class CohereEmbedRequest(BaseModel):
         return value
 
 
-async def embed(scope: Scope, receive: Receive, send: Send) -> None:
-    state = scope["app"].state
-    settings: Settings = state.settings
-    dispatcher: Dispatcher = state.dispatcher
-    started = time.perf_counter()
-    request_id: str = scope["state"]["request_id"]
-    payload = parse_json(await read_body(receive))
-    request = served(parse_body(CohereEmbedRequest, payload, {"settings": settings}), settings)
+def _task(request: CohereEmbedRequest, request_id: str, settings: Settings) -> JobBuilder:
     options = EmbedOptions(
         model=request.model,
         input_kind="text",
@@ -94,8 +86,10 @@ async def embed(scope: Scope, receive: Receive, send: Send) -> None:
         input_type=_PROMPT_OF_INPUT_TYPE[request.input_type] if request.input_type else None,
         normalize=None,
     )
-    job = functools.partial(options.sync_job, request_id, request.texts, "base64", "float")
-    reply = await reply_of(receive, dispatcher.run(job, scope["state"]["owner"]))
+    return functools.partial(options.sync_job, request_id, request.texts, "base64", "float")
+
+
+def _render(request: CohereEmbedRequest, reply: TaskReply, request_id: str) -> bytes:
     items = orjson.loads(reply.data)
     vectors = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in items])
     body = {
@@ -104,7 +98,7 @@ async def embed(scope: Scope, receive: Receive, send: Send) -> None:
         "embeddings": {name: _rendered(vectors, name) for name in dict.fromkeys(request.embedding_types)},
         "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": reply.prompt_tokens}},
     }
-    await send_json(send, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), reply, started)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _rendered(vectors: np.ndarray, name: EmbeddingType) -> Any:
@@ -127,4 +121,8 @@ class CohereEmbedResponse(BaseModel):
     meta: dict[str, Any]
 
 
-ROUTE = json_post("/v2/embed", embed, name="cohere_embed", request=CohereEmbedRequest, response=CohereEmbedResponse)
+EMBED = SyncRoute(
+    "/v2/embed", "cohere_embed", request=CohereEmbedRequest, response=CohereEmbedResponse, task=_task, render=_render
+)
+
+ROUTE = json_post(EMBED)

@@ -7,8 +7,8 @@ import dataclasses
 from typing import Any
 
 from api.embeddings.schemas import EmbeddingRequest
-from shared.chunks import chunk_request_id
 from shared.protocol import EmbedChunk, EmbedTask, EncodingFormat, InputKind, OutputDtype
+from shared.queue_format import chunk_request_id
 from shared.settings import Settings
 
 

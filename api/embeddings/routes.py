@@ -1,43 +1,41 @@
 """``POST /v1/embeddings``: the OpenAI embeddings contract, answered through the queue.
 
-Plain ASGI (``api.fast_route`` says why and how it is still a documented FastAPI route). Errors are only raised,
-as ``ServiceError`` (rendered by ``api.errors``) or ``ClientGone`` (counted by ``api.metrics``).
+A synchronous route (``api.sync_route``): the request is ``EmbeddingRequest``, ``EmbedOptions`` makes its
+``EmbedTask``, and the worker's ``data`` array is framed into the OpenAI response as it came.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 
-from starlette.types import Receive, Scope, Send
-
-from api.dispatch import Dispatcher
+from api.dispatch import JobBuilder
 from api.embeddings.options import EmbedOptions
-from api.embeddings.schemas import EmbeddingRequest, EmbeddingResponse, parse_embedding_request
+from api.embeddings.schemas import EmbeddingRequest, EmbeddingResponse
 from api.fast_route import json_post
-from api.http import parse_json
-from api.sync_io import read_body, reply_of, send_json
+from api.sync_route import SyncRoute
 from shared.openai_json import embeddings_body
+from shared.protocol import TaskReply
 from shared.settings import Settings
 
 
-async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
-    state = scope["app"].state
-    settings: Settings = state.settings
-    dispatcher: Dispatcher = state.dispatcher
-    started = time.perf_counter()
-    request_id = scope["state"]["request_id"]
-    embedding_request = parse_embedding_request(parse_json(await read_body(receive)), settings)
-    options = EmbedOptions.of(embedding_request, settings)
-    inputs = embedding_request.input[1]
-    job = functools.partial(
-        options.sync_job, request_id, inputs, embedding_request.encoding_format, embedding_request.output_dtype
+def _task(request: EmbeddingRequest, request_id: str, settings: Settings) -> JobBuilder:
+    options = EmbedOptions.of(request, settings)
+    return functools.partial(
+        options.sync_job, request_id, request.input[1], request.encoding_format, request.output_dtype
     )
-    reply = await reply_of(receive, dispatcher.run(job, scope["state"]["owner"]))
-    body = embeddings_body(reply.data, embedding_request.model, reply.prompt_tokens)
-    await send_json(send, body, reply, started)
 
 
-ROUTE = json_post(
-    "/v1/embeddings", create_embeddings, name="create_embeddings", request=EmbeddingRequest, response=EmbeddingResponse
+def _render(request: EmbeddingRequest, reply: TaskReply, request_id: str) -> bytes:
+    return embeddings_body(reply.data, request.model, reply.prompt_tokens)
+
+
+EMBEDDINGS = SyncRoute(
+    "/v1/embeddings",
+    "create_embeddings",
+    request=EmbeddingRequest,
+    response=EmbeddingResponse,
+    task=_task,
+    render=_render,
 )
+
+ROUTE = json_post(EMBEDDINGS)

@@ -161,9 +161,14 @@ def parse_embedding_request(payload: Any, settings: Settings) -> EmbeddingReques
 
 
 def served(request: Request, settings: Settings) -> Request:
-    if not settings.model_allowed(request.model):
-        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {request.model!r} is not served here", "model")
+    require_served(request.model, settings)
     return request
+
+
+def require_served(model: str, settings: Settings) -> None:
+    """A 404 for a model this deployment does not serve."""
+    if not settings.model_allowed(model):
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {model!r} is not served here", "model")
 
 
 # Response shapes, for the OpenAPI document (responses are built with orjson, not through these models).

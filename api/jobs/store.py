@@ -13,7 +13,8 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.chunks import ChunkStore, chunk_queue_id
+from shared.chunks import ChunkStore
+from shared.queue_format import chunk_queue_id
 
 #: how long a job's record outlives its results, so a late poll sees "expired" rather than "not found"
 RECORD_GRACE_S = 86_400

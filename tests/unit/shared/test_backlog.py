@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from api.auth import ANONYMOUS, KeyRing
 from shared import keys
-from shared.job_queue import queue_job_id
+from shared.queue_format import queue_job_id
 from shared.settings import Settings
-from tests.unit.test_api_app import assert_openai_error, served_by_a_silent_worker
+from tests.unit.api.test_main import assert_openai_error, served_by_a_silent_worker
 
 
 def test_with_api_keys_a_key_may_hold_half_of_the_backlog_by_default():

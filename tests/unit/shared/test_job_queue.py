@@ -1,18 +1,16 @@
 import fakeredis
 import pytest
 from arq.jobs import Job
-from redis.asyncio import Redis
 
 from shared import keys
 from shared.job_queue import (
-    _PARSE_ID,
     TASK_FUNCTION,
     FinishedJob,
     JobQueue,
     NewJob,
     deserialize_arq_job,
-    queue_job_id,
 )
+from shared.queue_format import queue_job_id
 from tests.fakes import fake_redis_factory
 
 KEY_A, KEY_B = "0123456789abcdef", "fedcba9876543210"
@@ -210,43 +208,6 @@ async def test_a_backlog_count_below_zero_is_put_back_to_zero_by_the_next_enqueu
     arq = JobQueue.sync(redis)
     assert (await arq.enqueue([new_job(1, 3)], backlog_limit=10, now_ms=5)).admitted == [True]
     assert int(await redis.get(keys.QUEUED_TEXTS)) == 3
-
-
-@pytest.fixture(params=["fakeredis", "redis-server"])
-async def lua(request):
-    """A Redis to run Lua in: fakeredis (lupa), and a real redis-server."""
-    if request.param == "fakeredis":
-        client = fakeredis.FakeAsyncRedis()
-    else:
-        client = Redis.from_url(request.getfixturevalue("redis_url"))
-    yield client
-    await client.aclose()
-
-
-@pytest.mark.parametrize(
-    ("request_id", "texts", "owner"),
-    [
-        ("9f86d081884c7d659a2feaa0c55ad015", 3, "0123456789abcdef"),
-        ("9f86d081884c7d659a2feaa0c55ad015", 1, "anonymous"),
-        ("a.b-c:d.7", 2048, "0123456789abcdef"),  # dots, a dash and a colon in the request id itself
-        ("r", 0, "under_score-and-dash"),
-        ("embjob_0a1b2c-17", 256, None),  # a chunk: no owner
-        ("batch_0a1b.2c-3", 5, None),
-    ],
-)
-async def test_the_lua_parser_reads_back_what_queue_job_id_builds(lua, request_id, texts, owner):
-    job_id = queue_job_id(request_id, texts, owner)
-    parsed = await lua.eval(_PARSE_ID + "local texts, owner = parse_id(ARGV[1]); return {texts, owner}", 0, job_id)
-    assert parsed == ([texts, owner.encode()] if owner is not None else [texts])  # Lua's nil ends the list
-
-
-def test_queue_job_id_refuses_what_the_parser_would_misread():
-    with pytest.raises(ValueError, match="cannot own"):
-        queue_job_id("r", 1, "a:b")
-    with pytest.raises(ValueError, match="cannot own"):
-        queue_job_id("r", 1, "")
-    with pytest.raises(ValueError, match="no owner"):
-        queue_job_id("owner:r", 1)  # would read as owned by "owner"
 
 
 async def test_a_key_past_its_share_is_refused_while_another_key_is_admitted(redis):

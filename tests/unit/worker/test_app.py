@@ -10,8 +10,9 @@ import pytest
 
 from shared import keys
 from shared.clock import now_ms
-from shared.job_queue import JobQueue, NewJob, queue_job_id
+from shared.job_queue import JobQueue, NewJob
 from shared.protocol import decode_reply, encode_job
+from shared.queue_format import queue_job_id
 from shared.redis_client import connect
 from shared.settings import Settings
 from shared.workers import live_workers

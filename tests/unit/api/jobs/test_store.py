@@ -3,7 +3,7 @@ import time
 import fakeredis
 import pytest
 
-from api.jobs.routes import job_object
+from api.jobs.output import job_object
 from api.jobs.store import JobRecord, JobStore
 from shared.chunks import ChunkStore
 from shared.clock import now_ms

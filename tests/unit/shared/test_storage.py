@@ -11,7 +11,7 @@ from shared import keys
 from shared.chunks import ChunkStore
 from shared.errors import ErrorKind, ServiceError
 from shared.storage import StorageBudget, budget_bytes, input_bytes, results_bytes
-from tests.unit.test_job_store import record
+from tests.unit.api.jobs.test_store import record
 
 
 @pytest.fixture

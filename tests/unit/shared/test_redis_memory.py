@@ -10,9 +10,10 @@ from api.jobs.store import JobStore
 from shared import keys, redis_memory
 from shared.chunks import ChunkStore
 from shared.errors import ErrorKind, ServiceError
-from shared.job_queue import FinishedJob, JobQueue, NewJob, queue_job_id
+from shared.job_queue import FinishedJob, JobQueue, NewJob
+from shared.queue_format import queue_job_id
 from shared.redis_memory import EvictionGuard
-from tests.unit.test_job_store import record
+from tests.unit.api.jobs.test_store import record
 
 
 @pytest.fixture

@@ -96,10 +96,27 @@ def test_workers_are_ready_when_their_models_are_loaded_and_outlive_their_grace(
         assert threads["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     else:
         assert gpus == 1 and env["DEVICE"] == "cuda" and spec["tolerations"]
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == gpus
     models = next(v for v in spec["volumes"] if v["name"] == "models")
     claim = next(d for d in of_kind(documents, "PersistentVolumeClaim") if d["metadata"]["name"] == "embeddings-models")
     assert models["persistentVolumeClaim"]["claimName"] == "embeddings-models"
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_each_worker_runs_the_image_for_its_device_with_one_gpu_per_worker_process(rendered):
+    """GPU pods run the GPU image's entry point (worker.per_device: one worker process per GPU of the pod, as in
+    compose) with one GPU each; the CPU overlay runs the CPU image, which has no CUDA."""
+    overlay, documents = rendered
+    [worker] = [d for d in of_kind(documents, "Deployment") if d["metadata"]["name"] == "embeddings-worker"]
+    [container] = worker["spec"]["template"]["spec"]["containers"]
+    assert "command" not in container and "args" not in container  # the image's CMD
+    image = container["image"].rsplit(":", 1)[0]
+    if overlay == "cpu":
+        assert image.endswith("/embeddings-worker-cpu")
+    else:
+        assert image.endswith("/embeddings-worker") and container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    dockerfile = (ROOT / ("Dockerfile.worker-cpu" if overlay == "cpu" else "Dockerfile.worker")).read_text()
+    assert f"USER {worker['spec']['template']['spec']['securityContext']['runAsUser']}:" in dockerfile
 
 
 def test_the_workers_scale_on_the_queues_they_take_jobs_from(rendered):
