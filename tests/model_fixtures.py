@@ -95,3 +95,20 @@ def build_rerankers(folder: Path) -> dict[str, Path]:
 
 def model_paths_setting(paths: dict[str, Path]) -> str:
     return ",".join(f"{name}={path}" for name, path in paths.items())
+
+
+#: EmbeddingGemma's prompts (its sentence-transformers config), a few of them; it has no default prompt
+GEMMA_PROMPTS = {
+    "query": "task: search result | query: ",
+    "document": "title: none | text: ",
+    "Classification": "task: classification | query: ",
+    "Clustering": "task: clustering | query: ",
+}
+
+
+def embeddinggemma_style() -> SentenceTransformer:
+    """EmbeddingGemma's prompt scheme on MiniLM: named query and document prompts, no default one; normalized."""
+    model = _minilm()
+    model.prompts = dict(GEMMA_PROMPTS)
+    model.default_prompt_name = None
+    return model

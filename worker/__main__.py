@@ -11,6 +11,7 @@ from shared import tracing
 from shared.settings import get_settings
 from shared.tracing import TracingMisconfigured
 from worker.app import build_worker
+from worker.cuda_driver import CudaUnusable, require_usable_cuda
 from worker.models.precision import PrecisionUnavailable
 
 
@@ -21,9 +22,10 @@ def main() -> None:
     # arq runs on the thread's event loop; uvloop's socket I/O costs a fraction of asyncio's, per Redis round trip
     asyncio.set_event_loop(uvloop.new_event_loop())
     try:
+        require_usable_cuda(settings.device)
         tracing.configure("embeddings-worker")
         worker = build_worker(settings)
-    except (PrecisionUnavailable, TracingMisconfigured) as exc:
+    except (PrecisionUnavailable, TracingMisconfigured, CudaUnusable) as exc:
         logging.getLogger("worker").error("%s", exc)
         sys.exit(2)
     worker.run()
