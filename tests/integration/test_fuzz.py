@@ -1,10 +1,14 @@
 """The running API against its own OpenAPI document: ``schemathesis run --checks all``, the CLI users run, over
-every operation, with an API key, in all four phases (examples, coverage, fuzzing, stateful through the document's
-links). Every check is on; nothing is excluded.
+every operation, with an API key, in the coverage, fuzzing and stateful phases (the last through the document's
+links; the document has no examples for the examples phase). Every check is on; nothing is excluded.
 
 It proves, among the rest: no 5xx; every status, content type, header and body as documented; a request the
 document allows is never refused with a 400, and one it forbids never accepted; undeclared methods answer 405
 with ``Allow``; a route that needs a key refuses the request without it; a deleted object is gone.
+
+The model names it generates are not served (404), so it reaches validation, storage and routing rather than the
+encoder: with a served model, a ``prompt_name`` or ``dimensions`` that model lacks is a 400 that no schema can
+foresee. The encoder's answers are held to ``SentenceTransformer.encode`` by the other integration tests.
 """
 
 import json
