@@ -42,6 +42,18 @@ def open_routes(protect_metrics: bool) -> dict[str, str]:
     return {**OPEN_ROUTES, METRICS_ROUTE: "Prometheus scrapes it without a key (PROTECT_METRICS=true closes it)"}
 
 
+class OpenPaths:
+    """``path in OpenPaths(...)``: whether a path is answered without a key."""
+
+    def __init__(self, protect_metrics: bool) -> None:
+        opened = open_routes(protect_metrics)
+        self._paths = frozenset(path for path in opened if not path.endswith("/"))
+        self._prefixes = tuple(path for path in opened if path.endswith("/"))
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._paths or path.startswith(self._prefixes)
+
+
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -81,16 +93,14 @@ class ApiKeyAuth:
     def __init__(self, app: ASGIApp, ring: KeyRing, protect_metrics: bool) -> None:
         self._app = app
         self._ring = ring
-        opened = open_routes(protect_metrics)
-        self._open_paths = frozenset(path for path in opened if not path.endswith("/"))
-        self._open_prefixes = tuple(path for path in opened if path.endswith("/"))
+        self._open = OpenPaths(protect_metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         owner: str | None = ANONYMOUS
-        if self._ring.enabled and not self._is_open(route_path(scope)):
+        if self._ring.enabled and route_path(scope) not in self._open:
             owner = self._owner(scope)
             if owner is None:
                 response = error_response(ErrorKind.AUTHENTICATION, "missing or invalid API key")
@@ -99,9 +109,6 @@ class ApiKeyAuth:
                 return
         scope.setdefault("state", {})["owner"] = owner
         await self._app(scope, receive, send)
-
-    def _is_open(self, path: str) -> bool:
-        return path in self._open_paths or path.startswith(self._open_prefixes)
 
     def _owner(self, scope: Scope) -> str | None:
         for name, value in scope["headers"]:

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api.auth import open_routes
+from api.auth import OpenPaths
 from api.embeddings.schemas import TOKEN_ID_MARK
 from api.errors import ERROR_TABLE, error_description
 from shared.errors import ErrorKind
@@ -49,7 +49,7 @@ def document(app: FastAPI, settings: Settings, *, keys_required: bool) -> dict[s
     _bound_token_ids(doc, settings)
     if settings.default_rerank_model is None:
         _require_model(doc["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"])
-    opened = open_routes(settings.protect_metrics)
+    opened = OpenPaths(settings.protect_metrics)
     for path, operations in doc["paths"].items():
         for operation in operations.values():
             responses: dict[str, Any] = operation["responses"]
@@ -59,7 +59,7 @@ def document(app: FastAPI, settings: Settings, *, keys_required: bool) -> dict[s
             if "requestBody" in operation:
                 _declare(responses, ErrorKind.PAYLOAD_TOO_LARGE)
             if keys_required:
-                is_open = path in opened or any(path.startswith(prefix) for prefix in opened if prefix.endswith("/"))
+                is_open = path in opened
                 operation["security"] = [] if is_open else [{_SECURITY_SCHEME: []}]
                 if not is_open:
                     _declare(responses, ErrorKind.AUTHENTICATION)

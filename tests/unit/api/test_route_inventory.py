@@ -16,7 +16,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
 
-from api.auth import open_routes
+from api.auth import OpenPaths, open_routes
 from api.main import create_app
 from shared.settings import Settings
 from tests.fakes import fake_redis_factory, run_fake_worker, running
@@ -85,12 +85,11 @@ async def test_every_route_but_the_open_ones_needs_a_valid_key(keyed):
     app, client = keyed
     objects = await owned_objects(client)
     routes = inventory(app)
-    opened = open_routes(protect_metrics=False)
-    open_prefixes = tuple(prefix for prefix in opened if prefix.endswith("/"))
+    opened = OpenPaths(protect_metrics=False)
     served_without_key, refused_with_key, closed_open_routes = [], [], []
     for method, template in routes:
         path = filled(template, objects)
-        is_open = path in opened or path.startswith(open_prefixes)
+        is_open = path in opened
         for headers in BAD_HEADERS:
             response = await client.request(method, path, headers=headers, json={})
             if is_open and response.status_code == 401:
@@ -100,7 +99,7 @@ async def test_every_route_but_the_open_ones_needs_a_valid_key(keyed):
                 served_without_key.append((method, template, headers, response.status_code))
         if (await client.request(method, path, headers=bearer(OWNER_KEY), json={})).status_code == 401:
             refused_with_key.append((method, template))
-    open_templates = {template for _, template in routes if template in opened or template.startswith(open_prefixes)}
+    open_templates = {template for _, template in routes if template in opened}
     print(f"\n{len(routes)} routes (method and path) in the inventory; open: {sorted(open_templates)}")
     assert not served_without_key
     assert not refused_with_key
