@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import fakeredis
+import httpx
 import numpy as np
 from arq.connections import ArqRedis
+from fastapi import FastAPI
 
+from api.main import create_app
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue
 from shared.protocol import EmbedChunk, EmbedTask, RerankTask
 from shared.redis_client import as_job_queue
+from shared.settings import Settings
 from shared.workers import WorkerInfo, record_heartbeat
 from worker.models.registry import ModelRegistry
 from worker.models.reranker import PairTokens
@@ -175,6 +179,23 @@ def fake_redis_factory(server: fakeredis.FakeServer):
         return as_job_queue(ArqRedis(connection_pool=fakeredis.FakeAsyncRedis(server=server).connection_pool))
 
     return factory
+
+
+@contextlib.asynccontextmanager
+async def served_app(
+    settings: Settings, server: fakeredis.FakeServer | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The API in process over fakeredis, its lifespan running, served by ``run_fake_worker``, and a client of it."""
+    server = server or fakeredis.FakeServer()
+    app = create_app(settings, redis_factory=fake_redis_factory(server))
+    worker_redis = fake_redis_factory(server)(None)
+    async with (
+        app.router.lifespan_context(app),
+        running(run_fake_worker(worker_redis)),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        yield app, client
+    await worker_redis.aclose()
 
 
 async def run_fake_worker(redis: ArqRedis, worker_id: str = "fake") -> None:

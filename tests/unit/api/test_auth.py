@@ -9,7 +9,7 @@ import pytest
 from api.auth import KeyRing
 from api.main import create_app
 from shared.settings import Settings
-from tests.fakes import fake_redis_factory, run_fake_worker, running
+from tests.fakes import fake_redis_factory, served_app
 
 KEY_A = "sk-alpha-0123456789"
 KEY_B = "sk-bravo-9876543210"
@@ -27,15 +27,8 @@ async def secured(server, tmp_path):
     settings = Settings(
         _env_file=None, embed_models=["fake-model"], api_keys=[KEY_A], api_key_hashes_file=hashes, protect_metrics=True
     )
-    app = create_app(settings, redis_factory=fake_redis_factory(server))
-    worker_redis = fake_redis_factory(server)(None)
-    async with (
-        app.router.lifespan_context(app),
-        running(run_fake_worker(worker_redis)),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-    ):
+    async with served_app(settings, server) as (_, client):
         yield client
-    await worker_redis.aclose()
 
 
 def bearer(key: str) -> dict[str, str]:

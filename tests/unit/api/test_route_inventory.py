@@ -10,16 +10,14 @@ key's object, fails here with no edit to this file.
 
 import re
 
-import fakeredis
 import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
 
 from api.auth import OpenPaths, open_routes
-from api.main import create_app
 from shared.settings import Settings
-from tests.fakes import fake_redis_factory, run_fake_worker, running
+from tests.fakes import served_app
 
 OWNER_KEY = "sk-owner-0123456789"
 OTHER_KEY = "sk-other-9876543210"
@@ -43,17 +41,9 @@ def inventory(app) -> list[tuple[str, str]]:
 
 @pytest.fixture
 async def keyed():
-    server = fakeredis.FakeServer()
     settings = Settings(_env_file=None, embed_models=["fake-model"], api_keys=[OWNER_KEY, OTHER_KEY])
-    app = create_app(settings, redis_factory=fake_redis_factory(server))
-    worker_redis = fake_redis_factory(server)(None)
-    async with (
-        app.router.lifespan_context(app),
-        running(run_fake_worker(worker_redis)),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-    ):
-        yield app, client
-    await worker_redis.aclose()
+    async with served_app(settings) as served:
+        yield served
 
 
 async def owned_objects(client: httpx.AsyncClient) -> dict[str, str]:

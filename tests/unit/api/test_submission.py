@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-import fakeredis
 import pytest
 from starlette.datastructures import State
 
@@ -16,7 +15,6 @@ from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue, NewJob
 from shared.settings import Settings
 from shared.storage import RECORD_BYTES, VALUE_BYTES
-from tests.fakes import fake_redis_factory
 
 UNTIL = 2_000_000_000
 
@@ -38,13 +36,6 @@ class FakeAdmission:
 
     async def release(self, owner_id: str) -> None:
         self.events.append(("release", owner_id))
-
-
-@pytest.fixture
-async def redis():
-    client = fake_redis_factory(fakeredis.FakeServer())(None)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

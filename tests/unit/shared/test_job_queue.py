@@ -1,5 +1,3 @@
-import fakeredis
-import pytest
 from arq.jobs import Job
 
 from shared import keys
@@ -11,16 +9,8 @@ from shared.job_queue import (
     deserialize_arq_job,
 )
 from shared.queue_format import queue_job_id
-from tests.fakes import fake_redis_factory
 
 KEY_A, KEY_B = "0123456789abcdef", "fedcba9876543210"
-
-
-@pytest.fixture
-async def redis():
-    client = fake_redis_factory(fakeredis.FakeServer())(None)
-    yield client
-    await client.aclose()
 
 
 def new_job(i: int, texts: int = 1, owner: str | None = None) -> NewJob:

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import fakeredis
-import httpx
 import numpy as np
 import pytest
 from opentelemetry import trace
@@ -19,12 +17,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from api.main import create_app
 from shared import tracing
 from shared.protocol import decode_sync_task, encode_job
 from shared.settings import Settings
 from shared.tracing import TracingMisconfigured
-from tests.fakes import fake_redis_factory, make_embed_task, run_fake_worker, running
+from tests.fakes import make_embed_task, served_app
 from tests.stack import ROOT
 from worker.batcher import MicroBatcher
 
@@ -174,18 +171,9 @@ async def test_one_batch_links_every_request_it_served(spans):
 
 @contextlib.asynccontextmanager
 async def _app_and_worker():
-    server = fakeredis.FakeServer()
     settings = Settings(_env_file=None, request_timeout_s=5, embed_models=["fake-model"], allow_any_model=True)
-    app = create_app(settings, redis_factory=fake_redis_factory(server))
-    worker_redis = fake_redis_factory(server)(None)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        running(run_fake_worker(worker_redis)),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
+    async with served_app(settings) as (_, client):
         yield client
-    await worker_redis.aclose()
 
 
 def _under(span: ReadableSpan, parent: ReadableSpan) -> bool:

@@ -2,7 +2,6 @@
 
 import base64
 
-import fakeredis
 import msgpack
 import numpy as np
 import orjson
@@ -18,7 +17,6 @@ from shared.queue_format import queue_job_id
 from tests.fakes import (
     REPLY_TO,
     Loader,
-    fake_redis_factory,
     fake_vector,
     make_embed_chunk,
     make_embed_task,
@@ -26,13 +24,6 @@ from tests.fakes import (
 )
 from worker import metrics
 from worker.service import TaskService
-
-
-@pytest.fixture
-async def redis():
-    client = fake_redis_factory(fakeredis.FakeServer())(None)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
