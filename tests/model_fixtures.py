@@ -1,7 +1,8 @@
 """Small models for tests, built from the bundled all-MiniLM-L6-v2 and saved to a folder: the kinds of model users
 bring (instruction prompts, prompt tokens left out of pooling, CLS pooling without Normalize, a Dense layer), and
 rerankers (a seeded classifier head on MiniLM, saved by ``CrossEncoder.save`` with an Identity or a Sigmoid
-activation, with two labels, and as a plain Hugging Face sequence-classification folder)."""
+activation, with two labels, and as a plain Hugging Face sequence-classification folder), and checkpoints stored in
+bfloat16, as many recent models are."""
 
 from __future__ import annotations
 
@@ -112,3 +113,21 @@ def embeddinggemma_style() -> SentenceTransformer:
     model.prompts = dict(GEMMA_PROMPTS)
     model.default_prompt_name = None
     return model
+
+
+BFLOAT16_MODEL = "test/minilm-bfloat16"
+BFLOAT16_RERANKER = "test/reranker-bfloat16"
+
+
+def save_bfloat16_checkpoints(folder: Path) -> dict[str, Path]:
+    """MiniLM and the identity reranker with their weights stored in bfloat16 (``config.json`` says so too); their
+    names and folders. transformers 5 loads such a checkpoint in bfloat16 unless told otherwise."""
+    paths = {name: folder / name.replace("/", "--") for name in (BFLOAT16_MODEL, BFLOAT16_RERANKER)}
+    _minilm().to(torch.bfloat16).save(str(paths[BFLOAT16_MODEL]))
+    _cross_encoder(activation_fn=torch.nn.Identity()).to(torch.bfloat16).save(str(paths[BFLOAT16_RERANKER]))
+    return paths
+
+
+def load_upcast(path: Path) -> SentenceTransformer:
+    """The reference for a checkpoint stored in a reduced precision: loaded in float32, as ``DTYPE=float32`` means."""
+    return SentenceTransformer(str(path), device="cpu", model_kwargs={"dtype": torch.float32})

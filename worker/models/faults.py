@@ -1,4 +1,5 @@
-"""Faults on demand, for tests over real processes: a slow model, a poisonous input, a crash, an out-of-memory.
+"""Faults on demand, for tests over real processes: a slow model, a poisonous input, a crash, an out-of-memory, a
+sticky device error (what torch raises after an illegal memory access on CUDA).
 
 Enabled only by the ``FAULT_*`` settings; with none set, ``with_faults`` returns the encoder untouched.
 """
@@ -19,6 +20,14 @@ from worker.models.encoder_protocol import Encoder
 
 log = logging.getLogger(__name__)
 
+#: torch's message for CUDA's cudaErrorIllegalAddress, word for word
+INJECTED_STICKY_ERROR = (
+    "CUDA error: an illegal memory access was encountered\n"
+    "CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be "
+    "incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+    "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+)
+
 
 class FaultInjectingEncoder:
     def __init__(self, inner: Encoder, settings: Settings) -> None:
@@ -27,6 +36,7 @@ class FaultInjectingEncoder:
         self._poison = settings.fault_poison_token
         self._crash = settings.fault_crash_token
         self._oom_above = settings.fault_oom_above
+        self._sticky = settings.fault_sticky_token
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -40,6 +50,8 @@ class FaultInjectingEncoder:
             raise RuntimeError("injected poisonous input")
         if self._oom_above is not None and len(batch) > self._oom_above:
             raise torch.OutOfMemoryError("injected out of memory")
+        if self._sticky is not None and any(self._sticky in ids for ids in batch):
+            raise torch.AcceleratorError(INJECTED_STICKY_ERROR)
         return self._inner.encode(batch, prompt_length)
 
 
@@ -49,6 +61,7 @@ def with_faults(encoder: Encoder, settings: Settings) -> Encoder:
         settings.fault_poison_token,
         settings.fault_crash_token,
         settings.fault_oom_above,
+        settings.fault_sticky_token,
     )
     if all(fault is None for fault in faults):  # token 0 is a token: only an unset fault is off
         return encoder

@@ -3,12 +3,14 @@
 - CPU: ``auto`` is float32, the same vectors on every host. ``bfloat16`` (or ``float16``) runs only where the CPU
   computes it natively (``avx512_bf16``/``amx_bf16``, ``avx512_fp16``/``amx_fp16``); elsewhere the worker refuses
   to start rather than emulate it or quietly serve float32.
-- CUDA: ``auto`` is bfloat16 where the GPU has it, else float16 (float32 for models that overflow in float16).
+- CUDA: ``auto`` is bfloat16 where the GPU computes it natively (``cuda_bf16_native``: never emulated), else
+  float16 (float32 for models that overflow in float16).
 - float32 is pinned, not left to the libraries: torch's oneDNN may run float32 matmuls in bfloat16 or TF32 when
   told so, and OpenVINO's CPU plugin computes in bfloat16 by default on CPUs that have it.
 
-A model moved to a runtime other than torch float32 is served only if its vectors for the probe texts agree with
-torch float32's within that precision's tolerance (``TOLERANCES``).
+A model moved to a runtime other than torch float32, or to a reduced precision on any device, is served only if its
+vectors for the probe texts agree with torch float32's within that precision's tolerance (``TOLERANCES``). float32
+means float32 whatever dtype the checkpoint is stored in: every model is cast to float32 once it is loaded.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Agreement:
     max_relative_error: float
 
     def within(self, tolerance: Tolerance) -> bool:
-        if self.cosine < tolerance.min_cosine:
+        if not self.cosine >= tolerance.min_cosine:  # not "<": a NaN (an overflow) must fail
             return False
         return tolerance.max_relative_error is None or self.max_relative_error <= tolerance.max_relative_error
 
@@ -103,10 +105,16 @@ def native_on_cpu(precision: Precision, flags: frozenset[str] | None = None) -> 
     return any(flag in flags for flag in _NATIVE_CPU_FLAGS[precision])
 
 
+def cuda_bf16_native() -> bool:
+    """Whether this GPU computes bfloat16 in hardware (Ampere and later). torch's own check counts a GPU that only
+    emulates it (``including_emulation=True``, its default), which would make ``auto`` pick a slow bfloat16."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def native_on_cuda(precision: Precision) -> bool:
     if not torch.cuda.is_available():
         return False
-    return precision != "bfloat16" or torch.cuda.is_bf16_supported()
+    return precision != "bfloat16" or cuda_bf16_native()
 
 
 def declared_precision(setting: str, device: str, *, flags: frozenset[str] | None = None) -> Precision | None:

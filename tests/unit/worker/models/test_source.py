@@ -52,7 +52,7 @@ def test_a_hub_out_of_reach_is_unavailable_unless_offline(monkeypatch, offline, 
             assert classify_load_failure(outer) is kind
 
 
-@pytest.mark.parametrize("setting", ["fault_poison_token", "fault_crash_token"])
+@pytest.mark.parametrize("setting", ["fault_poison_token", "fault_crash_token", "fault_sticky_token"])
 def test_a_fault_on_token_zero_is_on(setting):
     encoder = FakeEncoder()
     assert isinstance(with_faults(encoder, Settings(_env_file=None, **{setting: 0})), FaultInjectingEncoder)
