@@ -4,10 +4,30 @@ While the model encodes a batch, new sequences queue up; the moment it is free, 
 is waiting, bounded by ``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens. Nothing sleeps:
 a lone request at low load is encoded at once, and under load batches grow by themselves.
 
-A batch that fails is retried in halves down to single sequences, so a poisonous input (or a batch too big
-for the GPU's memory) fails only the request it belongs to; a failure that persists reaches every request in
-the batch. Requests whose caller has gone (their future cancelled) or whose deadline has passed are dropped when
-the next batch is formed (one clock read a batch, not a timer a request). The loop restarts itself if it ever dies.
+**Sizing** (``worker.models.device_budget``). A batch is bounded by padded tokens (longest sequence x sequences),
+what a forward pass costs in time and memory. On the CPU the limits are measured defaults (32 sequences, 4,096
+tokens: long texts run slower in bigger batches there). On a GPU the token budget is what fits in the memory the
+model leaves free, measured by one probe forward at load, at most 65,536 tokens (past that a GPU is compute bound and
+bigger batches only answer later), and the sequence cap follows it (one per 32 tokens, 32 to 512): the tokens are
+the bound, the cap only limits the host work of very short texts. ``MAX_BATCH_TOKENS`` / ``MAX_BATCH_SIZE`` override.
+
+**Out of memory.** A batch that fails is retried in halves down to single sequences, so a poisonous input (or a
+batch too big for the GPU's memory) fails only the request it belongs to; a failure that persists reaches every
+request in the batch. A batch that ran out of memory also lowers the token budget to half its padded tokens
+(logged, ``embeddings_batch_token_budget``), so the estimate that let it through is not trusted again; the budget
+never grows back while the model stays loaded.
+
+**Overlap** (``overlap=True``, on a GPU). A model may be given as two halves, ``collate`` (host work: padding, and on
+a GPU pinning and a ``non_blocking`` copy to the device, see ``worker.models.transfers``) and ``run`` (forward pass
+and copy back, one synchronize). While batch N runs, the loop takes batch N+1 from what is waiting (or from the
+first sequence to arrive) and collates it on a second thread, so the GPU does not wait for the host between
+batches. The price is that batch N+1 is formed a forward pass earlier, from fewer waiting sequences; on the CPU,
+where ``collate`` is only padding and the cores are the forward pass's, there is nothing to win, so the loop
+collates and runs each batch together, as it always has. The vectors are the same either way: ``run(collate(b))``
+is ``encode(b)``. A plain ``encode`` function works too, as one stage.
+
+Requests whose caller has gone (their future cancelled) or whose deadline has passed are dropped when the next
+batch is formed (one clock read a batch, not a timer a request). The loop restarts itself if it ever dies.
 
 A sequence is whatever the encoder takes, sized by its tokens: an embedding model's token ids, a reranker's (query,
 document) pair (``worker.models.reranker.PairTokens``). Sequences carry a ``group``: only sequences of one group
@@ -25,7 +45,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from concurrent.futures import Executor
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,8 +58,31 @@ log = logging.getLogger(__name__)
 
 #: one sequence of model input, as the encoder takes it; ``len()`` is its tokens
 Item = TypeVar("Item", bound=Sized)
+ItemIn = TypeVar("ItemIn", bound=Sized, contravariant=True)
 #: encodes a batch of sequences of one group: (sequences, group) -> one row per sequence
 EncodeFn = Callable[[Sequence[Item], int], np.ndarray]
+
+
+class Stages(Protocol[ItemIn]):
+    """A model as two halves: ``run(collate(batch, group))`` is its encoding of ``batch``."""
+
+    def collate(self, batch: Sequence[ItemIn], group: int, /) -> Any: ...
+
+    def run(self, collated: Any, /) -> np.ndarray: ...
+
+
+class _OneStage(Generic[Item]):
+    """An ``EncodeFn`` as ``Stages``: collating only remembers the batch."""
+
+    def __init__(self, encode: EncodeFn[Item]) -> None:
+        self._encode = encode
+
+    def collate(self, batch: Sequence[Item], group: int, /) -> tuple[Sequence[Item], int]:
+        return batch, group
+
+    def run(self, collated: tuple[Sequence[Item], int], /) -> np.ndarray:
+        return self._encode(*collated)
+
 
 #: how far past the oldest waiting sequence a batch may look for sequences of similar length
 _LOOKAHEAD_BATCHES = 4
@@ -104,33 +147,40 @@ class _Sequence(Generic[Item]):
     group: int
 
 
-#: (sequences, padded tokens) per forward pass. CPU: torch's long-text rate falls in bigger batches (44 texts/s at
-#: 8 x 200 words, 38 at 32) and OpenVINO's stays flat (19-22 from 4 to 64), so a small budget costs nothing and keeps
-#: latency down; GPU: TEI's token budget and the batch size Infinity and TEI default to
-_BATCH_LIMITS = {"cpu": (32, 4096), "cuda": (32, 16_384)}
+@dataclasses.dataclass(slots=True)
+class _Next(Generic[Item]):
+    """A batch taken while the one before it ran, collated (``collated``) unless collating it failed (None)."""
+
+    batch: list[_Sequence[Item]]
+    collated: Any = None
 
 
-def batch_limits(device: str, max_batch_size: int | None, max_batch_tokens: int | None) -> tuple[int, int]:
-    """The batch limits for a model on ``device``: the settings where given, else the device's defaults."""
-    size, tokens = _BATCH_LIMITS["cpu" if device == "cpu" else "cuda"]
-    return max_batch_size or size, max_batch_tokens or tokens
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"  # torch's, without torch
 
 
 class MicroBatcher(Generic[Item]):
     def __init__(
         self,
-        encode: EncodeFn[Item],
+        model: EncodeFn[Item] | Stages[Item],
         *,
-        executor: Executor,
+        executor: Executor | None,
         max_batch_size: int,
         max_batch_tokens: int,
         name: str = "model",
+        overlap: bool = False,
     ) -> None:
-        self._encode = encode
+        """``model``: an encode function, or ``Stages``. ``overlap``: collate the next batch while one runs (the
+        executor needs two threads)."""
+        self._stages: Stages[Item] = _OneStage(model) if callable(model) else model
         self._executor = executor
+        self._overlap = overlap
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
         self._name = name
+        metrics.BATCH_TOKEN_BUDGET.labels(name).set(max_batch_tokens)
+        #: the batch taken and collated while the previous one ran
+        self._next: _Next[Item] | None = None
         #: sequences of synchronous requests, served first; then those of asynchronous jobs' chunks
         self._urgent: collections.deque[_Sequence[Item]] = collections.deque()
         self._background: collections.deque[_Sequence[Item]] = collections.deque()
@@ -141,7 +191,11 @@ class MicroBatcher(Generic[Item]):
 
     @property
     def pending(self) -> int:
-        return len(self._urgent) + len(self._background)
+        return len(self._urgent) + len(self._background) + (len(self._next.batch) if self._next else 0)
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self._max_batch_tokens
 
     async def submit(
         self, sequences: Sequence[Item], *, group: int = 0, urgent: bool = True, deadline_ms: int | None = None
@@ -169,10 +223,13 @@ class MicroBatcher(Generic[Item]):
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         gone = ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
-        for waiting in (self._urgent, self._background):
+        taken = self._next.batch if self._next else []
+        self._next = None
+        for waiting in (taken, self._urgent, self._background):
             for sequence in waiting:
                 sequence.request.fail(gone)
             waiting.clear()
+        metrics.BATCH_TOKEN_BUDGET.remove(self._name)
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -189,19 +246,26 @@ class MicroBatcher(Generic[Item]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = self._take_batch()
-            if not batch:
-                self._work.clear()
-                await self._work.wait()
-                continue
+            current, self._next = self._next, None
+            if current is None:
+                batch = self._take_batch()
+                if not batch:
+                    self._work.clear()
+                    await self._work.wait()
+                    continue
+                current = _Next(batch)  # collated with its run, in one executor call
+            batch = current.batch
             requests = {id(s.request): s.request for s in batch}.values()
             self.busy = True
             started = time.perf_counter()
             started_ns = time.time_ns()
+            running = loop.run_in_executor(
+                self._executor, self._run_timed, [s.tokens for s in batch], batch[0].group, current.collated
+            )
             try:
-                outcomes, forward_ns = await loop.run_in_executor(
-                    self._executor, self._encode_timed, [s.tokens for s in batch], batch[0].group
-                )
+                if self._overlap:
+                    self._next = await self._collate_next(running)
+                outcomes, forward_ns = await running
             except Exception:  # not the model: the executor itself failed
                 log.exception("running a batch of %d for %s failed", len(batch), self._name)
                 error = ServiceError(ErrorKind.INTERNAL, "the worker failed to encode this batch")
@@ -230,6 +294,30 @@ class MicroBatcher(Generic[Item]):
                     sequence.request.deliver(sequence.index, outcome)
             self._trace(batch, requests, started_ns, forward_ns, padded_tokens)
 
+    async def _collate_next(self, running: asyncio.Future[Any]) -> _Next[Item] | None:
+        """While ``running`` runs: the next batch, from what waits or the first sequence to arrive, collated on
+        another thread; None if nothing came before ``running`` ended."""
+        loop = asyncio.get_running_loop()
+        while not running.done():
+            batch = self._take_batch()
+            if batch:
+                taken = self._next = _Next(batch)  # counted as pending, and failed by close, from now on
+                tokens = [s.tokens for s in batch]
+                try:
+                    taken.collated = await loop.run_in_executor(
+                        self._executor, self._stages.collate, tokens, batch[0].group
+                    )
+                except Exception:  # collated again with its run, where a failure is isolated to its input
+                    log.debug("collating a batch of %d for %s failed", len(batch), self._name, exc_info=True)
+                return taken
+            self._work.clear()
+            arrival = asyncio.ensure_future(self._work.wait())
+            try:
+                await asyncio.wait((arrival, running), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+        return None
+
     def _trace(
         self,
         batch: list[_Sequence[Item]],
@@ -251,28 +339,50 @@ class MicroBatcher(Generic[Item]):
             links, started_ns=started_ns, forward=forward_ns, ended_ns=time.time_ns(), attributes=attributes
         )
 
-    def _encode_timed(
-        self, batch: Sequence[Item], group: int
+    def _run_timed(
+        self, batch: Sequence[Item], group: int, collated: Any
     ) -> tuple[Sequence[np.ndarray | Exception], tuple[int, int]]:
-        """``_encode_isolating``, with when it ran (epoch ns). Runs in the executor."""
+        """``_run_isolating``, with when it ran (epoch ns). Runs in the executor."""
         started_ns = time.time_ns()
-        outcomes = self._encode_isolating(batch, group)
+        outcomes = self._run_isolating(batch, group, collated)
         return outcomes, (started_ns, time.time_ns())
 
-    def _encode_isolating(self, batch: Sequence[Item], group: int) -> Sequence[np.ndarray | Exception]:
-        """Encode ``batch``; if that fails, encode its halves, down to single sequences.
+    def _run_isolating(
+        self, batch: Sequence[Item], group: int, collated: Any = None
+    ) -> Sequence[np.ndarray | Exception]:
+        """Encode ``batch`` (``collated`` already, unless None); if that fails, encode its halves, down to single
+        sequences.
 
-        So a poisonous input fails alone, and an out-of-memory batch is retried smaller. Runs in the executor.
+        So a poisonous input fails alone, and an out-of-memory batch is retried smaller (and lowers the budget).
+        Runs in the executor.
         """
         try:
-            return list(self._encode(batch, group))
+            if collated is None:
+                collated = self._stages.collate(batch, group)
+            return list(self._stages.run(collated))
         except Exception as exc:
+            del collated  # an out-of-memory batch's device tensors go before its halves run
+            if _out_of_memory(exc):
+                self._lower_budget(len(batch) * max(map(len, batch)))
             if len(batch) == 1:
                 log.warning("%s failed to encode a sequence of %d tokens: %r", self._name, len(batch[0]), exc)
                 return [exc]
             log.warning("%s failed a batch of %d (%r); retrying it in halves", self._name, len(batch), exc)
             middle = len(batch) // 2
-            return [*self._encode_isolating(batch[:middle], group), *self._encode_isolating(batch[middle:], group)]
+            return [*self._run_isolating(batch[:middle], group), *self._run_isolating(batch[middle:], group)]
+
+    def _lower_budget(self, padded_tokens: int) -> None:
+        """A batch of ``padded_tokens`` ran out of memory: no later batch gets more than half of it."""
+        metrics.BATCH_OUT_OF_MEMORY.labels(self._name).inc()
+        lowered = max(1, padded_tokens // 2)
+        if lowered >= self._max_batch_tokens:
+            return
+        log.warning(
+            "%s ran out of memory at %d padded tokens; batches now hold at most %d (was %d)",
+            *(self._name, padded_tokens, lowered, self._max_batch_tokens),
+        )
+        self._max_batch_tokens = lowered  # one int, read by the loop's thread: atomic
+        metrics.BATCH_TOKEN_BUDGET.labels(self._name).set(lowered)
 
     def _take_batch(self) -> list[_Sequence[Item]]:
         """The oldest waiting sequence, plus the waiting ones of its group nearest it in length that fit the bounds.

@@ -24,6 +24,12 @@ INFERENCE_SECONDS = Histogram(
     ["model"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+BATCH_TOKEN_BUDGET = Gauge(
+    "embeddings_batch_token_budget",
+    "Padded tokens a batch may hold (lowered when a batch runs out of memory)",
+    ["model"],
+)
+BATCH_OUT_OF_MEMORY = Counter("embeddings_batch_out_of_memory_total", "Batches that ran out of memory", ["model"])
 QUEUE_WAIT_SECONDS = Histogram(
     "embeddings_queue_wait_seconds",
     "Time from enqueue to a worker starting the job",

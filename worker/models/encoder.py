@@ -4,10 +4,15 @@ Texts are tokenized once, when a job arrives (while the model is busy with the p
 just padded token ids, whether the client sent texts or token ids. The vectors are the model's own output up to a
 trailing ``Normalize`` module, which is left to the service (``normalizes`` says whether the model has one), so a
 request may ask for raw or unit vectors from any model and ``dimensions`` cuts before normalizing.
+
+``encode`` is two halves the batcher may call apart, so the host prepares batch N+1 while the GPU runs batch N:
+``collate`` (padding, and on a GPU the pinned, ``non_blocking`` copy to the device: ``worker.models.transfers``) and
+``run`` (the forward pass and the copy back). On the CPU they are the same code as one ``encode``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -20,6 +25,7 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Transf
 from shared.errors import ErrorKind, ServiceError
 from worker.models.precision import TORCH_DTYPES, Precision
 from worker.models.runtimes import Forward
+from worker.models.transfers import copies_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,7 @@ class SentenceTransformerEncoder:
         self._pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._prefix, self._suffix = _special_tokens(tokenizer)
         self.special_token_count = len(self._prefix) + len(self._suffix)
+        self._copies = copies_for(model.device)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -79,6 +86,7 @@ class SentenceTransformerEncoder:
             "normalized": self.normalizes,
             "backend": self.backend,
             "dtype": self.precision,
+            "attention": getattr(self, "attention", None),  # set by runtime_choice.place
         }
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -131,20 +139,29 @@ class SentenceTransformerEncoder:
     def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
         """float32 vectors, one row per sequence of ``batch``, before any trailing Normalize. ``prompt_length``:
         leading tokens of every sequence that the pooling leaves out (see ``prompt_length``)."""
+        return self.run(self.collate(batch, prompt_length))
+
+    def collate(self, batch: Sequence[list[int]], prompt_length: int = 0) -> CollatedBatch:
+        """``encode``'s first half, the host's part: the batch padded and, on a GPU, on its way to the device."""
         width = max(len(ids) for ids in batch)
         input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
-        features: dict[str, Any] = {
-            "input_ids": torch.from_numpy(input_ids).to(self._model.device),
-            "attention_mask": torch.from_numpy(attention_mask).to(self._model.device),
-        }
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask}
+        tensors, ready = self._copies.to_device(arrays)
+        return CollatedBatch(arrays, tensors, ready, prompt_length)
+
+    def run(self, collated: CollatedBatch) -> np.ndarray:
+        """``encode``'s second half: the forward pass of a collated batch, and its vectors back on the host."""
+        self._copies.wait(collated.tensors, collated.ready)
+        features: dict[str, Any] = dict(collated.tensors)
         if self._forward is not None:
-            features["token_embeddings"] = torch.from_numpy(self._forward(input_ids, attention_mask))
-        if prompt_length:
-            features["prompt_length"] = prompt_length
+            ids, mask = collated.arrays["input_ids"], collated.arrays["attention_mask"]
+            features["token_embeddings"] = torch.from_numpy(self._forward(ids, mask))
+        if collated.prompt_length:
+            features["prompt_length"] = collated.prompt_length
         try:
             with (
                 torch.inference_mode(),
@@ -157,8 +174,18 @@ class SentenceTransformerEncoder:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # so the smaller retries the batcher makes can fit
             raise
-        vectors: np.ndarray = embeddings.cpu().numpy()
-        return vectors
+        return self._copies.to_host(embeddings)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CollatedBatch:
+    """A batch ready for ``run``: padded arrays, their tensors on the model's device, what the copy's end is known
+    by (``transfers.Copies.wait``), and the prompt length its pooling leaves out."""
+
+    arrays: dict[str, np.ndarray]
+    tensors: dict[str, torch.Tensor]
+    ready: Any
+    prompt_length: int = 0
 
 
 def tokenizer_of(model: SentenceTransformer | CrossEncoder) -> tuple[Any, int]:

@@ -1,5 +1,9 @@
 """What the worker needs of a model: the ``Encoder`` protocol for embedding models, which the real encoder and the
-stand-ins meet, and the ``Reranker`` protocol for cross-encoders. ``kind`` tells them apart."""
+stand-ins meet, and the ``Reranker`` protocol for cross-encoders. ``kind`` tells them apart.
+
+``encode`` is all a model must have. A model whose class also splits it into ``collate(batch, group)`` and
+``run(collated)`` (``worker.batcher.Stages``: the real encoder and reranker do) has its next batch collated while
+the current one runs on a GPU; ``run(collate(batch, group))`` must equal ``encode(batch, group)``."""
 
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeGuard
 
 from shared.errors import ErrorKind, ServiceError
 from worker import metrics
-from worker.batcher import MicroBatcher, batch_limits
+from worker.batcher import MicroBatcher, Stages
+from worker.models.device_budget import batch_limits
 from worker.models.encoder_protocol import Model
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,14 @@ class LoadedModel:
     async def unload(self) -> None:
         await self.batcher.close()
         self.executor.shutdown(wait=False)
+
+
+def has_stages(model: Model) -> TypeGuard[Stages[Any]]:
+    """Whether the model's own class splits ``encode`` into ``collate`` and ``run`` (``batcher.Stages``).
+
+    The class, not the object: a wrapper that forwards attributes (``worker.models.faults``) must be called
+    through its own ``encode``."""
+    return all(callable(getattr(type(model), name, None)) for name in ("collate", "run"))
 
 
 class ModelRegistry:
@@ -95,11 +104,18 @@ class ModelRegistry:
             loading.set_exception(error)
         else:
             self._failures.pop(name, None)
+            limits = await asyncio.to_thread(batch_limits, encoder, self._max_batch_size, self._max_batch_tokens)
+            size, tokens = limits.max_batch_size, limits.max_batch_tokens
             await self._make_room()
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{name}")
-            size, tokens = batch_limits(encoder.device, self._max_batch_size, self._max_batch_tokens)
+            overlap = encoder.device.startswith("cuda") and has_stages(encoder)
+            executor = ThreadPoolExecutor(max_workers=2 if overlap else 1, thread_name_prefix=f"encode-{name}")
             batcher: MicroBatcher[Any] = MicroBatcher(
-                encoder.encode, executor=executor, max_batch_size=size, max_batch_tokens=tokens, name=name
+                encoder if has_stages(encoder) else encoder.encode,
+                executor=executor,
+                max_batch_size=size,
+                max_batch_tokens=tokens,
+                name=name,
+                overlap=overlap,
             )
             model = LoadedModel(name, encoder, batcher, executor)
             self._loaded[name] = model
@@ -108,8 +124,9 @@ class ModelRegistry:
             backend = encoder.describe().get("backend", "torch")
             metrics.MODEL_BACKEND.labels(name, backend).set(1)
             log.info(
-                "model %r loaded on %s (%s, batches of up to %d sequences and %d tokens) in %.1fs",
-                *(name, encoder.device, backend, size, tokens, time.perf_counter() - started),
+                "model %r loaded on %s (%s, batches of up to %d sequences and %d tokens%s) in %.1fs",
+                *(name, encoder.device, backend, size, tokens, ", overlapped" if overlap else ""),
+                time.perf_counter() - started,
             )
             loading.set_result(model)
         finally:

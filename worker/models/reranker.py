@@ -22,9 +22,10 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from shared.errors import ErrorKind, ServiceError
-from worker.models.encoder import tokenizer_of
+from worker.models.encoder import CollatedBatch, tokenizer_of
 from worker.models.precision import Precision
 from worker.models.runtimes import Forward
+from worker.models.transfers import copies_for
 
 #: what preprocess returns besides the per-token lists; the same for every text pair
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -59,6 +60,7 @@ class CrossEncoderReranker:
         self._forward = forward
         self.backend = backend
         self.device = str(model.device)
+        self._copies = copies_for(model.device)
         self.precision: Precision = precision
         self.max_seq_length = max_seq_length
         self.num_labels: int = model.num_labels
@@ -139,6 +141,10 @@ class CrossEncoderReranker:
 
     def encode(self, batch: Sequence[PairTokens], group: int = 0) -> np.ndarray:
         """The model's logits, one row of ``num_labels`` per pair: before ``activation_fn``."""
+        return self.run(self.collate(batch, group))
+
+    def collate(self, batch: Sequence[PairTokens], group: int = 0) -> CollatedBatch:
+        """``encode``'s host half: the pairs padded as the tokenizer pads, on their way to the device."""
         width = max(map(len, batch))
         arrays = {}
         for key in self.inputs:
@@ -150,12 +156,19 @@ class CrossEncoderReranker:
                 else:
                     padded[row, : len(values)] = values
             arrays[key] = padded
+        if self._forward is not None:  # another runtime takes the arrays themselves
+            return CollatedBatch(arrays, {}, None)
+        tensors, ready = self._copies.to_device(arrays)
+        return CollatedBatch(arrays, tensors, ready)
+
+    def run(self, collated: CollatedBatch) -> np.ndarray:
+        """``encode``'s device half: the forward pass of a collated batch, its logits back on the host."""
+        rows = len(next(iter(collated.arrays.values())))
         if self._forward is not None:
-            logits: np.ndarray = self._forward(*arrays.values())
-            return logits.astype(np.float32, copy=False).reshape(len(batch), -1)
-        features: dict[str, Any] = dict(self._constants)
-        for key, padded in arrays.items():
-            features[key] = torch.from_numpy(padded).to(self._model.device)
+            logits: np.ndarray = self._forward(*collated.arrays.values())
+            return logits.astype(np.float32, copy=False).reshape(rows, -1)
+        self._copies.wait(collated.tensors, collated.ready)
+        features: dict[str, Any] = {**self._constants, **collated.tensors}
         try:
             with torch.inference_mode():
                 scores = self._model(features)["scores"]
@@ -163,8 +176,7 @@ class CrossEncoderReranker:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # so the smaller retries the batcher makes can fit
             raise
-        rows: np.ndarray = scores.float().reshape(len(batch), -1).cpu().numpy()
-        return rows
+        return self._copies.to_host(scores.float().reshape(rows, -1))
 
     def scores(self, logits: np.ndarray, *, raw: bool = False) -> np.ndarray:
         """What ``CrossEncoder.predict`` answers for these logits: the model's activation applied (``raw``: not),

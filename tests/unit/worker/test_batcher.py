@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
@@ -244,3 +245,124 @@ async def test_synchronous_sequences_go_before_background_ones(model, executor):
     await asyncio.wait_for(asyncio.gather(blocker, urgent, background), 5)
     # the later synchronous request gets the next batch to itself; background work follows
     assert [[s[0] for s in batch] for batch in model.batches[1:]] == [[1, 2], [100, 101, 102, 103], [104, 105]]
+
+
+class BlockingStages:
+    """``Stages`` that log what they do; ``run`` holds until ``gate`` is set. Encodes as ``FakeModel`` does."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running = threading.Event()
+        self.collated = threading.Event()
+        self.fitting_tokens = 1_000_000
+
+    def collate(self, batch: Sequence[list[int]], group: int) -> list[list[int]]:
+        self.log.append(("collate", batch[0][0]))
+        self.collated.set()
+        return [list(s) for s in batch]
+
+    def run(self, collated: list[list[int]]) -> np.ndarray:
+        self.log.append(("run", collated[0][0]))
+        self.running.set()
+        self.gate.wait(5)
+        if len(collated) * max(map(len, collated)) > self.fitting_tokens:
+            raise MemoryError("out of memory")
+        self.log.append(("ran", collated[0][0]))
+        return np.array([[s[0], len(s)] for s in collated], dtype=np.float32)
+
+
+@pytest.fixture
+def two_threads():
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+async def start_blocked(stages: BlockingStages, batcher: MicroBatcher, first: list[int]) -> asyncio.Task:
+    stages.gate.clear()
+    stages.running.clear()
+    task = asyncio.create_task(batcher.submit([first]))
+    await asyncio.to_thread(stages.running.wait, 5)
+    stages.collated.clear()
+    return task
+
+
+async def test_with_overlap_the_next_batch_is_collated_while_one_runs(two_threads):
+    stages = BlockingStages()
+    batcher = MicroBatcher(stages, executor=two_threads, max_batch_size=8, max_batch_tokens=1000, overlap=True)
+    first = await start_blocked(stages, batcher, [1])
+    second = asyncio.create_task(batcher.submit([[2], [2, 2]]))
+    await asyncio.to_thread(stages.collated.wait, 5)
+    assert stages.log == [("collate", 1), ("run", 1), ("collate", 2)]  # batch 2 collated, batch 1 still running
+    assert batcher.pending == 2  # taken, not yet encoded: the registry must not unload the model
+    stages.gate.set()
+    assert (await asyncio.wait_for(first, 5)).vectors.tolist() == [[1, 1]]
+    assert (await asyncio.wait_for(second, 5)).vectors.tolist() == [[2, 1], [2, 2]]
+    assert stages.log[3:] == [("ran", 1), ("run", 2), ("ran", 2)]  # its run did not collate it again
+    await batcher.close()
+
+
+async def test_without_overlap_a_batch_is_collated_only_when_the_model_is_free(executor):
+    stages = BlockingStages()
+    batcher = MicroBatcher(stages, executor=executor, max_batch_size=8, max_batch_tokens=1000)
+    first = await start_blocked(stages, batcher, [1])
+    second = asyncio.create_task(batcher.submit([[2]]))
+    third = asyncio.create_task(batcher.submit([[3]]))
+    await asyncio.sleep(0.05)
+    assert stages.log == [("collate", 1), ("run", 1)]
+    stages.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+    # what arrived meanwhile shares one batch, taken when the model was free, as the CPU always has
+    assert stages.log[2:] == [("ran", 1), ("collate", 2), ("run", 2), ("ran", 2)]
+    await batcher.close()
+
+
+async def test_closing_fails_the_batch_collated_ahead(two_threads):
+    stages = BlockingStages()
+    batcher = MicroBatcher(stages, executor=two_threads, max_batch_size=8, max_batch_tokens=1000, overlap=True)
+    first = await start_blocked(stages, batcher, [1])
+    second = asyncio.create_task(batcher.submit([[2]]))
+    await asyncio.to_thread(stages.collated.wait, 5)
+    await batcher.close()
+    stages.gate.set()
+    with pytest.raises(ServiceError) as info:
+        await asyncio.wait_for(second, 5)
+    assert info.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+    first.cancel()
+
+
+def budget_gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value("embeddings_batch_token_budget", {"model": name})
+
+
+def out_of_memory_count(name: str) -> float:
+    return REGISTRY.get_sample_value("embeddings_batch_out_of_memory_total", {"model": name}) or 0.0
+
+
+async def test_out_of_memory_lowers_the_token_budget_to_half_of_what_failed(executor):
+    stages = BlockingStages()
+    stages.fitting_tokens = 2
+    batcher = MicroBatcher(stages, executor=executor, max_batch_size=8, max_batch_tokens=1000, name="oom-test")
+    assert budget_gauge("oom-test") == 1000
+    oom_before = out_of_memory_count("oom-test")
+    encoded = await asyncio.wait_for(batcher.submit([[i] for i in range(8)]), 5)
+    assert encoded.vectors[:, 0].tolist() == list(range(8))
+    # 8 tokens failed (budget 4), then both halves of 4 did (budget 2); the quarters of 2 fit
+    assert batcher.max_batch_tokens == 2
+    assert budget_gauge("oom-test") == 2
+    assert out_of_memory_count("oom-test") - oom_before == 3
+    stages.log.clear()
+    await asyncio.wait_for(batcher.submit([[i] for i in range(6)]), 5)
+    assert [entry for entry in stages.log if entry[0] == "run"] == [("run", 0), ("run", 2), ("run", 4)]  # no retries
+    await batcher.close()
+    assert budget_gauge("oom-test") is None  # a closed batcher's gauge goes with it
+
+
+async def test_a_poisonous_input_does_not_lower_the_budget(model, executor):
+    batcher = make_batcher(model, executor, tokens=1000)
+    model.poison = 666
+    with pytest.raises(ServiceError):
+        await asyncio.wait_for(batcher.submit([[1], [666], [2], [3]]), 5)
+    assert batcher.max_batch_tokens == 1000
+    await batcher.close()
