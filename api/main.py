@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
         log.warning("no API keys are configured (API_KEYS, API_KEY_HASHES_FILE): the API is open to anyone")
     otel = settings.otel_instrumentation
     traced = tracing.configure("embeddings-api")
-    app = FastAPI(
+    app = fast_route.ServiceApp(
         title="Embeddings server",
         version="0.1.0",
         # api.docs serves /docs from a local copy of Swagger UI instead of FastAPI's CDN page; no ReDoc
@@ -64,6 +64,8 @@ def create_app(settings: Settings | None = None, *, redis_factory: Callable[...,
     _install_routes(app)
     openapi.install(app, settings, keys_required=key_ring.enabled)
     _install_middleware(app, settings, key_ring)
+    if not (traced or otel):  # FastAPI's telemetry makes the server span a request's trace starts from
+        app.short_way()
     return app
 
 

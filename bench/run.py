@@ -11,8 +11,10 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
    FastAPI process that encodes each request as it arrives, on the same runtime), and the ratio to the best float32
    ceiling; the project at ``DTYPE=float32`` and ``DTYPE=bfloat16``, each against its own precision's ceiling.
 2. Concurrency sweep (1 short text a request) for this project and naive; drawn as a PNG.
-3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py); tracing's
-   cost, off and on (``bench/tracing.py``).
+3. Pipeline cost: this project with the stub encoder against the bare endpoint (bench/bare_server.py), and the CPU
+   time a request costs each process (API, worker, Redis, read from /proc) with 1 and 2 API processes
+   (``API_WORKERS``), with Redis' commands a request; tracing's cost, off and on (``bench/tracing.py``). Where that
+   CPU goes: ``py-spy record -p <pid>`` on the API or the worker under load (the ``bench`` extra installs it).
 4. Scaling: 1 and 2 real-model workers on this CPU; 1, 2, 4, 8 workers with a simulated GPU encoder; Redis
    commands per request.
 5. The Batch API: a 50,000-request batch end to end, the API's peak memory, against sync throughput
@@ -24,6 +26,7 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import random
 import sys
@@ -36,9 +39,9 @@ from statistics import median
 
 import redis
 
-from bench.load import LoadResult, run_wrk
+from bench.load import LoadResult, cpu_seconds, run_wrk
 from shared import keys
-from tests.stack import free_port, running_stack, served_card, spawn, stop, wait_for_port
+from tests.stack import Stack, free_port, running_stack, served_card, spawn, stop, wait_for_port
 from worker.models.precision import cpu_flags, native_on_cpu
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -117,13 +120,14 @@ PRECISION_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512
 
 
 @contextmanager
-def uvicorn_app(app: str, log_dir: Path) -> Iterator[str]:
+def uvicorn_app(app: str, log_dir: Path) -> Iterator[tuple[str, int]]:
+    """A uvicorn server of ``app``: its base URL and its process id."""
     port = free_port()
     args = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     process = spawn([sys.executable, *args], log_dir / f"{app}.log")
     try:
         wait_for_port(port, 120)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         stop(process)
 
@@ -242,7 +246,7 @@ def model_section(seconds: float, logs: Path, limits: Limits) -> dict[str, dict[
         for connections in SWEEP:
             one_text = Workload("", connections, SHORT[:1])
             sweep["this project"][connections] = drive(stack.base_url, one_text, seconds, stack.redis_url)
-    with uvicorn_app("bench.naive_server:app", logs) as naive_url:
+    with uvicorn_app("bench.naive_server:app", logs) as (naive_url, _):
         for workload in WORKLOADS:
             naive[workload.name] = drive(naive_url, workload, seconds)
         for connections in SWEEP:
@@ -337,25 +341,87 @@ def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) ->
     print(f"plot: {plot}")
 
 
+#: the pipeline section's stacks: stub encoder, one and two API processes
+API_PROCESSES = (1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """One measured run: wrk's result, the CPU seconds each process used during it, and Redis' commands by name."""
+
+    load: LoadResult
+    cpu_s: dict[str, float]
+    commands: dict[str, int]
+
+    def cpu_us(self, name: str) -> float:
+        """Microseconds of ``name``'s CPU a request served."""
+        return 1e6 * self.cpu_s.get(name, 0.0) / max(1, self.load.requests)
+
+
+def redis_calls(redis_url: str) -> dict[str, int]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+def served(url: str, workload: Workload, seconds: float, pids: dict[str, int], redis_url: str | None = None) -> Served:
+    """``drive``, measuring the CPU time of ``pids`` (each with its descendants) and Redis' commands in the
+    measured run."""
+    wait_idle(redis_url)
+    run_wrk(url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=1)
+    wait_idle(redis_url)
+    calls = redis_calls(redis_url) if redis_url else {}
+    before = cpu_seconds(pids)
+    result = run_wrk(url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=seconds)
+    after = cpu_seconds(pids)
+    commands = {}
+    if redis_url:
+        commands = {
+            name: n - calls.get(name, 0) for name, n in redis_calls(redis_url).items() if n > calls.get(name, 0)
+        }
+        commands.pop("info", None)  # ours
+    return Served(result, {name: after[name] - before[name] for name in pids}, commands)
+
+
+def stack_pids(stack: Stack) -> dict[str, int]:
+    assert stack.api is not None and stack.redis is not None
+    return {"API": stack.api.pid, "worker": stack.workers[0].pid, "Redis": stack.redis.pid}
+
+
 def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
-    """Both servers stay up (idle, they cost nothing) and are measured in turn, ``rounds`` times: this machine's
-    speed drifts by tens of percent over minutes, so each ratio is taken between neighbouring runs."""
-    bare: dict[int, list[LoadResult]] = {1: [], 64: []}
-    ours: dict[int, list[LoadResult]] = {1: [], 64: []}
-    with uvicorn_app("bench.bare_server:app", logs) as bare_url, running_stack(logs / "stub", ENCODER="stub") as stack:
+    """The bare endpoint and this project (stub encoder) with 1 and 2 API processes stay up (idle, they cost
+    nothing) and are measured in turn, ``rounds`` times: this machine's speed drifts by tens of percent over minutes,
+    so each ratio is taken between neighbouring runs. CPU is read from /proc (user + system time of each process and
+    its children) around each measured run, and divided by the requests it served: unlike throughput, it does not
+    depend on what else runs on the machine."""
+    bare: dict[int, list[Served]] = {1: [], 64: []}
+    ours: dict[tuple[int, int], list[Served]] = {}
+    with contextlib.ExitStack() as running:
+        bare_url, bare_process = running.enter_context(uvicorn_app("bench.bare_server:app", logs))
+        stacks = {
+            n: running.enter_context(running_stack(logs / f"stub-{n}", ENCODER="stub", API_WORKERS=str(n)))
+            for n in API_PROCESSES
+        }
         for _ in range(rounds):
             for connections in (1, 64):
                 workload = Workload("", connections, SHORT[:1])
-                bare[connections].append(drive(bare_url, workload, seconds))
-                ours[connections].append(drive(stack.base_url, workload, seconds, stack.redis_url))
+                bare[connections].append(served(bare_url, workload, seconds, {"API": bare_process}))
+                for n, stack in stacks.items():
+                    if connections == 1 and n > 1:
+                        continue
+                    result = served(stack.base_url, workload, seconds, stack_pids(stack), stack.redis_url)
+                    ours.setdefault((n, connections), []).append(result)
     print("\n## Pipeline cost: stub encoder (constant vectors) against the bare endpoint, 1 short text a request")
-    print(f"(medians of {rounds} rounds, each round measuring both in turn)")
+    print(f"(medians of {rounds} rounds, each round measuring each server in turn; 1 API process)")
     print(
         f"{'clients':<8} {'bare req/s':>11} {'p50 ms':>7} | {'this project req/s':>18} {'p50 ms':>7} | "
         f"{'ratio':>6} {'added p50 ms':>12}"
     )
     for connections in (1, 64):
-        b, o = bare[connections], ours[connections]
+        b, o = [r.load for r in bare[connections]], [r.load for r in ours[1, connections]]
         rate_b, rate_o = median(r.requests_per_s for r in b), median(r.requests_per_s for r in o)
         p50_b, p50_o = median(r.p50_ms for r in b), median(r.p50_ms for r in o)
         ratio = median(x.requests_per_s / y.requests_per_s for x, y in zip(o, b, strict=True))
@@ -363,6 +429,31 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
         print(
             f"{connections:<8} {rate_b:11.0f} {p50_b:7.2f} | {rate_o:18.0f} {p50_o:7.2f} | {ratio:6.2f} {added:12.2f}"
         )
+    print("\n## Pipeline CPU a request: stub encoder, 64 clients x 1 short text, 1 and 2 API processes")
+    print("(medians of the rounds; us of CPU, user + system, a request served, per process and in all)")
+    print(
+        f"{'server':<24} {'req/s':>7} {'x 1 API':>8} {'p50 ms':>7} | {'API':>6} {'worker':>7} {'Redis':>6} "
+        f"{'total':>6} | {'Redis cmds/request':>18}"
+    )
+    rows: list[tuple[str, list[Served]]] = [("bare endpoint", bare[64])]
+    rows += [(f"{n} API process{'es' if n > 1 else ''}", ours[n, 64]) for n in API_PROCESSES]
+    for name, runs in rows:
+        rate = median(r.load.requests_per_s for r in runs)
+        scale = median(
+            r.load.requests_per_s / one.load.requests_per_s for r, one in zip(runs, ours[1, 64], strict=True)
+        )
+        cells = [median(r.cpu_us(part) for r in runs) for part in ("API", "worker", "Redis")]
+        total = median(sum(r.cpu_us(part) for part in ("API", "worker", "Redis")) for r in runs)
+        commands = median(sum(r.commands.values()) / max(1, r.load.requests) for r in runs)
+        scaled = f"{scale:8.2f}" if name != "bare endpoint" else f"{'':>8}"
+        print(
+            f"{name:<24} {rate:7.0f} {scaled} {median(r.load.p50_ms for r in runs):7.2f} | {cells[0]:6.0f} "
+            f"{cells[1]:7.0f} {cells[2]:6.0f} {total:6.0f} | {commands:18.2f}"
+        )
+    last = ours[1, 64][-1]
+    by_command = sorted(last.commands.items(), key=lambda item: -item[1])
+    per_request = ", ".join(f"{name} {n / max(1, last.load.requests):.2f}" for name, n in by_command)
+    print(f"Redis commands a request, 1 API process (last round): {per_request}")
 
 
 def scaling_section(seconds: float, logs: Path) -> None:

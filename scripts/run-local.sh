@@ -30,8 +30,8 @@ else
 fi
 "$PY" -m worker &
 pids+=($!)
-# no access log: it would print query strings, where a client may put a secret; the API logs its own lines
-"$PY" -m uvicorn api.main:create_app --factory --host 127.0.0.1 --port "$API_PORT" --no-access-log &
+# API_WORKERS processes (default 1) under uvicorn, no access log (api/__main__.py)
+"$PY" -m api --host 127.0.0.1 --port "$API_PORT" &
 pids+=($!)
 echo "API on http://127.0.0.1:${API_PORT} (docs at /docs); Ctrl-C stops everything"
 wait -n  # if any one of them exits, stop the others

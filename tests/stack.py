@@ -156,8 +156,10 @@ def start_worker(redis_url: str, log_path: Path, **env: str) -> subprocess.Popen
 
 
 def start_api(redis_url: str, port: int, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
-    args = ["-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
-    return spawn([sys.executable, *args, "--no-access-log"], log_path, python_env(redis_url, **env))
+    """The API as deployed (``python -m api``: ``API_WORKERS`` processes under uvicorn's supervisor, whose PID this
+    is)."""
+    args = ["-m", "api", "--host", "127.0.0.1", "--port", str(port)]
+    return spawn([sys.executable, *args], log_path, python_env(redis_url, **env))
 
 
 def wait_ready(base_url: str, processes: list[subprocess.Popen[bytes]], timeout_s: float = 120) -> None:

@@ -146,9 +146,9 @@ def test_images_run_the_same_entry_points_as_the_local_stack():
     assert cmd(dockerfile("Dockerfile.worker-cpu")) == ["python", "-m", "worker"]
     assert cmd(dockerfile("Dockerfile.worker")) == ["python", "-m", "worker.per_device"]  # which runs -m worker
     api = cmd(dockerfile("Dockerfile.api"))
-    assert api[:3] == ["uvicorn", "api.main:create_app", "--factory"]
+    assert api[:3] == ["python", "-m", "api"]
     run_script = (ROOT / "scripts" / "run-local.sh").read_text()
-    assert "-m worker" in run_script and "api.main:create_app --factory" in run_script
+    assert "-m worker" in run_script and "-m api " in run_script
 
 
 def opentelemetry_variables() -> set[str]:
