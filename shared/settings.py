@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     protect_metrics: bool = False
     #: origins allowed by CORS (comma separated); none: no CORS headers at all
     cors_allow_origins: Annotated[list[str], NoDecode] = []
+    #: API processes ``python -m api`` runs (uvicorn's workers), each with its own reply list; 0: the CPUs the API
+    #: may use (affinity and cgroup quota), at most 4
+    api_workers: int = Field(1, ge=0)
 
     # Model policy (worker and API)
     #: models that may be requested, besides embed_models (comma separated)
@@ -108,8 +111,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int | None = Field(None, ge=1)
     #: queue jobs a worker holds at once; the rest wait in Redis for any worker
     worker_max_jobs: int = Field(256, ge=1)
-    #: texts a worker claims ahead of its model (a few batches' worth); the rest wait for any worker
-    worker_prefetch_texts: int = Field(128, ge=1)
+    #: texts a worker claims ahead of its model; the rest wait for any worker. Unset: a few of the device's largest
+    #: batches (``worker.models.device_budget.prefetch_texts``: 128 on CPU, 2048 on a GPU)
+    worker_prefetch_texts: int | None = Field(None, ge=1)
     #: seconds between a worker's heartbeats; it counts as gone after three missed ones
     worker_heartbeat_s: float = Field(2.0, gt=0)
 
@@ -153,11 +157,13 @@ class Settings(BaseSettings):
     simulated_batch_ms: float = Field(2.0, ge=0)
     simulated_ms_per_1k_tokens: float = Field(10.0, ge=0)
 
-    # Fault injection, for tests only (worker): slow every batch, fail or kill on a token id, fail big batches
+    # Fault injection, for tests only (worker): slow every batch, fail or kill on a token id, fail big batches,
+    # raise a sticky CUDA error (an illegal memory access) on a token id
     fault_encode_delay_s: float = Field(0.0, ge=0)
     fault_poison_token: int | None = None
     fault_crash_token: int | None = None
     fault_oom_above: int | None = Field(None, ge=1)
+    fault_sticky_token: int | None = None
 
     #: port of a worker's Prometheus /metrics (0: none); the API serves its own on its HTTP port
     worker_metrics_port: int = Field(0, ge=0, le=65535)

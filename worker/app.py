@@ -41,6 +41,7 @@ from shared.redis_memory import EvictionGuard
 from shared.settings import Settings
 from shared.workers import WorkerInfo, record_heartbeat, remove_worker
 from worker import metrics
+from worker.models.device_budget import prefetch_texts
 from worker.models.encoder import pick_device
 from worker.models.precision import declared_precision
 from worker.models.registry import ModelRegistry
@@ -152,7 +153,7 @@ class TaskWorker(Worker):
 
     async def _claim_sync_jobs(self) -> None:
         room = self.max_jobs - len(self.tasks)
-        prefetch = self.settings.worker_prefetch_texts
+        prefetch = prefetch_texts(self.settings.worker_prefetch_texts, self.settings.device)
         if room <= 0 or self._held_texts >= prefetch:
             return
         for job in await self._sync.claim(room, prefetch - self._held_texts, self._lease_ms, now_ms()):
@@ -178,7 +179,7 @@ class TaskWorker(Worker):
     def _full(self) -> bool:
         return (
             len(self.tasks) >= self.max_jobs
-            or self._held_texts >= self.settings.worker_prefetch_texts
+            or self._held_texts >= prefetch_texts(self.settings.worker_prefetch_texts, self.settings.device)
             or len(self._chunk_ids) >= self.settings.worker_max_chunks
         )
 
