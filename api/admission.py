@@ -39,12 +39,15 @@ class Admission:
         return await self._budget.usage(self.budget(info)), info
 
     async def dimensions(self, model: str, requested: int | None) -> int:
-        """The size of the vectors a job for ``model`` will store: what it asks for, else what a live worker
-        reports of the model, else ``STORE_ASSUMED_DIMENSIONS``."""
+        """The size of the vectors a job for ``model`` will store, in float32 values: what it asks for, else what a
+        live worker reports of the model (a sparse model's ``stored_values``, else its ``dimensions``), else
+        ``STORE_ASSUMED_DIMENSIONS``."""
         if requested is not None:
             return requested
         for worker in await live_workers(self._redis, self._settings.worker_ttl_s):
             card = worker.model_cards.get(model)
+            if card and card.get("stored_values"):  # a sparse model: what one of its stored rows is bounded by
+                return int(card["stored_values"])
             if card and card.get("dimensions"):
                 return int(card["dimensions"])
         return self._settings.store_assumed_dimensions

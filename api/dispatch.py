@@ -22,7 +22,7 @@ from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ServiceError
 from shared.job_queue import JobQueue, NewJob
-from shared.protocol import EmbedTask, RerankTask, TaskReply, encode_job
+from shared.protocol import DecodeTask, EmbedTask, RerankTask, TaskReply, TokenEmbedTask, TokenizeTask, encode_job
 from shared.queue_format import queue_job_id
 from shared.redis_memory import EvictionGuard, read_memory_info
 from shared.workers import live_workers
@@ -38,7 +38,9 @@ _JOB_KEY_EXTRA_S = 3600
 class JobBuilder(Protocol):
     """A request's job, once the dispatcher says where to answer it and by when."""
 
-    def __call__(self, *, reply_to: str, enqueued_ms: int, deadline_ms: int) -> EmbedTask | RerankTask: ...
+    def __call__(
+        self, *, reply_to: str, enqueued_ms: int, deadline_ms: int
+    ) -> EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,7 +120,9 @@ class Dispatcher:
             self._listener.forget(job.request_id)
 
     @staticmethod
-    def _new_job(job: EmbedTask | RerankTask, owner: str, timeout_s: float) -> NewJob:
+    def _new_job(
+        job: EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask, owner: str, timeout_s: float
+    ) -> NewJob:
         return NewJob(
             job_id=queue_job_id(job.request_id, len(job.inputs), owner),
             message=encode_job(job),

@@ -27,8 +27,11 @@ from api.files.store import FileStore
 from api.jobs import routes as jobs
 from api.jobs.store import JobStore
 from api.metrics import RequestTracking
+from api.pooling import routes as pooling
 from api.replies import BLOCK_S, ReplyReader
 from api.rerank import routes as rerank
+from api.sparse import routes as sparse
+from api.tokenize import routes as tokenize
 from shared import keys, tracing
 from shared.chunks import ChunkStore
 from shared.epoch import Epochs
@@ -106,7 +109,9 @@ async def _connected(
 
 def _install_routes(app: FastAPI) -> None:
     # first: FastRoutes must be the innermost middleware
-    fast_route.install(app, embeddings.ROUTE, cohere.ROUTE, *rerank.ROUTES)
+    fast_route.install(
+        app, embeddings.ROUTE, cohere.ROUTE, *rerank.ROUTES, *tokenize.ROUTES, *pooling.ROUTES, sparse.ROUTE
+    )
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)

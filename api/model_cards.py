@@ -1,4 +1,5 @@
-"""What ``GET /v1/models`` says of each model: the configured names, and what live workers report of those loaded.
+"""What ``GET /v1/models`` says of each model: the configured names, and what live workers report of those loaded:
+its ``kind`` (``embedding``, ``sparse``, ``multivector``, ``reranker``) and the ``routes`` that kind is served on.
 
 Workers may serve one model on different runtimes or precisions (a fleet of mixed hosts, or a changed ``DTYPE``
 during a rollout); their vectors then differ from one request to the next. Such a model's card lists each variant
@@ -12,6 +13,7 @@ import collections
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from shared.kinds import KINDS
 from shared.workers import WorkerInfo
 
 #: model -> (backend, dtype) -> how many live workers serve it so
@@ -34,6 +36,10 @@ def model_cards(configured: Iterable[str], workers: Iterable[WorkerInfo]) -> Mod
             card = worker.model_cards.get(name, {})
             cards.setdefault(name, {}).update(card)
             variants[name][(str(card.get("backend", "torch")), str(card.get("dtype", "float32")))] += 1
+    for card in cards.values():
+        kind = card.get("kind")
+        if kind in KINDS:  # what the model's kind offers: the routes that take it (``shared.kinds``)
+            card["routes"] = list(KINDS[kind].routes)
     for name, seen in variants.items():
         if len(seen) > 1:
             cards[name]["variants"] = [

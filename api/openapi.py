@@ -6,7 +6,8 @@ the middleware and the settings add.
   a body is read, 400 where parameters are validated (the server's validation errors are 400s, never 422s).
 - Request schemas built from pydantic models (``model_json_schema``) carry their own ``$defs``; they move to
   ``components/schemas`` so that every ``$ref`` resolves.
-- TEI's ``/rerank`` may leave ``model`` out only where ``DEFAULT_RERANK_MODEL`` names one.
+- TEI's ``/rerank`` may leave ``model`` out only where ``DEFAULT_RERANK_MODEL`` names one; TEI's ``/tokenize`` and
+  ``/decode`` only where the deployment serves exactly one model (``api.tokenize.schemas.sole_model``).
 - Token ids are bounded by what ``TOKEN_IDS`` reads them as: OpenAI's cl100k_base ids, or the model's own (whose
   vocabulary the API does not know; the worker refuses an id outside it).
 """
@@ -21,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from api.auth import OpenPaths
 from api.embeddings.schemas import TOKEN_ID_MARK
 from api.errors import ERROR_TABLE, error_description
+from api.tokenize.schemas import sole_model
 from shared.errors import ErrorKind
 from shared.settings import Settings
 from shared.token_ids import CL100K_MAX_TOKEN_ID, CL100K_UNUSED_IDS, MAX_TOKEN_ID
@@ -49,6 +51,9 @@ def document(app: FastAPI, settings: Settings, *, keys_required: bool) -> dict[s
     _bound_token_ids(doc, settings)
     if settings.default_rerank_model is None:
         _require_model(doc["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    if sole_model(settings) is None:
+        for path in ("/tokenize", "/decode"):
+            _require_model(doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"])
     opened = OpenPaths(settings.protect_metrics)
     for path, operations in doc["paths"].items():
         for operation in operations.values():

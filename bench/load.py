@@ -95,3 +95,11 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
             todo += children.get(pid, [])
         used[name] = total
     return used
+
+
+def machine_busy_s() -> float:
+    """CPU seconds this whole machine has spent busy (every core, every process: the load generator and anything
+    else running here included), from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import random
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from statistics import median
 
 import redis
 
-from bench.load import LoadResult, cpu_seconds, run_wrk
+from bench.load import LoadResult, cpu_seconds, machine_busy_s, run_wrk
 from shared import keys
 from tests.stack import Stack, free_port, running_stack, served_card, spawn, stop, wait_for_port
 from worker.models.precision import cpu_flags, native_on_cpu
@@ -286,21 +287,35 @@ def precision_section(seconds: float, logs: Path, limits: Limits) -> None:
     workloads = [WORKLOADS[1], WORKLOADS[2], WORKLOADS[3]]
     rates: dict[str, dict[str, float]] = {}
     print("\n## Precision: the project at DTYPE=float32 and DTYPE=bfloat16, each against its own precision's ceiling")
-    print(f"{'DTYPE':<9} {'served as':<20} {'workload':<30} {'texts/s':>8} {'p99 ms':>8} {'ceiling':>8} {'x ceil':>7}")
+    print(
+        "ceiling: the best runtime's, measured with the others at the start; next: the served runtime's, measured "
+        "just before and just after\nthe stack ran (their mean), so that a drift of this shared machine between "
+        "the two does not count as the stack's"
+    )
+    print(
+        f"{'DTYPE':<9} {'served as':<20} {'workload':<30} {'texts/s':>8} {'p99 ms':>8} {'ceiling':>8} {'x ceil':>7} "
+        f"{'next':>10} {'x next':>7}"
+    )
     for dtype in dtypes:
         with running_stack(logs / f"precision-{dtype}", DTYPE=dtype) as stack:
             card = served_card(stack.base_url, MODEL)
+            backend = str(card["backend"])
+            before = {kind: _quiet_limit(texts, backend, dtype) for kind, texts in (("short", SHORT), ("long", LONG))}
             results = [drive(stack.base_url, workload, seconds, stack.redis_url) for workload in workloads]
+            after = {kind: _quiet_limit(texts, backend, dtype) for kind, texts in (("short", SHORT), ("long", LONG))}
         rates[dtype] = {}
         for workload, result in zip(workloads, results, strict=True):
             rate = texts_per_s(result, workload)
             rates[dtype][workload.name] = rate
-            limit = ceiling(limits, dtype, "long" if workload.texts[0] in LONG else "short")
+            kind = "long" if workload.texts[0] in LONG else "short"
+            limit = ceiling(limits, dtype, kind)
+            next_to = (before[kind] + after[kind]) / 2
             served = f"{card['backend']} {card['dtype']}"
             print(
                 f"{dtype:<9} {served:<20} {workload.name:<30} {rate:8.0f} {result.p99_ms:8.1f} {limit:8.0f} "
-                f"{rate / limit:7.2f}"
+                f"{rate / limit:7.2f} {before[kind]:4.0f}-{after[kind]:<4.0f} {rate / next_to:7.2f}"
             )
+    print(load_average())
     if "bfloat16" in rates:
         ratios = ", ".join(
             f"{name} {rates['bfloat16'][name] / rates['float32'][name]:.2f}x" for name in rates["float32"]
@@ -308,6 +323,12 @@ def precision_section(seconds: float, logs: Path, limits: Limits) -> None:
         print(f"bfloat16 against float32, through the stack: {ratios}")
     else:
         print("bfloat16: not measured, this CPU does not compute it natively (avx512_bf16 or amx_bf16)")
+
+
+def _quiet_limit(texts: list[str], backend: str, dtype: str) -> float:
+    """``measure_limit``'s texts/s, measured while the stack (started, idle) waits."""
+    rate, _, _ = measure_limit(texts, backend, dtype, rounds=3 if texts is SHORT else 1)
+    return rate
 
 
 def sweep_section(sweep: dict[str, dict[int, LoadResult]], plot: Path | None) -> None:
@@ -352,6 +373,8 @@ class Served:
     load: LoadResult
     cpu_s: dict[str, float]
     commands: dict[str, int]
+    #: cores this whole machine kept busy during the run (the load generator and other users included)
+    busy_cores: float = 0.0
 
     def cpu_us(self, name: str) -> float:
         """Microseconds of ``name``'s CPU a request served."""
@@ -374,16 +397,21 @@ def served(url: str, workload: Workload, seconds: float, pids: dict[str, int], r
     run_wrk(url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=1)
     wait_idle(redis_url)
     calls = redis_calls(redis_url) if redis_url else {}
-    before = cpu_seconds(pids)
+    before, busy_before, started = cpu_seconds(pids), machine_busy_s(), time.monotonic()
     result = run_wrk(url + "/v1/embeddings", workload.body, connections=workload.connections, seconds=seconds)
-    after = cpu_seconds(pids)
+    after, busy = cpu_seconds(pids), (machine_busy_s() - busy_before) / (time.monotonic() - started)
     commands = {}
     if redis_url:
         commands = {
             name: n - calls.get(name, 0) for name, n in redis_calls(redis_url).items() if n > calls.get(name, 0)
         }
         commands.pop("info", None)  # ours
-    return Served(result, {name: after[name] - before[name] for name in pids}, commands)
+    return Served(result, {name: after[name] - before[name] for name in pids}, commands, busy)
+
+
+def load_average() -> str:
+    """This machine's 1-minute load average and its cores, for the record: the machine is shared."""
+    return f"load average {Path('/proc/loadavg').read_text().split()[0]} on {len(os.sched_getaffinity(0))} cores"
 
 
 def stack_pids(stack: Stack) -> dict[str, int]:
@@ -433,7 +461,7 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
     print("(medians of the rounds; us of CPU, user + system, a request served, per process and in all)")
     print(
         f"{'server':<24} {'req/s':>7} {'x 1 API':>8} {'p50 ms':>7} | {'API':>6} {'worker':>7} {'Redis':>6} "
-        f"{'total':>6} | {'Redis cmds/request':>18}"
+        f"{'total':>6} | {'Redis cmds/request':>18} {'busy cores':>10}"
     )
     rows: list[tuple[str, list[Served]]] = [("bare endpoint", bare[64])]
     rows += [(f"{n} API process{'es' if n > 1 else ''}", ours[n, 64]) for n in API_PROCESSES]
@@ -445,15 +473,17 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
         cells = [median(r.cpu_us(part) for r in runs) for part in ("API", "worker", "Redis")]
         total = median(sum(r.cpu_us(part) for part in ("API", "worker", "Redis")) for r in runs)
         commands = median(sum(r.commands.values()) / max(1, r.load.requests) for r in runs)
+        busy = median(r.busy_cores for r in runs)
         scaled = f"{scale:8.2f}" if name != "bare endpoint" else f"{'':>8}"
         print(
             f"{name:<24} {rate:7.0f} {scaled} {median(r.load.p50_ms for r in runs):7.2f} | {cells[0]:6.0f} "
-            f"{cells[1]:7.0f} {cells[2]:6.0f} {total:6.0f} | {commands:18.2f}"
+            f"{cells[1]:7.0f} {cells[2]:6.0f} {total:6.0f} | {commands:18.2f} {busy:10.2f}"
         )
     last = ours[1, 64][-1]
     by_command = sorted(last.commands.items(), key=lambda item: -item[1])
     per_request = ", ".join(f"{name} {n / max(1, last.load.requests):.2f}" for name, n in by_command)
     print(f"Redis commands a request, 1 API process (last round): {per_request}")
+    print(f"busy cores: the whole machine's, wrk included; {load_average()} at the end")
 
 
 def scaling_section(seconds: float, logs: Path) -> None:

@@ -3,7 +3,12 @@
 arq spends about seven round trips on each job (a WATCH/MULTI transaction to enqueue it, another to claim it,
 one to start it, one to finish it). Embedding jobs are small and many, so the API enqueues every job that
 arrived in the same event-loop tick with one script, and a worker claims (and later finishes) all the jobs it
-can take with one script. Jobs stay arq jobs: arq's keys, arq's job format (with our msgpack serializer).
+can take with one script. Jobs stay arq jobs: arq's job key and job format (with our msgpack serializer).
+
+A claim is one write: the entry's score. A claimed entry's score is the end of its lease (so claims, which read
+only entries due by now, never see it while its worker lives), and its fraction counts the job's attempts
+(``ATTEMPT_STEPS``): arq's in-progress and retry keys (three more writes a job, and a delete of each at its end)
+would only say the same again, and nothing but these scripts read them.
 
 A queue entry's id (``shared.queue_format.queue_job_id``) carries its number of texts and its owner (whose share of
 the backlog it counts against), so the scripts keep the text budget and the backlog without reading job bodies.
@@ -17,17 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
-from shared import keys
+from shared import clock, keys
 from shared.backlog import READ_COUNTER_LUA, READ_SHARE_LUA, RELEASE_LUA
 from shared.epoch import CURRENT_EPOCH_LUA, candidate_id
 from shared.queue_format import PARENT_OF_LUA, PARSE_ID_LUA, PROGRESS_FIELDS_LUA
@@ -49,8 +54,18 @@ def deserialize_arq_job(data: bytes) -> dict[str, Any]:
 
 #: seconds an unread reply list lives (its API process may have died)
 REPLY_TTL_S = 60
-#: how long arq keeps a job's retry counter, as arq itself does
-_RETRY_KEY_TTL_S = 88_400
+#: a queue entry's score is a time in whole milliseconds plus its job's attempts so far in ``1 / ATTEMPT_STEPS``:
+#: exact in a double while the milliseconds stay below 2**43 (the year 2248)
+ATTEMPT_STEPS = 1024
+#: attempts counted at most; a job is abandoned long before (``MAX_JOB_ATTEMPTS``)
+MOST_ATTEMPTS = ATTEMPT_STEPS - 1
+
+
+def queue_score(ms: int, attempts: int) -> float:
+    """The score of an entry due at ``ms`` (or whose lease ends then) whose job has run ``attempts`` times."""
+    return ms + min(attempts, MOST_ATTEMPTS) / ATTEMPT_STEPS
+
+
 #: queue entries one claim looks at
 _CLAIM_SCAN_LIMIT = 10_000
 
@@ -133,57 +148,62 @@ return result
 """
 )
 
+# Lua: ``attempts_of(score)``, the attempts a queue entry's score counts (``queue_score``)
+_ATTEMPTS_OF = f"""
+local function attempts_of(score)
+    return math.floor((score - math.floor(score)) * {ATTEMPT_STEPS} + 0.5)
+end
+"""
+
 # KEYS: queue, backlog counter, per-owner backlog hash. ARGV: now (ms), lease (ms), most jobs to claim, most texts
-# to claim, entries to scan, arq's key prefixes (in-progress, job, retry), retry key TTL, the progress key prefix of
-# the chunks' parents ("" for a queue of requests). Returns id, job, try, texts, cancelled (1 or 0) for each claimed
-# job, flattened. A chunk's parent (``shared.chunks``) is marked started, unless it was cancelled: that rides the
-# claim instead of costing round trips. The first job is taken whatever its size. A claimed job's score moves to
-# the end of its lease (renewals move it on), so claims scan only the jobs that wait for a worker, or whose worker
-# died, not the running ones. An entry whose job is gone (expired) is dropped, and its texts released.
+# to claim, entries to scan, arq's job key prefix, the progress key prefix of the chunks' parents ("" for a queue
+# of requests). Returns id, job, try, texts, cancelled (1 or 0) for each claimed job, flattened. A chunk's parent
+# (``shared.chunks``) is marked started, unless it was cancelled: that rides the claim instead of costing round
+# trips. The first job is taken whatever its size. A claimed job's score moves to the end of its lease (renewals
+# move it on), with its attempts in the score's fraction, so claims scan only the jobs that wait for a worker, or
+# whose worker died, not the running ones. An entry whose job is gone (expired) is dropped, and its texts released.
 _CLAIM = (
     _RELEASE_ENTRIES
     + PARENT_OF_LUA
     + PROGRESS_FIELDS_LUA
-    + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
-local claimed = {}
-local dropped = {}
+    + _ATTEMPTS_OF
+    + f"""
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[5]))
+local claimed = {{}}
+local dropped = {{}}
 local most_jobs = tonumber(ARGV[3])
 local texts_left = tonumber(ARGV[4])
-for _, id in ipairs(ids) do
-    if #claimed >= 4 * most_jobs then
+local lease_end = tonumber(ARGV[1]) + tonumber(ARGV[2])
+for i = 1, #due, 2 do
+    local id = due[i]
+    if #claimed >= 5 * most_jobs then
         break
     end
     local texts = parse_id(id)
     if #claimed > 0 and texts > texts_left then
         break
     end
-    local in_progress = ARGV[6] .. id
-    if redis.call('EXISTS', in_progress) == 0 then
-        local job = redis.call('GET', ARGV[7] .. id)
-        if job then
-            redis.call('PSETEX', in_progress, ARGV[2], '1')
-            redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-            local try = redis.call('INCR', ARGV[8] .. id)
-            redis.call('EXPIRE', ARGV[8] .. id, ARGV[9])
-            texts_left = texts_left - texts
-            local cancelled = 0
-            if ARGV[10] ~= '' then
-                local progress = ARGV[10] .. parent_of(id)
-                if redis.call('HEXISTS', progress, F.cancelled) == 1 then
-                    cancelled = 1
-                elseif redis.call('EXISTS', progress) == 1 then
-                    redis.call('HSET', progress, F.started, 1)
-                end
+    local job = redis.call('GET', ARGV[6] .. id)
+    if job then
+        local try = math.min(attempts_of(tonumber(due[i + 1])) + 1, {MOST_ATTEMPTS})
+        redis.call('ZADD', KEYS[1], 'XX', lease_end + try / {ATTEMPT_STEPS}, id)
+        texts_left = texts_left - texts
+        local cancelled = 0
+        if ARGV[7] ~= '' then
+            local progress = ARGV[7] .. parent_of(id)
+            if redis.call('HEXISTS', progress, F.cancelled) == 1 then
+                cancelled = 1
+            elseif redis.call('EXISTS', progress) == 1 then
+                redis.call('HSET', progress, F.started, 1)
             end
-            table.insert(claimed, id)
-            table.insert(claimed, job)
-            table.insert(claimed, try)
-            table.insert(claimed, texts)
-            table.insert(claimed, cancelled)
-        elseif redis.call('ZREM', KEYS[1], id) == 1 then
-            table.insert(dropped, id)
         end
+        table.insert(claimed, id)
+        table.insert(claimed, job)
+        table.insert(claimed, try)
+        table.insert(claimed, texts)
+        table.insert(claimed, cancelled)
+    elseif redis.call('ZREM', KEYS[1], id) == 1 then
+        table.insert(dropped, id)
     end
 end
 release_entries(KEYS[2], KEYS[3], dropped)
@@ -191,17 +211,34 @@ return claimed
 """
 )
 
+# KEYS: queue. ARGV: now (ms), a job id. A claimed job given back: due at once, its attempts kept.
+_UNCLAIM = (
+    _ATTEMPTS_OF
+    + f"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if score then
+    local attempts = attempts_of(tonumber(score))
+    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) - 1 + attempts / {ATTEMPT_STEPS}, ARGV[2])
+end
+return 1
+"""
+)
 
-# KEYS: queue, backlog counter, per-owner backlog hash. ARGV: arq's in-progress and job key prefixes, then job ids.
-# Takes each job that no worker holds off the queue, drops its definition and releases its texts; returns how many
-# jobs it took. It only shrinks Redis, and its first write removes something, so Redis runs it past maxmemory too.
+
+# KEYS: queue, backlog counter, per-owner backlog hash. ARGV: now (ms), arq's job key prefix, then job ids. Takes
+# each job that no worker holds (due by now: waiting, or its lease ended) off the queue, drops its definition and
+# releases its texts; returns how many jobs it took. It only shrinks Redis, and its first write removes something,
+# so Redis runs it past maxmemory too.
 _WITHDRAW = (
     _RELEASE_ENTRIES
     + """
 local taken = {}
+local now = tonumber(ARGV[1])
 for i = 3, #ARGV do
     local id = ARGV[i]
-    if redis.call('EXISTS', ARGV[1] .. id) == 0 and redis.call('ZREM', KEYS[1], id) == 1 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= now then
+        redis.call('ZREM', KEYS[1], id)
         redis.call('DEL', ARGV[2] .. id)
         table.insert(taken, id)
     end
@@ -307,6 +344,7 @@ class JobQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._withdraw = redis.register_script(_WITHDRAW)
+        self._unclaim = redis.register_script(_UNCLAIM)
         self._end = redis.register_script(_END)
         self._end_past_maxmemory = redis.register_script(_END_PAST_MAXMEMORY)
         self._push_past_maxmemory = redis.register_script(_PUSH_PAST_MAXMEMORY)
@@ -342,17 +380,16 @@ class JobQueue:
         """Claim due jobs no worker holds, each for ``lease_ms``: up to ``most_jobs`` jobs and ``most_texts``
         texts, and at least one job when one is due."""
         limits: list[str | int] = [now_ms, lease_ms, most_jobs, most_texts, _CLAIM_SCAN_LIMIT]
-        prefixes: list[str | int] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, _RETRY_KEY_TTL_S]
-        flat = await self._claim(keys=self._counted, args=[*limits, *prefixes, self._parents_prefix])
+        flat = await self._claim(keys=self._counted, args=[*limits, job_key_prefix, self._parents_prefix])
         return [
             ClaimedJob(flat[i].decode(), _message_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), flat[i + 4] == 1)
             for i in range(0, len(flat), 5)
         ]
 
     async def finish(self, jobs: Sequence[FinishedJob]) -> None:
-        """End ``jobs``: drop them from arq's keys and the queue, deliver their replies and release their texts, in
-        one round trip of a few commands (one delete for every job, one script that takes them off the queue and
-        releases what they held, one push per reply list).
+        """End ``jobs``: drop their arq jobs and take them off the queue, deliver their replies and release their
+        texts, in one round trip of a few commands (one delete for every job, one script that takes them off the
+        queue and releases what they held, one push per reply list).
 
         Replies are tiny but Redis refuses them when it is out of memory (they may grow it); they are then written
         again by a script allowed past ``maxmemory``, so a full Redis still answers every waiting request instead
@@ -369,13 +406,7 @@ class JobQueue:
         redo: list[Callable[[], Awaitable[object]] | None] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             # the deletes first: they free memory, and Redis never refuses them
-            pipe.delete(
-                *[
-                    prefix + job.job_id
-                    for job in jobs
-                    for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)
-                ]
-            )
+            pipe.delete(*[job_key_prefix + job_id for job_id in job_ids])
             pipe.evalsha(self._end.sha, len(self._counted), *self._counted, *job_ids)
             redo += [None, functools.partial(self._end_again, job_ids)]
             for reply_to, messages in replies.items():
@@ -399,24 +430,22 @@ class JobQueue:
     async def _push_despite_oom(self, reply_to: str, messages: list[bytes]) -> None:
         await self._push_past_maxmemory(keys=[reply_to], args=[REPLY_TTL_S, *messages])
 
-    async def withdraw(self, job_ids: Sequence[str]) -> int:
-        """Take jobs no worker has claimed off the queue, releasing their texts; how many were taken.
-        Claimed ones run to their end (and release their texts then)."""
+    async def withdraw(self, job_ids: Sequence[str], now_ms: int | None = None) -> int:
+        """Take jobs no worker holds off the queue, releasing their texts; how many were taken. Claimed ones run to
+        their end (and release their texts then); one whose lease ended by ``now_ms`` (default: now) is taken."""
         if not job_ids:
             return 0
-        taken = await self._withdraw(keys=self._counted, args=[in_progress_key_prefix, job_key_prefix, *job_ids])
+        now = clock.now_ms() if now_ms is None else now_ms
+        taken = await self._withdraw(keys=self._counted, args=[now, job_key_prefix, *job_ids])
         return int(taken)
 
-    def renew_in(self, pipe: Pipeline, job_ids: Sequence[str], lease_ms: int, now_ms: int) -> None:
-        """Add to ``pipe`` the commands that extend the leases of claimed jobs by ``lease_ms`` from now."""
-        for job_id in job_ids:
-            pipe.pexpire(in_progress_key_prefix + job_id, lease_ms)
-        if job_ids:
-            pipe.zadd(self._queue, dict.fromkeys(job_ids, now_ms + lease_ms), xx=True)
+    def renew_in(self, pipe: Pipeline, held: Mapping[str, int], lease_ms: int, now_ms: int) -> None:
+        """Add to ``pipe`` the command that extends the leases of claimed jobs (each id with its attempt) by
+        ``lease_ms`` from now."""
+        if held:
+            scores = {job_id: queue_score(now_ms + lease_ms, attempt) for job_id, attempt in held.items()}
+            pipe.zadd(self._queue, scores, xx=True)
 
     async def unclaim(self, job_id: str, now_ms: int) -> None:
         """Give a claimed job back, to be claimed again at once (its attempt count goes on)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(in_progress_key_prefix + job_id)
-            pipe.zadd(self._queue, {job_id: now_ms}, xx=True)
-            await pipe.execute()
+        await self._unclaim(keys=[self._queue], args=[now_ms, job_id])

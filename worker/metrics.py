@@ -6,6 +6,8 @@ from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from shared.kinds import MODEL_KINDS
+
 BATCH_SIZE = Histogram(
     "embeddings_batch_size", "Sequences per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )
@@ -47,10 +49,24 @@ JOBS = Counter("embeddings_worker_jobs_total", "Jobs handled", ["outcome"])
 for _outcome in JOB_OUTCOMES:
     JOBS.labels(_outcome)  # every outcome is exposed, at 0 until it happens
 ERRORS = Counter("embeddings_worker_errors_total", "Jobs answered with an error, by kind", ["kind"])
+#: tasks run on a model, and their inputs (texts, documents), by the model's kind (``shared.kinds``)
+MODEL_TASKS = Counter("embeddings_worker_model_tasks_total", "Tasks run on a model, by the model's kind", ["kind"])
+MODEL_INPUTS = Counter(
+    "embeddings_worker_model_inputs_total", "Inputs of the tasks run on a model, by the model's kind", ["kind"]
+)
+for _kind in MODEL_KINDS:  # every kind is exposed, at 0 until a task runs on one
+    MODEL_TASKS.labels(_kind)
+    MODEL_INPUTS.labels(_kind)
 MODEL_LOADS = Counter("embeddings_model_loads_total", "Model loads", ["model", "outcome"])
 MODEL_BACKEND = Gauge("embeddings_model_backend", "1 for the runtime each loaded model runs on", ["model", "backend"])
 LOADED_MODELS = Gauge("embeddings_loaded_models", "Models loaded in this worker")
 HELD_TEXTS = Gauge("embeddings_worker_held_texts", "Texts of the jobs this worker holds")
+
+
+def count_task(kind: str, inputs: int) -> None:
+    """A task ran on a model of ``kind`` with ``inputs`` inputs."""
+    MODEL_TASKS.labels(kind).inc()
+    MODEL_INPUTS.labels(kind).inc(inputs)
 
 
 def count_job(outcome: JobOutcome) -> None:

@@ -11,9 +11,12 @@ from shared.job_queue import JobQueue
 from worker.chunk_jobs import ChunkJobs
 from worker.dead_letter import DeadLetters
 from worker.models.registry import ModelRegistry
+from worker.multivector_pipeline import MultiVectorPipeline
 from worker.pipeline import EmbeddingPipeline
 from worker.reranking import RerankPipeline
+from worker.sparse_pipeline import SparsePipeline
 from worker.sync_jobs import SyncJobs
+from worker.tokenizing import Tokenizing
 
 
 class TaskService:
@@ -34,7 +37,17 @@ class TaskService:
         self.pipeline = EmbeddingPipeline(registry, max_tokens=max_tokens, openai_token_ids=openai_token_ids)
         dead_letters = DeadLetters(redis, worker_id)
         reranking = RerankPipeline(registry, max_tokens=max_tokens)
-        self._sync = SyncJobs(self.pipeline, reranking, JobQueue.sync(redis), dead_letters, max_attempts=max_attempts)
+        sparse = SparsePipeline(registry, max_tokens=max_tokens)
+        self._sync = SyncJobs(
+            self.pipeline,
+            reranking,
+            JobQueue.sync(redis),
+            dead_letters,
+            max_attempts=max_attempts,
+            tokenizing=Tokenizing(registry, max_tokens=max_tokens),
+            multivector=MultiVectorPipeline(registry, max_tokens=max_tokens),
+            sparse=sparse,
+        )
         self._chunks = ChunkJobs(
             self.pipeline,
             redis,
@@ -42,6 +55,7 @@ class TaskService:
             dead_letters,
             max_attempts=max_attempts,
             store_attempts=store_attempts,
+            sparse=sparse,
         )
         self.handle = self._sync.handle
         self.handle_chunk = self._chunks.handle

@@ -1,5 +1,6 @@
-"""The life of a job on the sync queue in a worker: decoded, embedded (``EmbedTask``) or scored (``RerankTask``),
-answered with a ``TaskReply`` on the API's reply list.
+"""The life of a job on the sync queue in a worker: decoded, embedded (``EmbedTask``), scored (``RerankTask``) or
+tokenized (``TokenizeTask``, ``DecodeTask``: the model's tokenizer alone, no batch), answered with a ``TaskReply`` on
+the API's reply list.
 
 Never raises: work that was answered is not run again. Jobs answered together are finished together
 (``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import msgpack
 import orjson
@@ -20,13 +22,39 @@ from shared.coalesce import Coalescer
 from shared.errors import ErrorKind, ProtocolError, ServiceError
 from shared.job_queue import FinishedJob, JobQueue
 from shared.openai_json import data_array
-from shared.protocol import EmbedTask, RerankTask, TaskError, TaskReply, decode_sync_task, encode_reply
+from shared.protocol import (
+    DecodeTask,
+    EmbedTask,
+    RerankTask,
+    SparseEmbedTask,
+    TaskError,
+    TaskReply,
+    TokenEmbedTask,
+    TokenizeTask,
+    decode_sync_task,
+    encode_reply,
+)
+from shared.sparse import sparse_data_array, tei_sparse_body
 from worker import metrics
 from worker.dead_letter import DeadLetters
+from worker.multivector_pipeline import MultiVectorPipeline, render
 from worker.pipeline import EmbeddingPipeline
 from worker.reranking import RerankPipeline
+from worker.sparse_pipeline import SparsePipeline
+from worker.tokenizing import Tokenizing
 
 log = logging.getLogger(__name__)
+
+#: what the sync queue carries, and the name of each task's span
+SyncJob = EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask
+_TASK_NAMES: dict[type[SyncJob], str] = {
+    EmbedTask: "embed",
+    SparseEmbedTask: "embed_sparse",
+    RerankTask: "rerank",
+    TokenizeTask: "tokenize",
+    DecodeTask: "decode",
+    TokenEmbedTask: "token_embed",
+}
 
 
 class SyncJobs:
@@ -38,11 +66,19 @@ class SyncJobs:
         dead_letters: DeadLetters,
         *,
         max_attempts: int,
+        tokenizing: Tokenizing | None = None,
+        multivector: MultiVectorPipeline | None = None,
+        sparse: SparsePipeline | None = None,
     ) -> None:
         """Each job is counted once, as it ends (``metrics.count_job``; one that cannot be read, by
-        ``DeadLetters``)."""
+        ``DeadLetters``). ``tokenizing``: tokenize and decode tasks (default: on the pipeline's models)."""
         self._pipeline = pipeline
         self._reranking = reranking
+        self._tokenizing = tokenizing or Tokenizing(pipeline.registry)
+        #: multi-vector models: token vectors, and their late-interaction rerank
+        self._multivector = multivector or MultiVectorPipeline(pipeline.registry)
+        #: sparse models: ``/embed_sparse``, and embed tasks for them
+        self._sparse = sparse or SparsePipeline(pipeline.registry)
         self._queue = queue
         self._dead_letters = dead_letters
         self._max_attempts = max_attempts
@@ -68,7 +104,7 @@ class SyncJobs:
             return
         queue_ms = float(now_ms() - job.enqueued_ms)
         metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
-        task = "rerank" if isinstance(job, RerankTask) else "embed"
+        task = _TASK_NAMES[type(job)]
         attributes = {"embeddings.request_id": job.request_id, "embeddings.model": job.model}
         # the job's span ends with its reply ready, before the push: the API's span, ended by the reply, holds it
         with tracing.continued(job.trace_context, task, queued_since_ms=job.enqueued_ms, attributes=attributes):
@@ -80,7 +116,7 @@ class SyncJobs:
         if reply.error is not None:
             metrics.ERRORS.labels(reply.error.kind.value).inc()
 
-    async def _reply(self, job: EmbedTask | RerankTask, queue_ms: float) -> TaskReply:
+    async def _reply(self, job: SyncJob, queue_ms: float) -> TaskReply:
         """The job's answer: its result, or the error that stopped it."""
         try:
             return await self._run(job, queue_ms)
@@ -94,11 +130,24 @@ class SyncJobs:
             reason = "the worker failed to process this request"
             return _error_reply(job, ErrorKind.INTERNAL, reason, queue_ms=queue_ms)
 
-    async def _run(self, job: EmbedTask | RerankTask, queue_ms: float) -> TaskReply:
-        if isinstance(job, RerankTask):
-            ranked = await self._reranking.rerank(job, deadline_ms=job.deadline_ms)
+    async def _run(self, job: SyncJob, queue_ms: float) -> TaskReply:
+        if isinstance(job, TokenizeTask | DecodeTask):
+            return await self._tokenize(job, queue_ms)
+        if isinstance(job, TokenEmbedTask):
+            token_vectors = await self._multivector.token_embed(job, deadline_ms=job.deadline_ms)
+            data = render(token_vectors.vectors, job.encoding_format, job.layout)
+            tokens, stats = token_vectors.tokens, token_vectors.stats
+        elif isinstance(job, RerankTask):
+            late = await self._multivector.serves(job.model, job.deadline_ms)
+            reranking = self._multivector if late else self._reranking
+            ranked = await reranking.rerank(job, deadline_ms=job.deadline_ms)
             data = orjson.dumps(ranked.scores, option=orjson.OPT_SERIALIZE_NUMPY)
             tokens, stats = ranked.tokens, ranked.stats
+        elif isinstance(job, SparseEmbedTask) or await self._sparse.serves(job, job.deadline_ms):
+            sparse = await self._sparse.embed_sparse(job, deadline_ms=job.deadline_ms)
+            tei = isinstance(job, SparseEmbedTask)
+            data = tei_sparse_body(sparse.rows) if tei else sparse_data_array(sparse.rows)
+            tokens, stats = sparse.prompt_tokens, sparse.stats
         else:
             embedded = await self._pipeline.embed(job, deadline_ms=job.deadline_ms)
             data = data_array(embedded.vectors, job.encoding_format, job.output_dtype)
@@ -113,7 +162,19 @@ class SyncJobs:
             batch_requests=stats.batch_requests,
         )
 
-    async def _answer(self, queue_id: str, job: EmbedTask | RerankTask, reply: TaskReply) -> None:
+    async def _tokenize(self, job: TokenizeTask | DecodeTask, queue_ms: float) -> TaskReply:
+        """A tokenize or decode task: the model's tokenizer alone, no batch (``worker.tokenizing``)."""
+        started = time.perf_counter()
+        tokens = 0
+        if isinstance(job, TokenizeTask):
+            tokenized = await self._tokenizing.tokenize(job, deadline_ms=job.deadline_ms)
+            data, tokens = tokenized.data, tokenized.tokens
+        else:
+            data = await self._tokenizing.decode(job, deadline_ms=job.deadline_ms)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return TaskReply(job.request_id, data=data, prompt_tokens=tokens, queue_ms=queue_ms, inference_ms=elapsed_ms)
+
+    async def _answer(self, queue_id: str, job: SyncJob, reply: TaskReply) -> None:
         await self._finish.add(FinishedJob(queue_id, job.reply_to, encode_reply(reply)))
 
     async def _finish_many(self, batch: list[tuple[FinishedJob, asyncio.Future[None]]]) -> None:
@@ -135,6 +196,6 @@ class SyncJobs:
 
 
 def _error_reply(
-    job: EmbedTask | RerankTask, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
+    job: SyncJob, kind: ErrorKind, message: str, param: str | None = None, queue_ms: float = 0.0
 ) -> TaskReply:
     return TaskReply(job.request_id, error=TaskError(kind, message, param), queue_ms=queue_ms)

@@ -19,21 +19,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NamedTuple, P
 from shared import tracing
 from shared.clock import now_ms
 from shared.errors import ErrorKind, ServiceError
+from shared.kinds import wrong_kind_message
+from worker import metrics
 from worker.batcher import BatchStats, Encoded
-from worker.models.encoder_protocol import Encoder, Model, Reranker
+from worker.models.encoder_protocol import Encoder, Model, MultiVector, Reranker, SparseModel
 from worker.models.registry import LoadedModel, ModelRegistry
 
 if TYPE_CHECKING:
-    from worker.models.kind import ModelKind
+    from shared.kinds import ModelKind
 
 #: tasks with fewer characters than this are tokenized on the event loop; a thread hop costs more than that
 INLINE_TOKENIZE_CHARS = 4096
-
-#: what a client is told a model of each kind is, and which route serves it
-_KINDS: dict[ModelKind, tuple[str, str]] = {
-    "embedding": ("an embedding model", "/v1/embeddings"),
-    "reranker": ("a reranker", "/v1/rerank"),
-}
 
 
 class Task(Protocol):
@@ -80,14 +76,17 @@ async def off_loop(chars: int, work: Callable[P, R], *args: P.args, **kwargs: P.
 def model_of_kind(loaded: LoadedModel, kind: Literal["embedding"]) -> Encoder: ...
 @overload
 def model_of_kind(loaded: LoadedModel, kind: Literal["reranker"]) -> Reranker: ...
+@overload
+def model_of_kind(loaded: LoadedModel, kind: Literal["multivector"]) -> MultiVector: ...
+@overload
+def model_of_kind(loaded: LoadedModel, kind: Literal["sparse"]) -> SparseModel: ...
 def model_of_kind(loaded: LoadedModel, kind: ModelKind) -> Model:
-    """The loaded model, if it is of ``kind``; else a 400 that names the route it serves (a reranker is not an
-    embedding model, nor the reverse)."""
+    """The loaded model, if it is of ``kind``; else a 400 that names its kind and the route it serves (a reranker
+    is not an embedding model, nor the reverse): the one place a task meets a model of another kind
+    (``shared.kinds``)."""
     model = loaded.model
     if model.kind != kind:
-        (is_a, route), (wanted, _) = _KINDS[model.kind], _KINDS[kind]
-        message = f"model {loaded.name!r} is {is_a}, not {wanted}; use it with {route}"
-        raise ServiceError(ErrorKind.INVALID_REQUEST, message, "model")
+        raise ServiceError(ErrorKind.INVALID_REQUEST, wrong_kind_message(loaded.name, model.kind, (kind,)), "model")
     return model
 
 
@@ -133,6 +132,7 @@ class TaskPipeline(abc.ABC, Generic[TaskT, PlanT, ItemT, ResultT]):
         for a batch fails with a timeout; one already in a running batch finishes with it."""
         loaded = await self.registry.get(task.model, timeout_s(deadline_ms))
         plan = self.prepare(loaded, task)
+        metrics.count_task(loaded.model.kind, len(task.inputs))
         with tracing.span("tokenize", {"embeddings.inputs": len(task.inputs)}):
             tokenized = await off_loop(self.chars(task), self._tokenize, plan, task)
         encoded: Encoded = await loaded.batcher.submit(

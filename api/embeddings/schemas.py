@@ -185,8 +185,18 @@ class EmbeddingItem(BaseModel):
     embedding: list[float] | str = Field(description="floats, or base64 of float32 little-endian bytes")
 
 
+class SparseEmbeddingItem(BaseModel):
+    """(extension) The item for a sparse model (SPLADE): the input's nonzero values by ascending index, the
+    ``indices`` / ``values`` pair Qdrant's and Milvus' sparse vectors take as they are."""
+
+    object: Literal["sparse_embedding"]
+    index: int
+    indices: list[int]
+    values: list[float]
+
+
 class EmbeddingResponse(BaseModel):
     object: Literal["list"]
-    data: list[EmbeddingItem]
+    data: list[EmbeddingItem | SparseEmbeddingItem]
     model: str
     usage: Usage

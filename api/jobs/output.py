@@ -15,6 +15,7 @@ from shared.chunks import decode_vectors
 from shared.errors import ErrorKind, ResultsLost, ServiceError
 from shared.openai_json import embedding_items, usage
 from shared.protocol import EncodingFormat, OutputDtype
+from shared.sparse import decode_sparse, is_sparse, sparse_items
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,15 @@ async def result_body(store: JobStore, record: JobRecord, start: int, end: int) 
                 log.error("job %s: chunk %d vanished from Redis while its result was read", record.job_id, chunk)
                 raise ResultsLost(f"chunk {chunk} of {record.job_id}")
             chunk_start, count = record.chunk_span(chunk)
-            rows = decode_vectors(stored, count)
-            rows = rows[max(0, start - chunk_start) : max(0, end - chunk_start)]
-            if len(rows):
-                first_index = max(start, chunk_start)
-                body = orjson.dumps(
-                    embedding_items(rows, encoding, first_index, output_dtype), option=orjson.OPT_SERIALIZE_NUMPY
-                )
+            first_index, span = max(start, chunk_start), slice(max(0, start - chunk_start), max(0, end - chunk_start))
+            if is_sparse(stored):  # a sparse model's rows: sparse_embedding items, whatever the format asked
+                sparse = decode_sparse(stored, count)[span]
+                items = sparse_items(sparse, first_index) if sparse else None
+            else:
+                rows = decode_vectors(stored, count)[span]
+                items = embedding_items(rows, encoding, first_index, output_dtype) if len(rows) else None
+            if items is not None:
+                body = orjson.dumps(items, option=orjson.OPT_SERIALIZE_NUMPY)
                 yield body[1:-1] if first else b"," + body[1:-1]
                 first = False
     tail = {"model": record.model, "usage": usage(record.prompt_tokens)}

@@ -51,6 +51,8 @@ class SentenceTransformerEncoder:
         tokenizer, max_seq_length = tokenizer_of(model)
         self._model = model
         self._tokenizer = tokenizer
+        #: the model's own tokenizer, public for ``worker.tokenizing`` (TEI's ``/tokenize`` and ``/decode``)
+        self.tokenizer = tokenizer
         modules = list(model)
         self.normalizes = bool(modules) and isinstance(modules[-1], Normalize)
         #: what runs on a batch: every module but a trailing Normalize

@@ -1,5 +1,6 @@
 """What the worker needs of a model: the ``Encoder`` protocol for embedding models, which the real encoder and the
-stand-ins meet, and the ``Reranker`` protocol for cross-encoders. ``kind`` tells them apart.
+stand-ins meet, the ``Reranker`` protocol for cross-encoders and the ``SparseModel`` protocol for sparse models.
+``kind`` tells them apart.
 
 ``encode`` is all a model must have. A model whose class also splits it into ``collate(batch, group)`` and
 ``run(collated)`` (``worker.batcher.Stages``: the real encoder and reranker do) has its next batch collated while
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from worker.models.multivector_encoder import TokenFeatures
     from worker.models.reranker import PairTokens
+    from worker.models.sparse_encoder import SparseTokens
 
 
 class Encoder(Protocol):
@@ -62,4 +65,51 @@ class Reranker(Protocol):
     def scores(self, logits: np.ndarray, *, raw: bool = False) -> np.ndarray: ...
 
 
-Model = Encoder | Reranker
+class MultiVector(Protocol):
+    """A multi-vector (ColBERT-style) model as the worker uses it
+    (``worker.models.multivector_encoder.MultiVectorTokenEncoder``): one vector per token of each text."""
+
+    kind: Literal["multivector"]
+    device: str
+    dimension: int
+    prompts: dict[str, str]
+    default_prompt_name: str | None
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def texts(self, texts: Sequence[str], *, prompt: str, task: str | None, truncate: bool) -> list[TokenFeatures]: ...
+
+    def encode(self, batch: Sequence[TokenFeatures], group: int = 0) -> np.ndarray: ...
+
+    def similarity(self, query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def first_tokens(self, text: str, count: int) -> str: ...
+
+
+class SparseModel(Protocol):
+    """A sparse model, SPLADE or inference-free SPLADE, as the worker uses it
+    (``worker.models.sparse_encoder.SparseEncoderModel``): one vocabulary-wide row per text."""
+
+    kind: Literal["sparse"]
+    device: str
+    #: the vocabulary's size: the width of each row
+    dimension: int
+    #: the most nonzero values a row keeps (None: all); what a job reserves room for per input
+    max_active_dims: int | None
+    prompts: dict[str, str]
+    default_prompt_name: str | None
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def group(self, task: str | None) -> int: ...
+
+    def sequences(
+        self, texts: Sequence[str], *, prompt: str, task: str | None, truncate: bool
+    ) -> list[SparseTokens]: ...
+
+    def special_tokens(self, task: str | None) -> int: ...
+
+    def encode(self, batch: Sequence[SparseTokens], group: int = 0) -> np.ndarray: ...
+
+
+Model = Encoder | Reranker | SparseModel | MultiVector

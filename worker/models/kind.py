@@ -2,7 +2,8 @@
 "works" (sentence-transformers converts it, dropping its classifier head) and yields meaningless vectors.
 
 - A sentence-transformers folder says so itself: ``config_sentence_transformers.json``'s ``model_type``
-  (``CrossEncoder`` is a reranker; ``SentenceTransformer``, or none, an embedding model).
+  (``CrossEncoder`` is a reranker; ``SparseEncoder`` a sparse model, SPLADE or inference-free SPLADE;
+  ``SentenceTransformer``, or none, an embedding model).
 - A plain Hugging Face model (no ``modules.json``) with a sequence-classification head (``config.json``'s
   ``architectures``: ``...ForSequenceClassification``) is a reranker, as ``CrossEncoder`` loads it; any other
   architecture is an embedding model, as ``SentenceTransformer`` loads it (mean pooling).
@@ -11,15 +12,22 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 from sentence_transformers.util import load_file_path
 
 from shared.errors import ErrorKind, ServiceError
+from shared.kinds import ModelKind
 
-ModelKind = Literal["embedding", "reranker"]
+__all__ = ["ModelKind", "model_kind"]
 
-_KIND_OF_TYPE: dict[str, ModelKind] = {"SentenceTransformer": "embedding", "CrossEncoder": "reranker"}
+
+_KIND_OF_TYPE: dict[str, ModelKind] = {
+    "SentenceTransformer": "embedding",
+    "CrossEncoder": "reranker",
+    "SparseEncoder": "sparse",
+    "MultiVectorEncoder": "multivector",
+    "ColBERT": "multivector",  # PyLate 3's saves, which MultiVectorEncoder loads
+}
 
 
 def model_kind(source: str, *, token: str | None = None) -> ModelKind:

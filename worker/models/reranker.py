@@ -57,6 +57,8 @@ class CrossEncoderReranker:
         tokenizer, max_seq_length = tokenizer_of(model)
         self._model = model
         self._tokenizer = tokenizer
+        #: the model's own tokenizer, public for ``worker.tokenizing`` (TEI's ``/tokenize`` and ``/decode``)
+        self.tokenizer = tokenizer
         self._forward = forward
         self.backend = backend
         self.device = str(model.device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import huggingface_hub.errors as hub_errors
 import torch
-from sentence_transformers import CrossEncoder, SentenceTransformer
+from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer, SparseEncoder
 
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
@@ -26,7 +26,9 @@ from worker.models.encoder import pick_device
 from worker.models.encoder_protocol import Encoder, Model
 from worker.models.faults import with_faults
 from worker.models.kind import model_kind
+from worker.models.multivector_encoder import place_multivector
 from worker.models.runtime_choice import place, place_reranker
+from worker.models.sparse_encoder import place_sparse
 from worker.models.stand_ins import SimulatedGpuEncoder, StubEncoder
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,10 @@ def load_model(name: str, settings: Settings) -> Model:
     try:
         trust_remote_code = name in settings.trust_remote_code_models  # never on unless named by the operator
         source = resolve(name, settings)
-        loader = CrossEncoder if model_kind(source, token=token) == "reranker" else SentenceTransformer
+        of_kind = model_kind(source, token=token)
+        loader = {"reranker": CrossEncoder, "multivector": MultiVectorEncoder, "sparse": SparseEncoder}.get(
+            of_kind, SentenceTransformer
+        )
         model = loader(
             source,
             device=device,
@@ -91,7 +96,13 @@ def load_model(name: str, settings: Settings) -> Model:
     model.eval()
     try:
         placed: Model = (
-            place_reranker(model, name, settings) if isinstance(model, CrossEncoder) else place(model, name, settings)
+            place_reranker(model, name, settings)
+            if isinstance(model, CrossEncoder)
+            else place_multivector(model, name, settings)
+            if isinstance(model, MultiVectorEncoder)
+            else place_sparse(model, settings)
+            if isinstance(model, SparseEncoder)
+            else place(model, name, settings)
         )
     except Exception as exc:
         if is_sticky(exc):  # the load-time checks ran on a device that is no longer usable

@@ -47,3 +47,13 @@ def test_workers_that_serve_a_model_at_different_precisions_are_listed_and_logge
     assert MODEL_VARIANTS.labels("m")._value.get() == 2
     warnings = [r for r in caplog.records if "served with different runtimes or precisions" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_each_card_says_its_kind_and_the_routes_that_serve_it():
+    cards = {"s": {"kind": "sparse", "dimensions": 30522}, "r": {"kind": "reranker"}, "e": {"kind": "embedding"}}
+    fleet = [WorkerInfo("a", "cpu", models=list(cards), started_ms=0, model_cards=cards)]
+    shown = model_cards(["configured"], fleet).cards
+    assert shown["s"]["routes"] == ["/embed_sparse", "/v1/embeddings", "/v1/embeddings/jobs"]
+    assert shown["r"]["routes"] == ["/v1/rerank", "/v2/rerank", "/rerank"]
+    assert shown["e"]["routes"][0] == "/v1/embeddings"
+    assert shown["configured"] == {}  # not loaded: its kind is not known yet

@@ -2,11 +2,14 @@ from arq.jobs import Job
 
 from shared import keys
 from shared.job_queue import (
+    ATTEMPT_STEPS,
+    MOST_ATTEMPTS,
     TASK_FUNCTION,
     FinishedJob,
     JobQueue,
     NewJob,
     deserialize_arq_job,
+    queue_score,
 )
 from shared.queue_format import queue_job_id
 
@@ -78,10 +81,21 @@ async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
     second = await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     assert [c.job_id for c in second] == ["j3.1", "j4.1"]
     assert await arq.claim(10, 100, lease_ms=10_000, now_ms=10) == []
-    await redis.delete("arq:in-progress:j0.1")  # its lease lapsed: the worker holding it died...
-    assert await arq.claim(10, 100, lease_ms=10_000, now_ms=10) == []
-    [again] = await arq.claim(10, 100, lease_ms=10_000, now_ms=10_011)  # ...and its lease's end has passed
+    assert await arq.claim(10, 100, lease_ms=10_000, now_ms=10_009) == []  # held until its lease ends...
+    [again] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10_011)  # ...then the worker holding it died
     assert (again.job_id, again.attempt) == ("j0.1", 2)
+    assert await redis.zscore("emb:queue:sync", "j0.1") == 20_011 + 2 / ATTEMPT_STEPS
+    later = await arq.claim(10, 100, lease_ms=10_000, now_ms=20_012)  # every lease has lapsed
+    assert {c.job_id: c.attempt for c in later} == {"j0.1": 3, "j1.1": 2, "j2.1": 2, "j3.1": 2, "j4.1": 2}
+    assert await redis.keys("arq:in-progress:*") == await redis.keys("arq:retry:*") == []  # the score says it all
+
+
+def test_a_score_holds_a_time_and_attempts_exactly_for_centuries():
+    for ms in (0, 1_796_000_000_000, 2**43 - 1):
+        for attempts in (0, 1, 3, MOST_ATTEMPTS):
+            score = queue_score(ms, attempts)
+            assert (int(score), round((score - int(score)) * ATTEMPT_STEPS)) == (ms, attempts)
+            assert float(repr(score)) == score
 
 
 async def test_claimed_jobs_wait_out_of_reach_until_their_lease_ends(redis):
@@ -89,12 +103,11 @@ async def test_claimed_jobs_wait_out_of_reach_until_their_lease_ends(redis):
     await arq.enqueue([new_job(1), new_job(2)], backlog_limit=100, now_ms=5)
     await arq.claim(1, 100, lease_ms=1000, now_ms=10)
     assert await redis.zrangebyscore("emb:queue:sync", "-inf", 10) == [b"j2.1"]  # the next claim scans j2 alone
-    assert await redis.zscore("emb:queue:sync", "j1.1") == 1010
+    assert await redis.zscore("emb:queue:sync", "j1.1") == 1010 + 1 / ATTEMPT_STEPS  # its lease's end; 1 attempt
     async with redis.pipeline(transaction=False) as pipe:
-        arq.renew_in(pipe, ["j1.1"], lease_ms=1000, now_ms=500)
+        arq.renew_in(pipe, {"j1.1": 1}, lease_ms=1000, now_ms=500)
         await pipe.execute()
-    assert await redis.zscore("emb:queue:sync", "j1.1") == 1500
-    assert 0 < await redis.pttl("arq:in-progress:j1.1") <= 1000
+    assert await redis.zscore("emb:queue:sync", "j1.1") == 1500 + 1 / ATTEMPT_STEPS
 
 
 async def test_an_unclaimed_job_can_be_claimed_again_at_once(redis):
@@ -125,7 +138,7 @@ async def test_finish_delivers_replies_and_cleans_up(redis):
     await arq.finish([FinishedJob(first, "emb:reply:a", b"r1"), FinishedJob(second)])
     assert await redis.lrange("emb:reply:a", 0, -1) == [b"r1"]
     assert await redis.zrange("emb:queue:sync", 0, -1) == [third.encode()]
-    assert await redis.exists(*[f"arq:{kind}:{first}" for kind in ("job", "in-progress", "retry")]) == 0
+    assert await redis.exists(f"arq:job:{first}") == 0
     assert await redis.exists(f"arq:job:{second}") == 0
     assert (await queued_texts(redis), await shares(redis)) == (4, {KEY_B: 4})  # an owner at 0 leaves the hash
     await arq.finish([FinishedJob(third)])
@@ -177,12 +190,21 @@ async def test_withdraw_takes_only_jobs_no_worker_holds(redis):
     await arq.enqueue([new_job(1, 2, KEY_A), new_job(2, 3, KEY_A), new_job(3, 4, KEY_B)], 100, now_ms=5)
     [claimed] = await arq.claim(1, 100, lease_ms=10_000, now_ms=10)
     assert claimed.job_id == f"{KEY_A}:j1.2"
-    assert await arq.withdraw([f"{KEY_A}:j1.2", f"{KEY_A}:j2.3", f"{KEY_B}:j3.4", "j9.1"]) == 2
+    assert await arq.withdraw([f"{KEY_A}:j1.2", f"{KEY_A}:j2.3", f"{KEY_B}:j3.4", "j9.1"], now_ms=20) == 2
     assert await redis.zrange("emb:queue:sync", 0, -1) == [claimed.job_id.encode()]  # running: stays to its end
     assert await redis.exists(f"arq:job:{KEY_A}:j2.3", f"arq:job:{KEY_B}:j3.4") == 0
     assert (await queued_texts(redis), await shares(redis)) == (2, {KEY_A: 2})
     await arq.finish([FinishedJob(claimed.job_id)])
     assert (await queued_texts(redis), await shares(redis)) == (0, {})
+
+
+async def test_withdraw_takes_a_job_whose_lease_ended(redis):
+    arq = JobQueue.sync(redis)
+    await arq.enqueue([new_job(1, 2)], 100, now_ms=5)
+    await arq.claim(1, 100, lease_ms=1000, now_ms=10)
+    assert await arq.withdraw(["j1.2"], now_ms=1009) == 0
+    assert await arq.withdraw(["j1.2"], now_ms=1011) == 1  # its worker died with it
+    assert (await redis.zcard("emb:queue:sync"), await queued_texts(redis)) == (0, 0)
 
 
 async def test_an_id_with_no_count_counts_one_text_when_released(redis):

@@ -9,6 +9,7 @@ from shared.protocol import (
     RerankTask,
     TaskError,
     TaskReply,
+    TokenEmbedTask,
     decode_embedding,
     decode_reply,
     decode_sync_task,
@@ -140,3 +141,29 @@ def test_a_traced_job_round_trips():
     carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "k=v"}
     for job in (make_job(trace_context=carrier), make_rerank_task(trace_context=carrier)):
         assert decode_sync_task(encode_job(job)) == job
+
+
+def _token_embed_task(**overrides: object) -> TokenEmbedTask:
+    fields: dict[str, object] = dict(
+        request_id="r1",
+        model="mv",
+        inputs=["a", "ü"],
+        truncate=True,
+        prompt_name=None,
+        input_type="query",
+        encoding_format="base64",
+        layout="pooling",
+        enqueued_ms=1,
+        deadline_ms=2,
+        reply_to="reply",
+    )
+    return TokenEmbedTask(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def test_a_token_embed_task_round_trips_and_a_malformed_one_is_rejected():
+    task = _token_embed_task()
+    assert decode_sync_task(encode_job(task)) == task
+    for overrides in ({"inputs": ["a", 3]}, {"encoding_format": "binary"}, {"layout": "cohere"}):
+        fields = msgpack.unpackb(encode_job(task), raw=False) | overrides
+        with pytest.raises(ProtocolError):
+            decode_sync_task(msgpack.packb(fields, use_bin_type=True))

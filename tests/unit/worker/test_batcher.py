@@ -366,3 +366,22 @@ async def test_a_poisonous_input_does_not_lower_the_budget(model, executor):
         await asyncio.wait_for(batcher.submit([[1], [666], [2], [3]]), 5)
     assert batcher.max_batch_tokens == 1000
     await batcher.close()
+
+
+async def test_a_multi_vector_models_rows_of_their_own_length_come_back_as_objects(executor):
+    """A multi-vector model answers a (tokens, dimensions) array per sequence, as many tokens as its own: each
+    request gets its own arrays, whatever it was batched with."""
+
+    def encode(batch: Sequence[list[int]], group: int) -> np.ndarray:
+        rows = np.empty(len(batch), dtype=object)
+        for index, sequence in enumerate(batch):
+            rows[index] = np.full((len(sequence), 2), sequence[0], dtype=np.float32)
+        return rows
+
+    batcher = MicroBatcher(encode, executor=executor, max_batch_size=8, max_batch_tokens=1000)
+    try:
+        first, second = await asyncio.gather(batcher.submit([[1, 1, 1], [2]]), batcher.submit([[3, 3]]))
+    finally:
+        await batcher.close()
+    assert [row.shape for row in first.vectors] == [(3, 2), (1, 2)] and first.vectors[1][0, 0] == 2
+    assert second.vectors[0].tolist() == [[3.0, 3.0], [3.0, 3.0]]

@@ -195,10 +195,9 @@ async def test_garbage_job_is_moved_aside_and_the_worker_goes_on(service, redis)
 
 async def test_finishing_removes_the_job_from_arqs_keys(service, redis):
     await redis.set("arq:job:job-1", b"x")
-    await redis.set("arq:in-progress:job-1", b"1")
     await redis.zadd("emb:queue:sync", {"job-1": 1})
     await service.handle("job-1", encode_job(job()))
-    assert await redis.exists("arq:job:job-1", "arq:in-progress:job-1") == 0
+    assert await redis.exists("arq:job:job-1") == 0
     assert await redis.zcard("emb:queue:sync") == 0
 
 

@@ -46,6 +46,18 @@ def test_a_plain_classifier_is_a_reranker_and_a_plain_encoder_an_embedding_model
     assert model_kind(folder(encoder, config={"architectures": ["BertModel"]})) == "embedding"
 
 
+def test_a_sparse_encoder_is_sparse(tmp_path):
+    config = {"model_type": "SparseEncoder"}
+    assert model_kind(folder(tmp_path, modules=[], config_sentence_transformers=config)) == "sparse"
+
+
 def test_a_kind_this_server_does_not_serve_is_refused(tmp_path):
-    with pytest.raises(ServiceError, match="does not serve SparseEncoder models"):
-        model_kind(folder(tmp_path, modules=[], config_sentence_transformers={"model_type": "SparseEncoder"}))
+    with pytest.raises(ServiceError, match="does not serve SomeFutureEncoder models"):
+        model_kind(folder(tmp_path, modules=[], config_sentence_transformers={"model_type": "SomeFutureEncoder"}))
+
+
+@pytest.mark.parametrize("model_type", ["MultiVectorEncoder", "ColBERT"])
+def test_a_multi_vector_model_and_a_pylate_colbert_are_multivector(tmp_path, model_type):
+    assert model_kind(folder(tmp_path, modules=[], config_sentence_transformers={"model_type": model_type})) == (
+        "multivector"
+    )
