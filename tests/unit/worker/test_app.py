@@ -10,7 +10,7 @@ import pytest
 
 from shared import keys
 from shared.clock import now_ms
-from shared.job_queue import JobQueue, NewJob
+from shared.job_queue import ATTEMPT_STEPS, JobQueue, NewJob
 from shared.protocol import decode_reply, encode_job
 from shared.queue_format import queue_job_id
 from shared.redis_client import connect
@@ -68,6 +68,10 @@ async def test_the_worker_serves_jobs_and_finishes_held_ones_on_sigterm(redis_ur
             break
         await asyncio.sleep(0.01)
     assert list(worker.tasks) == [queue_job_id("held", 2)]
+    claimed = await redis.zscore(keys.SYNC_QUEUE, queue_job_id("held", 2))
+    await asyncio.sleep(0.8)  # a renewal (every job_lease_s / 3) moves its lease on and keeps its attempt count
+    renewed = await redis.zscore(keys.SYNC_QUEUE, queue_job_id("held", 2))
+    assert renewed > claimed > now_ms() and round((renewed % 1) * ATTEMPT_STEPS) == 1
     worker.handle_sig_wait_for_completion(signal.SIGTERM)
     await enqueue(redis, "after-sigterm")
     await asyncio.sleep(0.2)
