@@ -1,7 +1,7 @@
 """Every Redis key and channel this project uses, in one place; code builds keys only through here.
 
-arq keeps its own keys (``arq:job:*``, ``arq:in-progress:*``, ``arq:retry:*``, ``arq:result:*``) for the jobs
-that sit in our queues.
+A job in our queues is stored under arq's key (``arq:job:*``); its lease and attempt count are its queue entry's
+score (``shared.job_queue``), so arq's ``arq:in-progress:*`` and ``arq:retry:*`` keys are not written.
 """
 
 PREFIX = "emb:"
