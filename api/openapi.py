@@ -6,8 +6,9 @@ the middleware and the settings add.
   a body is read, 400 where parameters are validated (the server's validation errors are 400s, never 422s).
 - Request schemas built from pydantic models (``model_json_schema``) carry their own ``$defs``; they move to
   ``components/schemas`` so that every ``$ref`` resolves.
-- TEI's ``/rerank`` may leave ``model`` out only where ``DEFAULT_RERANK_MODEL`` names one; TEI's ``/tokenize`` and
-  ``/decode`` only where the deployment serves exactly one model (``api.tokenize.schemas.sole_model``).
+- TEI's ``/rerank`` may leave ``model`` out only where ``DEFAULT_RERANK_MODEL`` names one; TEI's ``/tokenize``,
+  ``/decode`` and ``/embed_sparse`` only where the deployment serves exactly one model
+  (``api.tokenize.schemas.sole_model``).
 - Token ids are bounded by what ``TOKEN_IDS`` reads them as: OpenAI's cl100k_base ids, or the model's own (whose
   vocabulary the API does not know; the worker refuses an id outside it).
 """
@@ -52,7 +53,7 @@ def document(app: FastAPI, settings: Settings, *, keys_required: bool) -> dict[s
     if settings.default_rerank_model is None:
         _require_model(doc["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"])
     if sole_model(settings) is None:
-        for path in ("/tokenize", "/decode"):
+        for path in ("/tokenize", "/decode", "/embed_sparse"):
             _require_model(doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"])
     opened = OpenPaths(settings.protect_metrics)
     for path, operations in doc["paths"].items():

@@ -21,6 +21,7 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
    (``bench/batch.py``).
 6. ``GET /v1/files`` with many batches listed (``bench/files.py``).
 7. Rerank against ``CrossEncoder.predict`` and Infinity (``bench/rerank.py``).
+8. Sparse models against ``SparseEncoder.encode`` (``bench/sparse.py``).
 """
 
 from __future__ import annotations
@@ -526,13 +527,15 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
     parser.add_argument(
         "--only",
-        choices=["model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank"],
+        choices=["model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse"],
         action="append",
     )
     parser.add_argument("--batch-lines", type=int, default=50_000)
     parser.add_argument("--listed-batches", type=int, default=1_000)
     args = parser.parse_args()
-    sections = args.only or ["model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank"]
+    sections = args.only or [
+        *("model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse")
+    ]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
         cpu_section()
@@ -563,6 +566,10 @@ def main() -> None:
             from bench.rerank import rerank_section
 
             rerank_section(logs, args.seconds)
+        if "sparse" in sections:
+            from bench.sparse import sparse_section
+
+            sparse_section(logs, args.seconds)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from api.embeddings.schemas import normalize_input
 from api.fast_route import json_post
 from api.http import Dimensions
 from api.sync_route import SyncRoute
+from shared.errors import ErrorKind, ServiceError
+from shared.kinds import wrong_kind_message
 from shared.protocol import TaskReply
 from shared.quantize import UNOFFERED, quantize, unoffered
 from shared.settings import Settings
@@ -91,6 +93,9 @@ def _task(request: CohereEmbedRequest, request_id: str, settings: Settings) -> J
 
 def _render(request: CohereEmbedRequest, reply: TaskReply, request_id: str) -> bytes:
     items = orjson.loads(reply.data)
+    if items and items[0].get("object") == "sparse_embedding":  # a sparse model answers sparse items: not Cohere's
+        message = wrong_kind_message(request.model, "sparse", ("embedding",))
+        raise ServiceError(ErrorKind.INVALID_REQUEST, message, "model")
     vectors = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in items])
     body = {
         "id": request_id,

@@ -1,7 +1,8 @@
 """``POST /v1/embeddings``: the OpenAI embeddings contract, answered through the queue.
 
 A synchronous route (``api.sync_route``): the request is ``EmbeddingRequest``, ``EmbedOptions`` makes its
-``EmbedTask``, and the worker's ``data`` array is framed into the OpenAI response as it came.
+``EmbedTask``, and the worker's ``data`` array is framed into the OpenAI response as it came. For a sparse model
+(SPLADE) the worker answers ``sparse_embedding`` items instead (``shared.sparse``), framed the same way.
 """
 
 from __future__ import annotations

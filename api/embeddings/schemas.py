@@ -44,7 +44,12 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: Any = Field(description="A string, a list of strings, a list of token ids, or a list of token-id lists.")
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="An embedding model; a sparse model (SPLADE) answers `sparse_embedding` items (`indices`, "
+        "`values`) instead, whatever the `encoding_format`.",
+    )
     encoding_format: Literal["float", "base64"] = "float"
     output_dtype: OutputDtype = Field(
         "float",

@@ -157,6 +157,10 @@ def longest_input(model: Any) -> Any:
     if model.kind == "embedding":
         ids = model.tokenize(["probe"])[0] or [0]
         return model.prepare(ids * length, truncate=True, param="input")
+    if model.kind == "sparse":
+        return model.longest_input()
+    if model.kind == "multivector":
+        return model.texts(["probe " * length], prompt="", task=None, truncate=True)[0]
     return model.pairs("probe", ["probe " * length], truncate=True)[0]
 
 

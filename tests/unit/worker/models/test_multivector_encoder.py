@@ -10,6 +10,7 @@ from sentence_transformers import MultiVectorEncoder
 
 from shared.errors import ErrorKind, ServiceError
 from tests.model_fixtures import MULTIVECTOR_MODEL, save_multivector
+from worker.models.device_budget import longest_input
 from worker.models.multivector_encoder import MultiVectorTokenEncoder, resolve_prompt, task_group
 
 TEXTS = [
@@ -90,3 +91,9 @@ def test_similarity_is_the_models_maxsim(library, encoder):
     by_hand = (query[0] @ documents[0].T).max(axis=1).sum()
     assert abs(scores[0] - by_hand) < 1e-4
     assert encoder.describe()["kind"] == "multivector" and encoder.describe()["query_tokens"] == 32
+
+
+def test_the_gpu_memory_probe_input_is_a_text_at_the_models_length(encoder):
+    probe = longest_input(encoder)
+    assert len(probe) == encoder.max_seq_length
+    assert encoder.encode([probe], 0)[0].shape[1] == 128
