@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -59,6 +60,12 @@ def resolve(name: str, settings: Settings) -> str:
     return name
 
 
+#: one model constructed at a time: transformers' loading swaps process-wide functions (``no_init_weights``,
+#: ``no_tie_weights`` in ``transformers.initialization``) while it builds a model, so two loads in two threads undo
+#: each other's (seen: a SPLADE loaded beside a ColBERT model kept its tied decoder on the meta device)
+_CONSTRUCTING = threading.Lock()
+
+
 def load_model(name: str, settings: Settings) -> Model:
     """Load ``name``, as the kind of model it is (``worker.models.kind``); any failure becomes a ServiceError whose
     message names the model, not the cause."""
@@ -77,14 +84,15 @@ def load_model(name: str, settings: Settings) -> Model:
         loader = {"reranker": CrossEncoder, "multivector": MultiVectorEncoder, "sparse": SparseEncoder}.get(
             of_kind, SentenceTransformer
         )
-        model = loader(
-            source,
-            device=device,
-            token=token,
-            trust_remote_code=trust_remote_code,
-            # not the checkpoint's own dtype (transformers 5's default): float32, cast later to what DTYPE asks for
-            model_kwargs={"dtype": torch.float32},
-        )
+        with _CONSTRUCTING:
+            model = loader(
+                source,
+                device=device,
+                token=token,
+                trust_remote_code=trust_remote_code,
+                # not the checkpoint's own dtype (transformers 5's default): float32, cast later to what DTYPE asks
+                model_kwargs={"dtype": torch.float32},
+            )
     except ServiceError:
         raise
     except Exception as exc:
