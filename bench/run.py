@@ -22,6 +22,7 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
 6. ``GET /v1/files`` with many batches listed (``bench/files.py``).
 7. Rerank against ``CrossEncoder.predict`` and Infinity (``bench/rerank.py``).
 8. Sparse models against ``SparseEncoder.encode`` (``bench/sparse.py``).
+9. Multi-vector (ColBERT-style) models against ``MultiVectorEncoder.encode`` (``bench/multivector.py``).
 """
 
 from __future__ import annotations
@@ -527,14 +528,25 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/benchmark.png"))
     parser.add_argument(
         "--only",
-        choices=["model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse"],
+        choices=[
+            "model",
+            "precision",
+            "pipeline",
+            "tracing",
+            "scaling",
+            "batch",
+            "files",
+            "rerank",
+            "sparse",
+            "multivector",
+        ],
         action="append",
     )
     parser.add_argument("--batch-lines", type=int, default=50_000)
     parser.add_argument("--listed-batches", type=int, default=1_000)
     args = parser.parse_args()
     sections = args.only or [
-        *("model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse")
+        *("model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse", "multivector")
     ]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
@@ -570,6 +582,10 @@ def main() -> None:
             from bench.sparse import sparse_section
 
             sparse_section(logs, args.seconds)
+        if "multivector" in sections:
+            from bench.multivector import multivector_section
+
+            multivector_section(logs, args.seconds)
 
 
 if __name__ == "__main__":
