@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from shared.cpus import cpu_budget
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from worker.models.attention import choose_attention
@@ -48,7 +49,6 @@ from worker.models.runtimes import (
     Backend,
     Graph,
     choose_backend,
-    cpu_budget,
     export_folder,
     installed,
     load_runtime,

@@ -6,7 +6,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from worker.models import runtimes
-from worker.models.runtimes import choose_backend, cpu_budget, export_folder
+from worker.models.runtimes import choose_backend, export_folder
 
 
 @pytest.mark.parametrize(
@@ -27,20 +27,6 @@ def test_auto_is_torch_on_cuda_and_the_fastest_installed_runtime_on_cpu(
 ):
     monkeypatch.setattr(runtimes, "installed", lambda name: name == "torch" or name in present)
     assert choose_backend(setting, device, precision) == backend
-
-
-@pytest.mark.parametrize(("cpu_max", "cpus"), [("max 100000\n", 2), ("100000 100000\n", 1), ("50000 100000\n", 1)])
-def test_the_cpu_budget_is_the_affinity_capped_by_the_cgroup_quota(monkeypatch, tmp_path, cpu_max, cpus):
-    (tmp_path / "cpu.max").write_text(cpu_max)
-    monkeypatch.setattr(runtimes, "_CGROUP_CPU_MAX", tmp_path / "cpu.max")
-    monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert cpu_budget() == cpus
-
-
-def test_without_a_cgroup_quota_the_affinity_counts(monkeypatch, tmp_path):
-    monkeypatch.setattr(runtimes, "_CGROUP_CPU_MAX", tmp_path / "absent")
-    monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    assert cpu_budget() == 3
 
 
 def test_an_export_is_named_by_model_backend_and_weights(tmp_path):
