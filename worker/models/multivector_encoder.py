@@ -35,6 +35,7 @@ from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from worker.models.encoder import tokenizer_of
 from worker.models.precision import declared_precision, pin_float32_math
+from worker.models.reranker import first_tokens
 from worker.models.runtime_choice import runtime_threads
 from worker.models.transfers import copies_for
 
@@ -181,14 +182,7 @@ class MultiVectorTokenEncoder:
 
     def first_tokens(self, text: str, count: int) -> str:
         """``text`` up to the end of its ``count``-th token (a rerank's ``max_tokens_per_doc``)."""
-        if not getattr(self._tokenizer, "is_fast", False):  # only fast tokenizers map tokens to offsets
-            ids = self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-            return text if len(ids) <= count else str(self._tokenizer.decode(ids[:count]))
-        encoded = self._tokenizer(
-            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
-        )
-        offsets = encoded["offset_mapping"]
-        return text if len(offsets) <= count else text[: offsets[count - 1][1]]
+        return first_tokens(self._tokenizer, text, count)
 
     def _check_lengths(self, texts: Sequence[str], prompt: str, task: str | None) -> None:
         limit = self.limit(task)

@@ -126,7 +126,7 @@ class CrossEncoderReranker:
         reads, longest first, as ``CrossEncoder.predict`` does; else refuse them. ``max_tokens_per_doc``: first
         cut each document to that many of its own tokens."""
         if max_tokens_per_doc is not None:
-            documents = [self._first_tokens(document, max_tokens_per_doc) for document in documents]
+            documents = [first_tokens(self._tokenizer, document, max_tokens_per_doc) for document in documents]
         features = self._preprocess([(query, document) for document in documents], truncate=truncate)
         keys = [key for key in _TOKEN_KEYS if key in features]
         pairs = [PairTokens({key: features[key][row] for key in keys}) for row in range(len(documents))]
@@ -197,18 +197,17 @@ class CrossEncoderReranker:
         )
         return features
 
-    def _first_tokens(self, text: str, count: int) -> str:
-        """``text`` up to the end of its ``count``-th token."""
-        if not getattr(self._tokenizer, "is_fast", False):  # only fast tokenizers map tokens to offsets
-            ids = self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-            return text if len(ids) <= count else str(self._tokenizer.decode(ids[:count]))
-        encoded = self._tokenizer(
-            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
-        )
-        offsets = encoded["offset_mapping"]
-        return text if len(offsets) <= count else text[: offsets[count - 1][1]]
-
 
 def _qualified_name(function: Any) -> str:
     cls = type(function)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def first_tokens(tokenizer: Any, text: str, count: int) -> str:
+    """``text`` up to the end of its ``count``-th token by ``tokenizer`` (a rerank's ``max_tokens_per_doc``)."""
+    if not getattr(tokenizer, "is_fast", False):  # only fast tokenizers map tokens to offsets
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return text if len(ids) <= count else str(tokenizer.decode(ids[:count]))
+    encoded = tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False)
+    offsets = encoded["offset_mapping"]
+    return text if len(offsets) <= count else text[: offsets[count - 1][1]]
