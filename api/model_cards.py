@@ -1,5 +1,6 @@
 """What ``GET /v1/models`` says of each model: the configured names, and what live workers report of those loaded:
-its ``kind`` (``embedding``, ``sparse``, ``multivector``, ``reranker``) and the ``routes`` that kind is served on.
+its ``kind`` (``embedding``, ``sparse``, ``multivector``, ``reranker``), the ``routes`` that kind is served on and
+the ``modalities`` it takes (``text``; ``image`` too for a CLIP-style model).
 
 Workers may serve one model on different runtimes or precisions (a fleet of mixed hosts, or a changed ``DTYPE``
 during a rollout); their vectors then differ from one request to the next. Such a model's card lists each variant
@@ -40,6 +41,7 @@ def model_cards(configured: Iterable[str], workers: Iterable[WorkerInfo]) -> Mod
         kind = card.get("kind")
         if kind in KINDS:  # what the model's kind offers: the routes that take it (``shared.kinds``)
             card["routes"] = list(KINDS[kind].routes)
+            card.setdefault("modalities", ["text"])  # a multimodal model's worker says which it takes
     for name, seen in variants.items():
         if len(seen) > 1:
             cards[name]["variants"] = [

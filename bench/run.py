@@ -23,6 +23,8 @@ wrk, and prints tables. Asserts nothing: this machine is shared and noisy, so re
 7. Rerank against ``CrossEncoder.predict`` and Infinity (``bench/rerank.py``).
 8. Sparse models against ``SparseEncoder.encode`` (``bench/sparse.py``).
 9. Multi-vector (ColBERT-style) models against ``MultiVectorEncoder.encode`` (``bench/multivector.py``).
+10. Images on a CLIP-style model against ``encode`` of the PIL images, and long inputs chunked against the library
+    on the same chunks (``bench/multimodal.py``).
 """
 
 from __future__ import annotations
@@ -539,6 +541,7 @@ def main() -> None:
             "rerank",
             "sparse",
             "multivector",
+            "multimodal",
         ],
         action="append",
     )
@@ -546,7 +549,8 @@ def main() -> None:
     parser.add_argument("--listed-batches", type=int, default=1_000)
     args = parser.parse_args()
     sections = args.only or [
-        *("model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse", "multivector")
+        *("model", "precision", "pipeline", "tracing", "scaling", "batch", "files", "rerank", "sparse", "multivector"),
+        "multimodal",
     ]
     with tempfile.TemporaryDirectory() as directory:
         logs = Path(directory)
@@ -586,6 +590,10 @@ def main() -> None:
             from bench.multivector import multivector_section
 
             multivector_section(logs, args.seconds)
+        if "multimodal" in sections:
+            from bench.multimodal import multimodal_section
+
+            multimodal_section(logs, args.seconds)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,18 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-#: 8: a claimed job's lease and attempts live in its queue score (``shared.job_queue``), not in arq's keys
-PROTOCOL_VERSION = 8
+#: 9: image inputs (``input_kind`` ``mixed``) and ``truncate: "chunk"``; 8: a claimed job's lease and attempts live
+#: in its queue score (``shared.job_queue``), not in arq's keys
+PROTOCOL_VERSION = 9
 
-InputKind = Literal["text", "tokens"]
+#: ``mixed``: each input is a text (``str``) or an image (``{"image": <data URI or URL>}``, ``IMAGE_KEY``)
+InputKind = Literal["text", "tokens", "mixed"]
+INPUT_KINDS: tuple[InputKind, ...] = ("text", "tokens", "mixed")
+#: the key of an image input of a ``mixed`` job
+IMAGE_KEY = "image"
+#: cut an over-long input to what the model reads (True), refuse it (False), or split it at the model's maximum
+#: length and average its chunks' vectors, weighted by their tokens (``"chunk"``: ``worker.long_inputs``)
+Truncation = bool | Literal["chunk"]
 EncodingFormat = Literal["float", "base64"]
 #: what each value of an embedding is: a float, or one sign bit of it, packed eight to a (signed or unsigned) byte
 OutputDtype = Literal["float", "binary", "ubinary"]
@@ -52,10 +60,10 @@ class EmbedInputs:
     request_id: str
     model: str
     input_kind: InputKind
-    #: texts when ``input_kind == "text"``, token-id lists when ``"tokens"``
+    #: texts when ``input_kind == "text"``, token-id lists when ``"tokens"``, texts and images when ``"mixed"``
     inputs: list[Any]
     dimensions: int | None
-    truncate: bool
+    truncate: Truncation
     #: the prompt to put before each text: by name, or by input type ("query" / "document"); neither: the default
     prompt_name: str | None
     input_type: str | None
@@ -300,8 +308,12 @@ def decode_embedding(data: bytes, kind: type[Job]) -> Job:
 
 
 def _checked(job: Job) -> Job:
-    if job.input_kind not in ("text", "tokens") or not isinstance(job.inputs, list):
+    if job.input_kind not in INPUT_KINDS or not isinstance(job.inputs, list):
         raise ProtocolError("job has malformed inputs")
+    if job.input_kind == "mixed" and not all(_text_or_image(item) for item in job.inputs):
+        raise ProtocolError("job has malformed inputs")
+    if job.truncate not in (True, False, "chunk"):
+        raise ProtocolError("job has an unknown truncation")
     if isinstance(job, EmbedTask) and job.encoding_format not in ("float", "base64"):
         raise ProtocolError("job has an unknown encoding format")
     if isinstance(job, EmbedTask) and job.output_dtype not in OUTPUT_DTYPES:
@@ -309,6 +321,12 @@ def _checked(job: Job) -> Job:
     if isinstance(job, EmbedChunk) and job.parts is not None and sum(job.parts) != len(job.inputs):
         raise ProtocolError("chunk's parts do not add up to its inputs")
     return job
+
+
+def _text_or_image(item: Any) -> bool:
+    if isinstance(item, str):
+        return True
+    return isinstance(item, dict) and len(item) == 1 and isinstance(item.get(IMAGE_KEY), str)
 
 
 def _checked_trace(job: SyncTask) -> SyncTask:

@@ -104,6 +104,24 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0)
     #: cut inputs longer than the model's maximum sequence length (else: 400 context_length_exceeded)
     truncate_inputs: bool = True
+    #: embedding requests that do not say ``truncate`` split an over-long input into chunks at the model's maximum
+    #: length and average their vectors (``truncate: "chunk"``), rather than cut or refuse it as truncate_inputs says
+    chunk_long_inputs: bool = False
+    #: tokens each chunk of a chunked input repeats from the end of the chunk before it
+    chunk_overlap_tokens: int = Field(0, ge=0)
+
+    # Images (worker): decoded and fetched only by workers, within these bounds
+    #: hosts image URLs may be fetched from (comma separated, exact names); none: data URIs only. Never loopback,
+    #: link-local or private addresses, whatever the name resolves to
+    image_url_hosts: Annotated[list[str], NoDecode] = []
+    #: bytes of one image, encoded (a data URI's payload, or a fetched body)
+    image_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: pixels of one image (width x height), read from its header before it is decoded
+    image_max_pixels: int = Field(4096 * 4096, ge=1)
+    #: image formats accepted (Pillow's names); anything else is a 400
+    image_formats: Annotated[list[str], NoDecode] = ["PNG", "JPEG", "WEBP"]
+    #: seconds to fetch one image URL, connection included
+    image_fetch_timeout_s: float = Field(5.0, gt=0)
 
     # Batching (worker); unset: what suits the device (``batch_limits``)
     max_batch_size: int | None = Field(None, ge=1)
@@ -185,6 +203,8 @@ class Settings(BaseSettings):
         "allowed_models",
         "trust_remote_code_models",
         "redis_sentinels",
+        "image_url_hosts",
+        "image_formats",
         mode="before",
     )
     @classmethod

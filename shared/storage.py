@@ -86,9 +86,12 @@ RESERVATION_KEYS = [keys.STORE_RESERVED, keys.STORE_RESERVATIONS, keys.STORE_EXP
 
 
 def input_bytes(inputs: Sequence[Any]) -> int:
-    """What queued inputs take in Redis: text as UTF-8, token ids as 4 bytes each, plus framing."""
+    """What queued inputs take in Redis: text as UTF-8, token ids as 4 bytes each, an image as its data URI or URL
+    (``{"image": ...}``), plus framing."""
     total = 0
     for value in inputs:
+        if isinstance(value, dict):
+            value = next(iter(value.values()), "")
         total += (len(value.encode()) if isinstance(value, str) else VALUE_BYTES * len(value)) + INPUT_OVERHEAD_BYTES
     return total
 

@@ -6,8 +6,10 @@ bfloat16, as many recent models are; and sparse models (``build_sparse``: SPLADE
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer
@@ -222,3 +224,153 @@ def save_multivector(folder: Path) -> dict[str, Path]:
     path = folder / MULTIVECTOR_MODEL.replace("/", "--")
     multivector().save(str(path))
     return {MULTIVECTOR_MODEL: path}
+
+
+#: the multimodal fixture: a tiny CLIP (text and image towers, one 32-dimensional space), 32x32 images
+CLIP_MODEL = "test/clip"
+CLIP_IMAGE_SIZE = 32
+CLIP_PATCH_SIZE = 8
+#: the shared space's width: neither tower's (32 for text, 48 for images), so a dimension read from the wrong config
+#: shows
+CLIP_DIMENSIONS = 24
+#: what the fixture's tokenizer learns its merges from: fixed, so its vocabulary is the same on every run
+CLIP_CORPUS = (
+    "a photo of a cat sitting on the red sofa",
+    "a photo of a dog running in the green park",
+    "two cats and one dog sleeping together in the sun",
+    "the quick brown fox jumps over the lazy dog",
+    "a picture of the blue sky over the sea at sunset",
+    "an image of a small house with a red roof",
+    "hello world, this is a test of the tokenizer",
+    "photos of people walking in the city at night",
+    "a drawing of a tree, a flower and a bird",
+    "the weather in lisbon is sunny and warm today",
+)
+#: merges the fixture's BPE learns at most (it stops earlier when no pair occurs twice)
+CLIP_MERGES = 200
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's (and CLIP's) byte-to-character table, the alphabet of a byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(table.items()))
+
+
+def _learn_bpe(words: list[str], merges: int) -> list[tuple[str, str]]:
+    """Byte-level BPE merges learned from ``words`` (pre-tokenized, byte-level characters), CLIP style: a word's last
+    symbol carries ``</w>``. Each step merges the most frequent adjacent pair; ties go to the smallest pair, so the
+    merges are the same on every run (the ``tokenizers`` trainer breaks ties differently from run to run)."""
+    counts: dict[tuple[str, ...], int] = {}
+    for word in words:
+        symbols = (*word[:-1], word[-1] + "</w>")
+        counts[symbols] = counts.get(symbols, 0) + 1
+    learned: list[tuple[str, str]] = []
+    while len(learned) < merges:
+        pairs: dict[tuple[str, str], int] = {}
+        for symbols, count in counts.items():
+            for pair in itertools.pairwise(symbols):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < 2:
+            break
+        learned.append(best)
+        merged: dict[tuple[str, ...], int] = {}
+        for symbols, count in counts.items():
+            out: list[str] = []
+            index = 0
+            while index < len(symbols):
+                if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == best:
+                    out.append(symbols[index] + symbols[index + 1])
+                    index += 2
+                else:
+                    out.append(symbols[index])
+                    index += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + count
+        counts = merged
+    return learned
+
+
+def clip_tokenizer() -> object:
+    """A CLIP tokenizer (byte-level BPE, lowercase, ``<|startoftext|>`` ... ``<|endoftext|>``) whose merges are
+    learned from ``CLIP_CORPUS``. Its vocabulary is laid out as CLIP's: the 256 byte characters, the same with
+    ``</w>``, the merges in order, then the two special tokens (``<|endoftext|>`` last, as the pooling expects)."""
+    from transformers import CLIPTokenizer
+
+    alphabet = list(_bytes_to_unicode().values())
+    base = {symbol: index for index, symbol in enumerate([*alphabet, *(symbol + "</w>" for symbol in alphabet)])}
+    # the tokenizer's own normalizer and pre-tokenizer split the corpus, so the merges fit what it will see
+    splitter = CLIPTokenizer(vocab={**base, "<|startoftext|>": len(base), "<|endoftext|>": len(base) + 1}, merges=[])
+    backend = splitter.backend_tokenizer
+    words = [
+        piece
+        for text in CLIP_CORPUS
+        for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))
+    ]
+    merges = _learn_bpe(words, CLIP_MERGES)
+    vocab = dict(base)
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    # the BPE model takes the merges as pairs (transformers annotates them as strings, which it refuses)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
+
+
+def clip() -> SentenceTransformer:
+    """The multimodal fixture: a seeded tiny CLIP (2-layer text and vision towers of widths 32 and 48, 8x8 patches of
+    32x32 images, projections to ``CLIP_DIMENSIONS``) with its processor (``clip_tokenizer``, a PIL CLIP image
+    processor), as a sentence-transformers ``Transformer`` module (text and image modalities), then ``Normalize``."""
+    import tempfile
+
+    from sentence_transformers.base.modules import Transformer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    tokenizer: Any = clip_tokenizer()
+    tower = {"num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config={
+            **tower,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": tokenizer.model_max_length,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            **tower,
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "image_size": CLIP_IMAGE_SIZE,
+            "patch_size": CLIP_PATCH_SIZE,
+        },
+        projection_dim=CLIP_DIMENSIONS,
+    )
+    torch.manual_seed(2026)
+    hf_model: Any = CLIPModel(config)
+    hf_model.eval()
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
+    )
+    processor: Any = CLIPProcessor(image_processor=images, tokenizer=tokenizer)  # type: ignore[no-untyped-call]
+    with tempfile.TemporaryDirectory() as folder:
+        hf_model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        transformer = Transformer(folder)
+    return SentenceTransformer(modules=[transformer, Normalize()], device="cpu")
+
+
+def save_clip(folder: Path) -> dict[str, Path]:
+    """Save the multimodal fixture under ``folder``; its name and folder."""
+    path = folder / CLIP_MODEL.replace("/", "--")
+    clip().save(str(path))
+    return {CLIP_MODEL: path}

@@ -202,10 +202,16 @@ class MicroBatcher(Generic[Item]):
         return self._max_batch_tokens
 
     async def submit(
-        self, sequences: Sequence[Item], *, group: int = 0, urgent: bool = True, deadline_ms: int | None = None
+        self,
+        sequences: Sequence[Item],
+        *,
+        group: int | Sequence[int] = 0,
+        urgent: bool = True,
+        deadline_ms: int | None = None,
     ) -> Encoded:
         """Vectors for ``sequences`` (model inputs, special tokens included), in order; a TIMEOUT ServiceError
-        if no batch took them by ``deadline_ms`` (epoch milliseconds)."""
+        if no batch took them by ``deadline_ms`` (epoch milliseconds). ``group``: of every sequence, or of each
+        (a request of texts and images: their batches differ)."""
         if self._closed:
             raise ServiceError(ErrorKind.SERVICE_UNAVAILABLE, "the worker is shutting down")
         if not sequences:
@@ -213,7 +219,10 @@ class MicroBatcher(Generic[Item]):
         self._ensure_loop()
         request = _Request(len(sequences), deadline_ms)
         waiting = self._urgent if urgent else self._background
-        waiting.extend(_Sequence(tokens, request, i, group) for i, tokens in enumerate(sequences))
+        groups = [group] * len(sequences) if isinstance(group, int) else group
+        waiting.extend(  # a list first: a wrong number of groups fails before any sequence waits
+            [_Sequence(tokens, request, i, g) for i, (tokens, g) in enumerate(zip(sequences, groups, strict=True))]
+        )
         self._work.set()
         try:
             return await request.future

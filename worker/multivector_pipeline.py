@@ -19,6 +19,7 @@ from shared import tracing
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EncodingFormat, RerankTask, TokenEmbedTask
 from worker.batcher import BatchStats, Encoded
+from worker.long_inputs import refuse_chunking
 from worker.models.encoder_protocol import MultiVector
 from worker.models.registry import LoadedModel
 from worker.reranking import Ranked
@@ -69,6 +70,7 @@ class MultiVectorPipeline(TaskPipeline[TokenEmbedTask, Plan, "TokenFeatures", To
 
     def prepare(self, loaded: LoadedModel, task: TokenEmbedTask) -> Plan:
         model = model_of_kind(loaded, "multivector")
+        refuse_chunking(task.truncate)
         kind = _task_of(task.input_type)
         return Plan(model, _prompt(model, task.prompt_name, kind), kind)
 

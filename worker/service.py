@@ -8,6 +8,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from shared.job_queue import JobQueue
+from shared.settings import get_settings
 from worker.chunk_jobs import ChunkJobs
 from worker.dead_letter import DeadLetters
 from worker.models.registry import ModelRegistry
@@ -34,7 +35,12 @@ class TaskService:
         """``openai_token_ids``: token-id input is OpenAI's cl100k_base ids (``TOKEN_IDS=openai``), not the model's."""
         self.registry = registry
         self.worker_id = worker_id
-        self.pipeline = EmbeddingPipeline(registry, max_tokens=max_tokens, openai_token_ids=openai_token_ids)
+        self.pipeline = EmbeddingPipeline(
+            registry,
+            max_tokens=max_tokens,
+            openai_token_ids=openai_token_ids,
+            chunk_overlap_tokens=get_settings().chunk_overlap_tokens,
+        )
         dead_letters = DeadLetters(redis, worker_id)
         reranking = RerankPipeline(registry, max_tokens=max_tokens)
         sparse = SparsePipeline(registry, max_tokens=max_tokens)

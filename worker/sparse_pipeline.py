@@ -25,6 +25,7 @@ from shared.errors import ErrorKind, ServiceError
 from shared.protocol import EmbedInputs, EmbedTask
 from shared.sparse import SparseRow, sparse_rows
 from worker.batcher import BatchStats, Encoded
+from worker.long_inputs import unchunked
 from worker.models.encoder_protocol import SparseModel
 from worker.models.registry import LoadedModel
 from worker.models.sparse_encoder import SparseTokens
@@ -45,11 +46,13 @@ class Sparse:
 
 
 class SparsePlan(NamedTuple):
-    """A sparse task's model, the prompt before each text and the task it is encoded for."""
+    """A sparse task's model, the prompt before each text, the task it is encoded for, and whether an over-long text
+    is cut (else refused)."""
 
     model: SparseModel
     prompt: str
     task: str | None
+    truncate: bool
 
 
 def sparse_prompt(
@@ -89,8 +92,9 @@ class SparsePipeline(TaskPipeline[EmbedInputs, SparsePlan, SparseTokens, Sparse]
         """The model as a sparse model, and the prompt and task the job's options choose; a 400 for an option a
         sparse vector has no meaning for."""
         model = model_of_kind(loaded, "sparse")
+        truncate = unchunked(task.truncate)
         if task.input_kind != "text":
-            raise _not_for_sparse("input", "takes text, not token ids")
+            raise _not_for_sparse("input", "takes text only, not token ids or images")
         if task.dimensions is not None:
             raise _not_for_sparse("dimensions", "has no dimensions to cut: its vectors are sparse")
         if task.normalize is not None:
@@ -100,10 +104,10 @@ class SparsePipeline(TaskPipeline[EmbedInputs, SparsePlan, SparseTokens, Sparse]
         if isinstance(task, EmbedTask) and task.output_dtype != "float":
             raise _not_for_sparse("output_dtype", "answers float values; use output_dtype float")
         prompt = sparse_prompt(model.prompts, model.default_prompt_name, task.prompt_name, task.input_type)
-        return SparsePlan(model, prompt, task.input_type)
+        return SparsePlan(model, prompt, task.input_type, truncate)
 
     def sequences(self, plan: SparsePlan, task: EmbedInputs) -> list[SparseTokens]:
-        return plan.model.sequences(task.inputs, prompt=plan.prompt, task=plan.task, truncate=task.truncate)
+        return plan.model.sequences(task.inputs, prompt=plan.prompt, task=plan.task, truncate=plan.truncate)
 
     def group(self, plan: SparsePlan) -> int:
         return plan.model.group(plan.task)

@@ -124,6 +124,11 @@ class TaskPipeline(abc.ABC, Generic[TaskT, PlanT, ItemT, ResultT]):
         """The task's batch group: only sequences of one group share a forward pass."""
         return 0
 
+    def groups(self, plan: PlanT, sequences: Sequence[ItemT]) -> int | list[int]:
+        """Each sequence's batch group: ``group``'s for all of them, unless a task's inputs are of several kinds
+        (texts and images) that never share a forward pass."""
+        return self.group(plan)
+
     # the skeleton
 
     async def run(self, task: TaskT, *, urgent: bool = True, deadline_ms: int | None = None) -> ResultT:
@@ -136,7 +141,7 @@ class TaskPipeline(abc.ABC, Generic[TaskT, PlanT, ItemT, ResultT]):
         with tracing.span("tokenize", {"embeddings.inputs": len(task.inputs)}):
             tokenized = await off_loop(self.chars(task), self._tokenize, plan, task)
         encoded: Encoded = await loaded.batcher.submit(
-            tokenized.sequences, group=self.group(plan), urgent=urgent, deadline_ms=deadline_ms
+            tokenized.sequences, group=self.groups(plan, tokenized.sequences), urgent=urgent, deadline_ms=deadline_ms
         )
         self.batch_seen(encoded.stats)
         return self.result(plan, task, tokenized, encoded)

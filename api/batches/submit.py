@@ -28,6 +28,7 @@ from shared.job_queue import NewJob
 from shared.protocol import encode_job
 from shared.queue_format import chunk_queue_id
 from shared.settings import Settings
+from shared.storage import input_bytes
 
 #: chunks written per round trip at most, and input characters held before they are written (long texts make
 #: chunks of megabytes: the API holds these a few times over, as inputs, messages and arq payloads)
@@ -63,7 +64,7 @@ class _Writer:
             self._failed.append((chunk, lines))
         else:
             self._to_run.append(self._chunk_job(chunk, lines, entry, options))
-        self._chars += sum(len(value) for line in lines for value in line.inputs)
+        self._chars += input_bytes([value for line in lines for value in line.inputs])
         if len(self._entries) >= _CHUNKS_PER_WRITE or self._chars >= _CHARS_PER_WRITE:
             await self.flush()
 

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from api.embeddings.schemas import EmbeddingRequest
-from shared.protocol import EmbedChunk, EmbedTask, EncodingFormat, InputKind, OutputDtype
+from shared.protocol import EmbedChunk, EmbedTask, EncodingFormat, InputKind, OutputDtype, Truncation
 from shared.queue_format import chunk_request_id
 from shared.settings import Settings
 
@@ -19,7 +19,7 @@ class EmbedOptions:
     model: str
     input_kind: InputKind
     dimensions: int | None
-    truncate: bool
+    truncate: Truncation
     prompt_name: str | None
     input_type: str | None
     normalize: bool | None
@@ -31,7 +31,7 @@ class EmbedOptions:
             model=request.model,
             input_kind=request.input[0],
             dimensions=request.dimensions,
-            truncate=settings.truncate_inputs if request.truncate is None else request.truncate,
+            truncate=default_truncation(settings) if request.truncate is None else request.truncate,
             prompt_name=request.prompt_name,
             input_type=request.input_type,
             normalize=request.normalize,
@@ -86,3 +86,9 @@ class EmbedOptions:
 
     def _fields(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def default_truncation(settings: Settings) -> Truncation:
+    """What an embedding request that does not say ``truncate`` gets: chunked (``CHUNK_LONG_INPUTS``), else cut or
+    refused as ``TRUNCATE_INPUTS`` says."""
+    return "chunk" if settings.chunk_long_inputs else settings.truncate_inputs

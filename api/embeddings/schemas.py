@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from api.embeddings.content import content_inputs, image_input
 from api.http import Dimensions, json_integer, parse_body
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import OUTPUT_DTYPES, InputKind, OutputDtype
@@ -29,6 +30,25 @@ class _NamesModel(Protocol):
 Request = TypeVar("Request", bound=_NamesModel)
 
 _Text = Annotated[str, Field(min_length=1)]
+_Url = Annotated[str, Field(min_length=1, description="a data URI (data:image/png;base64,...) or an http(s) URL")]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: _Text
+
+
+class ImageUrl(BaseModel):
+    url: _Url
+
+
+class ImagePart(BaseModel):
+    """An image, for a model that takes images (its card's ``modalities``): vLLM's chat-content part."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 _TokenId = Annotated[int, Field(ge=0, json_schema_extra={TOKEN_ID_MARK: True})]
 #: what ``input`` accepts, as the OpenAPI schema shows it (the item limits depend on the deployment)
 InputSchema = (
@@ -36,6 +56,7 @@ InputSchema = (
     | Annotated[list[_Text], Field(min_length=1)]
     | Annotated[list[_TokenId], Field(min_length=1)]
     | Annotated[list[Annotated[list[_TokenId], Field(min_length=1)]], Field(min_length=1)]
+    | Annotated[list[_Text | TextPart | ImagePart], Field(min_length=1)]
 )
 
 
@@ -43,7 +64,17 @@ class EmbeddingRequest(BaseModel):
     #: a misspelt option must not silently change what a client gets (OpenAI answers 400 to an unknown argument)
     model_config = ConfigDict(extra="forbid")
 
-    input: Any = Field(description="A string, a list of strings, a list of token ids, or a list of token-id lists.")
+    # before ``input``, which is read as images when it says so
+    modality: Literal["text", "image"] | None = Field(
+        None,
+        description="(Infinity's) `image`: each string of `input` is an image, a data URI or a URL, for a model that "
+        "takes images.",
+    )
+    input: Any = Field(
+        description="A string, a list of strings, a list of token ids, or a list of token-id lists; for a model that "
+        "takes images, a list of strings and content parts (`{type: text, text}`, `{type: image_url, image_url: "
+        "{url}}`), one vector each."
+    )
     model: str = Field(
         min_length=1,
         max_length=256,
@@ -59,8 +90,11 @@ class EmbeddingRequest(BaseModel):
     )
     dimensions: Dimensions | None = None
     user: str | None = None
-    truncate: StrictBool | None = Field(
-        None, description="Cut inputs longer than the model reads (default: the deployment's setting) or refuse them."
+    truncate: StrictBool | Literal["chunk"] | None = Field(
+        None,
+        description="An input longer than the model reads: cut it (true), refuse it (false), or split it into chunks "
+        "at the model's maximum length and average their vectors weighted by their tokens (`chunk`, as vLLM's "
+        "chunked processing). Default: the deployment's setting.",
     )
     prompt_name: str | None = Field(
         None,
@@ -77,6 +111,13 @@ class EmbeddingRequest(BaseModel):
         None, description="Unit-length vectors (true) or raw ones (false); default: as the model gives them."
     )
 
+    @field_validator("truncate", mode="before")
+    @classmethod
+    def _check_truncate(cls, value: Any) -> Any:
+        if type(value) is int or value not in (None, True, False, "chunk"):
+            raise PydanticCustomError("invalid_input", 'truncate must be true, false or "chunk"')
+        return value
+
     @field_validator("output_dtype", mode="before")
     @classmethod
     def _check_output_dtype(cls, value: Any) -> Any:
@@ -91,7 +132,20 @@ class EmbeddingRequest(BaseModel):
     def _check_input(cls, value: Any, info: ValidationInfo) -> tuple[InputKind, list[Any]]:
         context = info.context or {}
         settings: Settings = context["settings"]
-        return normalize_input(value, settings, context.get("max_inputs", settings.max_inputs_per_request))
+        max_inputs = context.get("max_inputs", settings.max_inputs_per_request)
+        if info.data.get("modality") == "image":
+            return image_inputs(value, settings, max_inputs)
+        return normalize_input(value, settings, max_inputs)
+
+
+def image_inputs(value: Any, settings: Settings, max_inputs: int) -> tuple[InputKind, list[Any]]:
+    """``modality: "image"``: a string or a list of strings, each an image."""
+    sources = [value] if isinstance(value, str) else value
+    if not isinstance(sources, list) or not sources or not all(isinstance(item, str) for item in sources):
+        raise _invalid("with modality image, input must be a string or a list of strings, each a data URI or URL")
+    if len(sources) > max_inputs:
+        raise _invalid(f"input has {len(sources)} items; at most {max_inputs} are allowed")
+    return "mixed", [image_input(source, settings) for source in sources]
 
 
 def normalize_input(value: Any, settings: Settings, max_inputs: int) -> tuple[InputKind, list[Any]]:
@@ -107,6 +161,8 @@ def normalize_input(value: Any, settings: Settings, max_inputs: int) -> tuple[In
         return "tokens", _check_token_lists([value], settings)
     if len(value) > max_inputs:
         raise _invalid(f"input has {len(value)} items; at most {max_inputs} are allowed")
+    if any(isinstance(item, dict) for item in value):
+        return content_inputs(value, _check_text, settings)
     if isinstance(first, str):
         if not all(isinstance(item, str) for item in value):
             raise _invalid("input must not mix strings with other types")

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from worker.models.encoder import ImageInput
     from worker.models.multivector_encoder import TokenFeatures
     from worker.models.reranker import PairTokens
     from worker.models.sparse_encoder import SparseTokens
@@ -32,10 +35,16 @@ class Encoder(Protocol):
     default_prompt_name: str | None
     #: whether the model's output is unit length (it ends in a Normalize module, which ``encode`` leaves out)
     normalizes: bool
+    #: what it takes: ``("text",)``, or ``("text", "image")`` for a CLIP-style model
+    modalities: tuple[str, ...]
+    #: what one image costs in a batch's token budget (and in ``usage``); 0 for a text model
+    image_tokens: int
 
     def describe(self) -> dict[str, Any]: ...
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def image_inputs(self, images: Sequence[Image], *, model: str | None = None) -> list[ImageInput]: ...
 
     def prompt_length(self, prompt: str) -> int: ...
 

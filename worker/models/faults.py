@@ -43,16 +43,21 @@ class FaultInjectingEncoder:
 
     def encode(self, batch: Sequence[list[int]], prompt_length: int = 0) -> np.ndarray:
         time.sleep(self._delay_s)
-        if self._crash is not None and any(self._crash in ids for ids in batch):
+        if _holds(batch, self._crash):
             log.error("injected crash")
             os._exit(137)
-        if self._poison is not None and any(self._poison in ids for ids in batch):
+        if _holds(batch, self._poison):
             raise RuntimeError("injected poisonous input")
         if self._oom_above is not None and len(batch) > self._oom_above:
             raise torch.OutOfMemoryError("injected out of memory")
-        if self._sticky is not None and any(self._sticky in ids for ids in batch):
+        if _holds(batch, self._sticky):
             raise torch.AcceleratorError(INJECTED_STICKY_ERROR)
         return self._inner.encode(batch, prompt_length)
+
+
+def _holds(batch: Sequence[Any], token: int | None) -> bool:
+    """Whether a text of ``batch`` holds ``token`` (an image holds no tokens)."""
+    return token is not None and any(isinstance(ids, list) and token in ids for ids in batch)
 
 
 def with_faults(encoder: Encoder, settings: Settings) -> Encoder:

@@ -12,6 +12,11 @@ Rerankers run in float32 on CPU (a declared reduced precision is refused there r
 ONNX Runtime or OpenVINO as ``BACKEND`` chooses, with the classifier exported to take the pairs' token type ids and
 answer logits, if its logits for probe pairs agree with torch's within ``RERANKER_TOLERANCE``; else on torch.
 
+A model that takes images (or audio, video: ``SentenceTransformerEncoder.exportable``) runs on torch whatever
+``BACKEND`` says: the export path exports the transformer's text graph (last hidden state from token ids), which
+computes neither its images nor, for CLIP, its projected text vectors. ``BACKEND=auto`` picks torch for it (an info
+line); an explicit ``onnx`` or ``openvino`` falls back to torch with a warning, as for a model that cannot be exported.
+
 Before any of that, every model is cast to float32: transformers 5 loads a checkpoint in the dtype it is stored in
 (``dtype="auto"``), so a model saved in bfloat16 would otherwise be computed in bfloat16 under ``DTYPE=float32``, and
 the float32 reference of every check would be a bfloat16 one. Its attention implementation is chosen then too
@@ -79,6 +84,9 @@ def _place_on_cpu(model: SentenceTransformer, name: str, settings: Settings) -> 
     precision = declared_precision(settings.dtype, device) or "float32"  # never None on CPU
     reference = SentenceTransformerEncoder(model)
     backend = choose_backend(settings.backend, device, precision)
+    if backend != "torch" and not reference.exportable:
+        _torch_only(model, name, settings.backend)
+        backend = "torch"
     if backend != "torch":
         encoder = _on_runtime(model, name, backend, precision, settings, reference)
         if encoder is not None:
@@ -94,6 +102,17 @@ def _place_on_cpu(model: SentenceTransformer, name: str, settings: Settings) -> 
         )
     log.info("model %r runs on torch in %s (%s)", name, precision, measured)
     return encoder
+
+
+def _torch_only(model: SentenceTransformer, name: str, setting: str) -> None:
+    """Say why a model that takes more than text runs on torch: the export path exports a text graph. ``BACKEND=auto``
+    chose for it (info); an explicit ``onnx`` / ``openvino`` falls back to torch as for any model it cannot run (a
+    warning)."""
+    taken = ", ".join(modality if isinstance(modality, str) else "+".join(modality) for modality in model.modalities)
+    if setting == "auto":
+        log.info("model %r takes %s: it runs on torch (an exported graph computes text only)", name, taken)
+    else:
+        log.warning("model %r takes %s; backend %s exports text only; serving it with torch", name, taken, setting)
 
 
 def place_reranker(model: CrossEncoder, name: str, settings: Settings) -> CrossEncoderReranker:

@@ -26,6 +26,8 @@ class StubEncoder:
     special_token_count = 2
     normalizes = True
     default_prompt_name: str | None = None
+    modalities: tuple[str, ...] = ("text",)
+    image_tokens = 0
 
     def __init__(self) -> None:
         self._vector = np.full(DIMENSION, 1 / np.sqrt(DIMENSION), dtype=np.float32)
@@ -44,6 +46,9 @@ class StubEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [[1000] * max(1, text.count(" ") + 1) for text in texts]
+
+    def image_inputs(self, images: Sequence[Any], *, model: str | None = None) -> list[Any]:
+        raise ServiceError(ErrorKind.INVALID_REQUEST, "this model takes text only", "input")
 
     def prepare(self, ids: list[int], *, truncate: bool, param: str) -> list[int]:
         room = MAX_SEQ_LENGTH - self.special_token_count

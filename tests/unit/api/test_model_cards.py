@@ -57,3 +57,11 @@ def test_each_card_says_its_kind_and_the_routes_that_serve_it():
     assert shown["r"]["routes"] == ["/v1/rerank", "/v2/rerank", "/rerank"]
     assert shown["e"]["routes"][0] == "/v1/embeddings"
     assert shown["configured"] == {}  # not loaded: its kind is not known yet
+
+
+def test_each_card_says_the_modalities_its_model_takes():
+    cards = {"clip": {"kind": "embedding", "modalities": ["text", "image"]}, "e": {"kind": "embedding"}}
+    fleet = [WorkerInfo("a", "cpu", models=list(cards), started_ms=0, model_cards=cards)]
+    shown = model_cards([], fleet).cards
+    assert shown["clip"]["modalities"] == ["text", "image"]
+    assert shown["e"]["modalities"] == ["text"]  # a worker of an older release says none: text

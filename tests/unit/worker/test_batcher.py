@@ -126,6 +126,26 @@ async def test_token_budget_bounds_padded_tokens(model, executor):
     await batcher.close()
 
 
+async def test_a_request_may_give_each_sequence_its_group_and_gets_its_rows_in_order(model, executor):
+    """Texts and images of one request: their batches differ, their rows come back in the request's order."""
+    batcher = make_batcher(model, executor)
+    blocker = await hold_model_busy(model, batcher)
+    waiter = asyncio.create_task(batcher.submit([[10], [11, 1], [12], [13, 1, 1]], group=[0, -1, 0, -1]))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    encoded = await asyncio.wait_for(waiter, 5)
+    await blocker
+    assert encoded.vectors[:, 0].tolist() == [10, 11, 12, 13]
+    assert sorted(zip(model.groups[1:], (sorted(s[0] for s in b) for b in model.batches[1:]), strict=True)) == [
+        (-1, [11, 13]),
+        (0, [10, 12]),
+    ]
+    with pytest.raises(ValueError, match="zip"):
+        await batcher.submit([[1], [2]], group=[0])
+    assert batcher.pending == 0
+    await batcher.close()
+
+
 async def test_batch_groups_sequences_of_similar_length(model, executor):
     batcher = make_batcher(model, executor, size=2, tokens=10_000)
     blocker = await hold_model_busy(model, batcher)

@@ -121,3 +121,67 @@ def test_only_served_models_are_accepted():
     assert (info.value.kind, info.value.param) == (ErrorKind.MODEL_NOT_FOUND, "model")
     any_model = Settings(_env_file=None, allow_any_model=True)
     assert parse_embedding_request({"model": "c/anything", "input": "x"}, any_model).model == "c/anything"
+
+
+PNG_URI = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([{"type": "text", "text": "hi"}, "yo"], ("text", ["hi", "yo"])),
+        (
+            ["hi", {"type": "image_url", "image_url": {"url": PNG_URI}}],
+            ("mixed", ["hi", {"image": PNG_URI}]),
+        ),
+        (
+            [{"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "auto"}}],
+            ("mixed", [{"image": "https://x/a.png"}]),
+        ),
+    ],
+)
+def test_content_parts_are_texts_and_images(value, expected):
+    assert parse(input=value).input == expected
+
+
+def test_modality_image_reads_strings_as_images_whatever_their_length():
+    uri = "data:image/png;base64," + "A" * 400  # longer than max_input_chars (10): images are bounded by bytes
+    assert parse(modality="image", input=uri).input == ("mixed", [{"image": uri}])
+    assert parse(modality="image", input=[uri, uri]).input == ("mixed", [{"image": uri}] * 2)
+    assert parse(modality="text", input="hi").input == ("text", ["hi"])
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"input": [{"type": "image_url", "image_url": "x"}]}, "content part"),
+        ({"input": [{"type": "image_url", "image_url": {"url": ""}}]}, "data URI or a URL"),
+        ({"input": [{"type": "image", "image": PNG_URI}]}, "content part"),
+        ({"input": [{"type": "text", "text": "x" * 11}]}, "at most 10"),
+        ({"input": [{"type": "text", "text": ""}]}, "empty"),
+        ({"input": [{"type": "text", "text": "a", "extra": 1}]}, "content part"),
+        ({"input": [{"type": "image_url", "image_url": {"url": 5}}]}, "data URI or a URL"),
+        ({"input": ["a", "b", "c", {"type": "text", "text": "d"}]}, "at most 3"),
+        ({"modality": "image", "input": [[1, 2]]}, "each a data URI or URL"),
+        ({"modality": "image", "input": ["data:image/png;base64," + "A" * 12_000_000]}, "characters; at most"),
+    ],
+)
+def test_bad_content_is_a_400(body, fragment):
+    with pytest.raises(ServiceError) as info:
+        parse(**body)
+    assert info.value.kind is ErrorKind.INVALID_REQUEST
+    assert info.value.param == "input"
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize("value", [True, False, "chunk"])
+def test_truncate_takes_chunk(value):
+    assert parse(input="x", truncate=value).truncate == value
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, "CHUNK"])
+def test_other_truncations_are_refused(value):
+    with pytest.raises(ServiceError) as info:
+        parse(input="x", truncate=value)
+    assert info.value.param == "truncate"
+    assert '"chunk"' in info.value.message
