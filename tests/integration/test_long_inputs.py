@@ -199,12 +199,12 @@ def test_a_batch_line_chunks_its_long_inputs_and_others_end_alone(stack, referen
         assert output[custom_id]["usage"]["prompt_tokens"] == tokens
 
 
-def test_a_sparse_model_refuses_chunking(client):
-    response = client.post("/v1/embeddings", json={"model": SPLADE, "input": [SHORT], "truncate": "chunk"})
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["param"] == "truncate"
-    assert error["message"] == "chunking is for dense embedding models; send truncate true or false"
+def test_a_sparse_model_cuts_where_chunking_is_the_deployments_default(client):
+    """A sparse model does not chunk: with CHUNK_LONG_INPUTS on, a request that says no truncate is cut as
+    TRUNCATE_INPUTS says (true here), not refused (without the setting, "chunk" is a 400: ``test_long_inputs``)."""
+    response = client.post("/v1/embeddings", json={"model": SPLADE, "input": [LONG]})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"][0]["object"] == "sparse_embedding"
 
 
 def report(what: str, got: np.ndarray, vectors: np.ndarray) -> None:

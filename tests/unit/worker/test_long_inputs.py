@@ -45,6 +45,8 @@ class WordEncoder:
     special_token_count = 2
     normalizes = False
     default_prompt_name: str | None = None
+    modalities: tuple[str, ...] = ("text",)
+    image_tokens = 0
 
     def __init__(self, *, include_prompt: bool = True, max_seq_length: int = 8) -> None:
         self.include_prompt = include_prompt
@@ -69,6 +71,9 @@ class WordEncoder:
                 raise ServiceError(ErrorKind.INPUT_TOO_LONG, "too long", param)
             ids = ids[:room]
         return [PREFIX, *ids, SUFFIX]
+
+    def image_inputs(self, images: Sequence[Any], *, model: str | None = None) -> list[Any]:
+        raise ServiceError(ErrorKind.INVALID_REQUEST, f"model {model!r} takes text only", "input")
 
     def check_token_ids(self, sequences: Sequence[Sequence[int]]) -> None:
         if any(token >= VOCABULARY for sequence in sequences for token in sequence):

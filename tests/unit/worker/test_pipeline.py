@@ -1,12 +1,17 @@
 """``worker.pipeline``: tokenize, batch and encode a job, with no Redis anywhere (a stub model)."""
 
+import base64
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from shared.errors import ErrorKind, ServiceError
 from shared.openai_json import float_text_bytes
 from tests.fakes import Loader, fake_vector, make_embed_chunk, make_embed_task, make_registry
 from tests.unit.worker.test_long_inputs import WordEncoder, mean_pooled, words
+from worker.models.encoder import IMAGE_GROUP, ImageInput
 from worker.models.registry import ModelRegistry
 from worker.pipeline import EmbeddingPipeline
 
@@ -147,3 +152,86 @@ async def test_a_chunked_batch_chunks_requests_each_end_alone(chunking, input_ki
     assert [parts[0].prompt_tokens, parts[2].prompt_tokens] == [embedded.prompt_tokens for embedded in alone]
     assert parts[0].float_text_bytes == float_text_bytes(vectors[:1]) == float_text_bytes(alone[0].vectors)
     assert parts[2].float_text_bytes == float_text_bytes(vectors[1:]) == float_text_bytes(alone[1].vectors)
+
+
+# texts and images in one job (``mixed``), on WordEncoder with pictures: an image is one gray pixel, its row
+# (gray, 2, gray²), its cost 3 tokens
+
+
+class PictureWordEncoder(WordEncoder):
+    modalities = ("text", "image")
+    image_tokens = 3
+
+    def image_inputs(self, images, *, model=None):
+        return [
+            ImageInput({"gray": np.array([image.convert("L").getpixel((0, 0))], dtype=np.float32)}, 3)
+            for image in images
+        ]
+
+    def encode(self, batch, prompt_length=0):
+        if prompt_length != IMAGE_GROUP:
+            return super().encode(batch, prompt_length)
+        self.batches.append(([["image"] for _ in batch], prompt_length))
+        grays = np.array([image.features["gray"][0] for image in batch], dtype=np.float64)
+        return np.stack([grays, np.full_like(grays, 2.0), grays**2], axis=1).astype(np.float32)
+
+
+def gray_png(gray: int) -> dict[str, str]:
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1), gray).save(buffer, format="PNG")
+    return {"image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
+
+
+@pytest.fixture
+async def pictures():
+    registry = ModelRegistry(
+        lambda name: PictureWordEncoder() if name == "pictures" else WordEncoder(),
+        max_loaded=2,
+        failure_ttl_s=60,
+        max_batch_size=4,
+        max_batch_tokens=100,
+    )
+    yield EmbeddingPipeline(registry, max_tokens=60)
+    await registry.close()
+
+
+@pytest.mark.parametrize("truncate", [True, "chunk"])
+async def test_texts_and_images_come_back_in_order_each_batched_with_its_kind(pictures, truncate):
+    long, short = words(1, 13), words(5, 7)
+    inputs = [gray_png(7), long, gray_png(200), short]
+    embedded = await pictures.embed(
+        make_embed_task(model="pictures", input_kind="mixed", inputs=inputs, truncate=truncate)
+    )
+    assert embedded.vectors[0].tolist() == [7, 2, 49] and embedded.vectors[2].tolist() == [200, 2, 40000]
+    assert embedded.vectors[3].tolist() == pytest.approx(mean_pooled([0, 5, 6, 7, 99]))
+    long_tokens = list(range(1, 14)) if truncate == "chunk" else list(range(1, 7))
+    if truncate == "chunk":  # room 6: windows 1-6, 7-12, 13
+        expected = mean_pooled([0, *range(1, 7), 99, 0, *range(7, 13), 99, 0, 13, 99])
+    else:
+        expected = mean_pooled([0, *range(1, 7), 99])
+    np.testing.assert_allclose(embedded.vectors[1], expected, rtol=1e-6)
+    assert embedded.prompt_tokens == len(long_tokens) + 3 + 2 * 3  # text tokens, and each image's vision tokens
+    encoder = (await pictures.registry.get("pictures")).model
+    for sequences, group in encoder.batches:
+        assert (group == IMAGE_GROUP) == all(sequence == ["image"] for sequence in sequences)
+
+
+async def test_an_image_for_a_text_model_is_refused_before_it_is_decoded(pictures, monkeypatch):
+    monkeypatch.setattr("worker.pipeline.load_image", lambda *args: pytest.fail("decoded"))
+    with pytest.raises(ServiceError) as refused:
+        await pictures.embed(make_embed_task(model="words", input_kind="mixed", inputs=["1 2", gray_png(3)]))
+    assert refused.value.param == "input" and "takes text only" in refused.value.message
+
+
+async def test_a_bad_image_fails_its_own_request_of_a_batch_chunk_only(pictures):
+    job = make_embed_chunk(
+        parent_job="batch_1",
+        model="pictures",
+        input_kind="mixed",
+        inputs=[gray_png(9), {"image": "data:image/png;base64,bm90IGEgcG5n"}, "1 2"],
+        parts=[1, 1, 1],
+    )
+    vectors, parts = await pictures.embed_parts(job, job.parts)
+    assert parts[1].error is not None and parts[1].error.param == "input"
+    assert vectors is not None and vectors[0].tolist() == [9, 2, 81]
+    assert parts[0].prompt_tokens == 3 and parts[2].prompt_tokens == 2
