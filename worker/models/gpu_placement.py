@@ -37,7 +37,7 @@ from worker.models.precision import (
     cuda_bf16_native,
     declared_precision,
 )
-from worker.models.probes import PROBE_TEXTS, probe_pairs, reduced_logits_agree
+from worker.models.probes import probe_pairs, probe_vectors, reduced_logits_agree
 from worker.models.reranker import CrossEncoderReranker
 from worker.models.runtimes import choose_backend
 
@@ -55,10 +55,10 @@ def place_on_gpu(model: SentenceTransformer, name: str, settings: Settings) -> S
     reference = SentenceTransformerEncoder(model)
     if precision == "float32":
         return reference
-    expected = reference.encode_texts(PROBE_TEXTS)
+    expected = probe_vectors(reference)
 
     def check() -> tuple[bool, str]:
-        measured = agreement(expected, SentenceTransformerEncoder(model, precision=precision).encode_texts(PROBE_TEXTS))
+        measured = agreement(expected, probe_vectors(SentenceTransformerEncoder(model, precision=precision)))
         return measured.within(TOLERANCES[precision]), f"{measured} to float32"
 
     served = _cast_checked(model, name, precision, declared=declared is not None, check=check)

@@ -1,14 +1,16 @@
 """The probe inputs every load checks a model on, and how close two runs of them must be.
 
 Short and long texts in one padded batch, so the attention mask's padded columns are exercised as a served batch
-exercises them.
+exercises them; for a model that takes images, seeded noise images of two sizes too (its vision tower's precision
+is checked as its text tower's is).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from worker.models.encoder import SentenceTransformerEncoder
+from worker.models.encoder import IMAGE_GROUP, SentenceTransformerEncoder
 from worker.models.precision import Agreement, agreement
 from worker.models.reranker import CrossEncoderReranker, PairTokens
 
@@ -27,9 +29,24 @@ RERANKER_TOLERANCE = 1e-4
 REDUCED_RERANKER_TOLERANCE = 0.05
 
 
+def probe_images() -> list[Image.Image]:
+    rng = np.random.default_rng(2026)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB") for h, w in ((48, 64), (224, 160))]
+
+
+def probe_vectors(encoder: SentenceTransformerEncoder) -> np.ndarray:
+    """The encoder's vectors for the probe texts (one padded batch), then for the probe images where it takes
+    images (one batch)."""
+    vectors = encoder.encode_texts(PROBE_TEXTS)
+    if "image" not in encoder.modalities:
+        return vectors
+    images = encoder.encode(encoder.image_inputs(probe_images()), IMAGE_GROUP)
+    return np.concatenate([vectors, images])
+
+
 def probe_agreement(reference: SentenceTransformerEncoder, candidate: SentenceTransformerEncoder) -> Agreement:
-    """How close the two encoders' vectors are for the probe texts, encoded as one padded batch."""
-    return agreement(reference.encode_texts(PROBE_TEXTS), candidate.encode_texts(PROBE_TEXTS))
+    """How close the two encoders' vectors are for the probe inputs."""
+    return agreement(probe_vectors(reference), probe_vectors(candidate))
 
 
 def probe_pairs(reranker: CrossEncoderReranker) -> list[PairTokens]:

@@ -48,7 +48,7 @@ from worker.models.precision import (
     declared_precision,
     pin_float32_math,
 )
-from worker.models.probes import PROBE_TEXTS, RERANKER_TOLERANCE, probe_agreement, probe_pairs
+from worker.models.probes import RERANKER_TOLERANCE, probe_agreement, probe_pairs, probe_vectors
 from worker.models.reranker import CrossEncoderReranker
 from worker.models.runtimes import (
     Backend,
@@ -136,7 +136,7 @@ def place_reranker(model: CrossEncoder, name: str, settings: Settings) -> CrossE
 
 
 def _probe_vectors(model: SentenceTransformer) -> np.ndarray:
-    return SentenceTransformerEncoder(model).encode_texts(PROBE_TEXTS)
+    return probe_vectors(SentenceTransformerEncoder(model))
 
 
 def _probe_logits(model: CrossEncoder) -> np.ndarray:

@@ -340,3 +340,36 @@ def test_the_batch_budget_probe_runs_on_a_clip_model(encoder: SentenceTransforme
         return encoder.encode(batch)
 
     assert measure_token_budget(run, lambda: longest, memory) == 65_536  # the cap: 1 GiB at 1 KiB a token
+
+
+def test_the_load_time_probe_checks_the_vision_tower_too(encoder: SentenceTransformerEncoder) -> None:
+    """A reduced precision is held to its floor on images as well as texts (``probes.probe_vectors``)."""
+    from worker.models.probes import PROBE_TEXTS, probe_images, probe_vectors
+
+    vectors = probe_vectors(encoder)
+    assert vectors.shape == (len(PROBE_TEXTS) + len(probe_images()), CLIP_DIMENSIONS)
+    alone = encoder.encode(encoder.image_inputs(probe_images()), IMAGE_GROUP)  # type: ignore[arg-type]
+    assert difference(vectors[len(PROBE_TEXTS) :], alone) == 0
+
+
+def test_a_clip_model_on_a_gpu_is_checked_in_its_reduced_precision_on_images(
+    clip_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA faked at its boundary (as ``test_gpu_placement``): bfloat16 chosen, checked on texts and images, served."""
+    from worker.models import gpu_placement, probes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    seen: list[int] = []
+    original = probes.probe_vectors
+
+    def counted(candidate: SentenceTransformerEncoder) -> np.ndarray:
+        rows = original(candidate)
+        seen.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(gpu_placement, "probe_vectors", counted)
+    model = SentenceTransformer(str(clip_path), device="cpu")
+    placed = gpu_placement.place_on_gpu(model, CLIP_MODEL, Settings(_env_file=None))
+    assert placed.describe()["dtype"] == "bfloat16"
+    assert seen == [6, 6]  # the float32 reference and the bfloat16 candidate: 4 texts and 2 images each
