@@ -1,8 +1,9 @@
 """Images and long inputs.
 
-- **Images**: the stack's ``/v1/embeddings`` with ``modality: "image"`` (PNG data URIs, decoded by the worker) on the
-  test CLIP-style model (``tests.model_fixtures``) against ``SentenceTransformer.encode`` of the same PIL images at
-  its best batch size, at 16 clients x 8 images a request and 64 x 1.
+- **Images**: the stack's ``/v1/embeddings`` with ``modality: "image"`` (256x256 PNG data URIs, decoded by the
+  worker) on the test CLIP-style model with ViT-B/32's vision tower (``tests.model_fixtures.VIT_B_32``: a real
+  model's cost, seeded weights) against ``SentenceTransformer.encode`` of the same PIL images at its best batch size,
+  at 16 clients x 8 images a request and 64 x 1.
 - **Long inputs chunked**: ``/v1/embeddings`` with ``truncate: "chunk"`` on MiniLM, 8 clients x 4 texts of about
   1,000 tokens (four chunks each), against the library encoding the same chunks (``encode`` of each chunk's text,
   at its best batch size), counted in long texts/s.
@@ -21,9 +22,11 @@ import numpy as np
 
 from bench.kinds import Ceiling, load_rows, print_table
 from bench.run import MODEL, sentence
-from tests.model_fixtures import CLIP_MODEL, model_paths_setting, save_clip
+from tests.model_fixtures import VIT_B_32, model_paths_setting, save_clip
 from tests.stack import running_stack
 
+#: the benchmark's image model: the test CLIP with ViT-B/32's vision tower (seeded weights), a real model's cost
+CLIP_MODEL = "test/clip-vit-b-32"
 #: (clients, images a request)
 IMAGE_LOADS = ((16, 8), (64, 1))
 #: (clients, long texts a request)
@@ -36,7 +39,7 @@ def _pictures(count: int) -> list[object]:
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB") for _ in range(count)]
+    return [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB") for _ in range(count)]
 
 
 def _data_uri(image: object) -> str:
@@ -48,7 +51,7 @@ def _data_uri(image: object) -> str:
 def image_section(logs: Path, seconds: float) -> None:
     from sentence_transformers import SentenceTransformer
 
-    folder = save_clip(logs / "clip")[CLIP_MODEL]
+    folder = save_clip(logs / "clip", VIT_B_32, CLIP_MODEL)[CLIP_MODEL]
     pictures = _pictures(64)
     model = SentenceTransformer(str(folder), device="cpu")
     library = Ceiling(lambda size: model.encode(pictures, batch_size=size), len(pictures))
@@ -64,7 +67,8 @@ def image_section(logs: Path, seconds: float) -> None:
         rows = load_rows(stack.base_url + "/v1/embeddings", bodies, stack.redis_url, seconds)
     library.measure()
     print_table(
-        "Images: /v1/embeddings (modality image, 64x64 PNG data URIs) on the test CLIP-style model, torch float32",
+        "Images: /v1/embeddings (modality image, 256x256 PNG data URIs) on the test CLIP with ViT-B/32's vision "
+        "tower (224x224, 32x32 patches), torch float32",
         library,
         "SentenceTransformer.encode of the PIL images",
         rows,

@@ -324,10 +324,23 @@ def clip_tokenizer() -> object:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
-def clip() -> SentenceTransformer:
+#: the vision tower of CLIP ViT-B/32 (12 layers of width 768, 32x32 patches of 224x224 images): a benchmark's image
+#: model of a real model's cost, with seeded weights
+VIT_B_32 = {
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "image_size": 224,
+    "patch_size": 32,
+}
+
+
+def clip(vision: dict[str, int] | None = None) -> SentenceTransformer:
     """The multimodal fixture: a seeded tiny CLIP (2-layer text and vision towers of widths 32 and 48, 8x8 patches of
     32x32 images, projections to ``CLIP_DIMENSIONS``) with its processor (``clip_tokenizer``, a PIL CLIP image
-    processor), as a sentence-transformers ``Transformer`` module (text and image modalities), then ``Normalize``."""
+    processor), as a sentence-transformers ``Transformer`` module (text and image modalities), then ``Normalize``.
+    ``vision``: another vision tower (``VIT_B_32``), its images of its ``image_size``."""
     import tempfile
 
     from sentence_transformers.base.modules import Transformer
@@ -346,7 +359,8 @@ def clip() -> SentenceTransformer:
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         },
-        vision_config={
+        vision_config=vision
+        or {
             **tower,
             "hidden_size": 48,
             "intermediate_size": 96,
@@ -358,9 +372,8 @@ def clip() -> SentenceTransformer:
     torch.manual_seed(2026)
     hf_model: Any = CLIPModel(config)
     hf_model.eval()
-    images = CLIPImageProcessorPil(
-        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
-    )
+    side = config.vision_config.image_size
+    images = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     processor: Any = CLIPProcessor(image_processor=images, tokenizer=tokenizer)  # type: ignore[no-untyped-call]
     with tempfile.TemporaryDirectory() as folder:
         hf_model.save_pretrained(folder)
@@ -369,8 +382,9 @@ def clip() -> SentenceTransformer:
     return SentenceTransformer(modules=[transformer, Normalize()], device="cpu")
 
 
-def save_clip(folder: Path) -> dict[str, Path]:
-    """Save the multimodal fixture under ``folder``; its name and folder."""
-    path = folder / CLIP_MODEL.replace("/", "--")
-    clip().save(str(path))
-    return {CLIP_MODEL: path}
+def save_clip(folder: Path, vision: dict[str, int] | None = None, name: str = CLIP_MODEL) -> dict[str, Path]:
+    """Save the multimodal fixture (with ``vision`` as its vision tower, see ``clip``) under ``folder`` as
+    ``name``; its name and folder."""
+    path = folder / name.replace("/", "--")
+    clip(vision).save(str(path))
+    return {name: path}

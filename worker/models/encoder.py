@@ -191,18 +191,27 @@ class SentenceTransformerEncoder:
                     )
 
     def image_inputs(self, images: Sequence[Image.Image], *, model: str | None = None) -> list[ImageInput]:
-        """Model input for each image, made by the model's own ``preprocess`` as ``encode`` makes it, one image at a
-        time. ``model``: the model's name, for the message. A model that takes no images, or an image its processor
-        cannot read (a truncated file, a mode it does not convert), is a ServiceError naming the input."""
+        """Model input for each image, made by the model's own ``preprocess`` as ``encode`` makes it (one call for
+        all of them, each image's arrays kept apart). ``model``: the model's name, for the message. A model that
+        takes no images, or an image its processor cannot read (a truncated file, a mode it does not convert), is a
+        ServiceError naming the input."""
         if "image" not in self.modalities:
             named = f"model {model!r}" if model else "this model"
             raise ServiceError(
                 ErrorKind.INVALID_REQUEST, f"{named} takes text only; send texts or token ids, not images", "input"
             )
+        if not images:
+            return []
+        try:  # one processor call for the request's images: its overhead per call is most of an image's cost
+            batched = self._image_features(list(images))
+        except (OSError, ValueError, TypeError):
+            batched = None  # an image it cannot read: found by taking them one at a time
+        if batched is not None:
+            return [ImageInput(features, self.image_tokens) for features in batched]
         inputs = []
         for index, image in enumerate(images):
             try:
-                features = self._image_features(image)
+                (features,) = self._image_features([image])
             except (OSError, ValueError, TypeError) as exc:
                 log.info("image %d could not be processed: %r", index, exc)
                 raise ServiceError(
@@ -272,22 +281,23 @@ class SentenceTransformerEncoder:
             raise
         return self._copies.to_host(embeddings)
 
-    def _image_features(self, image: Image.Image) -> dict[str, np.ndarray]:
-        """One image through the model's ``preprocess``: its per-image arrays, without the batch axis. ValueError for
-        output that is not one array per image of the probed shapes (``_probe_images``)."""
-        features: dict[str, Any] = self._model.preprocess([image])
+    def _image_features(self, images: list[Image.Image]) -> list[dict[str, np.ndarray]]:
+        """Images through the model's ``preprocess``: each one's arrays, without the batch axis. ValueError for output
+        that is not one array per image of the probed shapes (``_probe_images``)."""
+        features: dict[str, Any] = self._model.preprocess(images)
         arrays: dict[str, np.ndarray] = {}
         for key, value in features.items():
             if key == "modality":
                 if value != "image":
                     raise ValueError(f"the image was preprocessed as {value!r}")
-            elif isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1:
-                arrays[key] = value[0].numpy()
+            elif isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == len(images):
+                arrays[key] = value.numpy()
             else:
                 raise ValueError(f"the preprocessed image has a feature {key!r} that is not one array per image")
-        if self._image_shapes and {key: array.shape for key, array in arrays.items()} != self._image_shapes:
+        shapes = {key: array.shape[1:] for key, array in arrays.items()}
+        if self._image_shapes and shapes != self._image_shapes:
             raise ValueError(f"the preprocessed image has features {list(arrays)} of other shapes than expected")
-        return arrays
+        return [{key: array[row] for key, array in arrays.items()} for row in range(len(images))]
 
     def _probe_images(self) -> dict[str, tuple[int, ...]]:
         """The per-image feature shapes of the model's image input, the same for two images of different sizes;
@@ -295,7 +305,7 @@ class SentenceTransformerEncoder:
         from PIL import Image
 
         try:
-            probes = [self._image_features(Image.new("RGB", size, (120, 60, 30))) for size in _PROBE_IMAGE_SIZES]
+            probes = [self._image_features([Image.new("RGB", size, (120, 60, 30))])[0] for size in _PROBE_IMAGE_SIZES]
         except Exception as exc:
             log.warning("this model's image input is not supported (%r); it is served for text only", exc)
             return {}
