@@ -19,7 +19,9 @@ Phases, each time-boxed inside ``--budget-s``, each rewriting ``summary.md`` (th
 2. ceilings: ``SentenceTransformer.encode`` in process, short and long texts (bench/run.py's), float32, bfloat16 and
    float16, the best of a few batch sizes, each timed for a bounded while.
 3. vectors: the stack's vectors against ``encode`` of the float32 model in process: DTYPE=float32 within float32's
-   tolerance, DTYPE=bfloat16 within bfloat16's (``worker.models.precision.TOLERANCES``).
+   tolerance, DTYPE=bfloat16 within bfloat16's (``worker.models.precision.TOLERANCES``); and images through the
+   CUDA image path (pinned pixel copies, pixels cast to the weights' dtype) on the test CLIP-style model
+   (``tests.model_fixtures.save_clip``, built there), against ``encode`` of the same PIL images.
 4. load: the stack (redis-server, the API as ``API_WORKERS`` processes, one worker on DEVICE) at 64 x 1 short,
    16 x 32 short and 8 x 4 long texts: float32 and bfloat16 at the default batch limits, bfloat16 with larger
    ones (MAX_BATCH_SIZE, MAX_BATCH_TOKENS, WORKER_PREFETCH_TEXTS), against the same precision's ceiling; wrk,
@@ -40,6 +42,7 @@ import argparse
 import base64
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -302,11 +305,15 @@ def free_cuda() -> None:
 # the stack: phases 3 to 6
 
 
-def stack_env(mode: Mode, model_dir: Path, metrics_port: int, **extra: str) -> dict[str, str]:
+def stack_env(
+    mode: Mode, model_dir: Path, metrics_port: int, others: dict[str, Path] | None = None, **extra: str
+) -> dict[str, str]:
+    """``others``: more models served from folders, loaded on their first request."""
     from shared.settings import Settings
 
+    paths = {MODEL: model_dir, **(others or {})}
     env = {
-        "MODEL_PATHS": f"{MODEL}={model_dir}",
+        "MODEL_PATHS": ",".join(f"{name}={path}" for name, path in paths.items()),
         "EMBED_MODELS": MODEL,
         "DEVICE": mode.device,
         "WORKER_METRICS_PORT": str(metrics_port),
@@ -369,6 +376,77 @@ def vectors_check(base_url: str, reference: np.ndarray, all_texts: list[str], dt
         "tolerance": dataclasses.asdict(tolerance),
         "passed": measured.within(tolerance),
     }
+
+
+def check_images() -> list[Any]:
+    """Noise images of several sizes and modes (a PNG carries them exactly): what the image check sends and
+    encodes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    shapes = [(40, 50, 3), (32, 32, 3), (100, 20, 3), (64, 64, 1), (33, 47, 3), (224, 224, 3)] * 2
+    return [
+        Image.fromarray(
+            rng.integers(0, 256, shape, dtype=np.uint8)[:, :, 0]
+            if shape[2] == 1
+            else rng.integers(0, 256, shape, dtype=np.uint8)
+        )
+        for shape in shapes
+    ]
+
+
+def png_data_uri(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_reference(clip_dir: Path, device: str, images: list[Any]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(clip_dir), device=device)
+    vectors = np.asarray(model.encode(images, batch_size=4, convert_to_numpy=True), dtype=np.float32)
+    del model
+    free_cuda()
+    return vectors
+
+
+def image_check(base_url: str, model: str, reference: np.ndarray, images: list[Any], dtype: str) -> dict[str, Any]:
+    """The stack's image vectors (requests of one, two and three images sent at once, so batches mix requests)
+    against ``encode`` in float32, within ``dtype``'s tolerance."""
+    from worker.models.precision import TOLERANCES, agreement
+
+    uris = [png_data_uri(image) for image in images]
+    groups = [uris[start : start + size] for start, size in zip((0, 1, 3, 6, 9), (1, 2, 3, 3, 3), strict=True)]
+
+    def one(group: list[str]) -> list[np.ndarray]:
+        body = {"model": model, "modality": "image", "input": group, "encoding_format": "base64"}
+        answer = post(base_url, body)
+        return [np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in answer["data"]]
+
+    with ThreadPoolExecutor(8) as pool:
+        served = np.stack([vector for part in pool.map(one, groups) for vector in part])
+    measured = agreement(reference, served)
+    tolerance = TOLERANCES[dtype]  # type: ignore[index]
+    return {
+        "dtype": dtype,
+        "texts": len(images),
+        "min_cosine": measured.cosine,
+        "max_relative_error": measured.max_relative_error,
+        "tolerance": dataclasses.asdict(tolerance),
+        "passed": measured.within(tolerance),
+    }
+
+
+def loaded_card(base_url: str, model: str, timeout_s: float = 10) -> dict[str, Any]:
+    """``model``'s card once a worker has reported it loaded (a model loaded on demand is reported by the next
+    heartbeat)."""
+    from tests.stack import served_card
+
+    deadline = time.monotonic() + timeout_s
+    while not (card := served_card(base_url, model)).get("dtype") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return card
 
 
 @dataclasses.dataclass(frozen=True)
@@ -588,6 +666,7 @@ def stack_configs(mode: Mode) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> None:
+    from tests.model_fixtures import CLIP_MODEL, save_clip
     from tests.stack import free_port, running_stack, served_card
 
     start_stack: Any = running_stack  # its keyword arguments mix settings (str) with its own options
@@ -600,6 +679,15 @@ def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> Non
     started = time.monotonic()
     try:
         reference = reference_vectors(model_dir, mode.device, probe)
+        images = check_images()
+        try:  # the image path's check; a fixture that cannot be built here is said, and the rest still runs
+            clip_dir = save_clip(logs / "clip")[CLIP_MODEL]
+            images_reference = image_reference(clip_dir, mode.device, images)
+            others = {CLIP_MODEL: clip_dir}
+        except Exception as exc:
+            vectors["checks"]["images"] = {"error": f"{exc!r}", "passed": False}
+            print(traceback.format_exc(), flush=True)
+            others = {}
         configs = stack_configs(mode)
         for index, (name, dtype, settings) in enumerate(configs):
             # what is left, shared among the stacks still to run, less a margin for the last phases' writing
@@ -610,7 +698,7 @@ def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> Non
                 continue
             print(f"== stack: {name} ({report.left():.0f} s left)", flush=True)
             metrics_port = free_port()
-            env = stack_env(mode, model_dir, metrics_port, **settings)
+            env = stack_env(mode, model_dir, metrics_port, others, **settings)
             entry: dict[str, Any] = {"dtype": dtype, "settings": settings}
             load["stacks"][name] = entry
             try:
@@ -621,6 +709,13 @@ def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> Non
                         check = vectors_check(stack.base_url, reference, probe, dtype)
                         check["served_as"] = {key: card.get(key) for key in ("backend", "dtype", "device")}
                         vectors["checks"][dtype] = check
+                        if others:
+                            images_check = image_check(stack.base_url, CLIP_MODEL, images_reference, images, dtype)
+                            clip_card = loaded_card(stack.base_url, CLIP_MODEL)
+                            images_check["served_as"] = {
+                                key: clip_card.get(key) for key in ("backend", "dtype", "device")
+                            }
+                            vectors["checks"][f"{dtype}, images"] = images_check
                         report.write()
                     entry["runs"] = load_runs(stack, mode, metrics_port, stack_end, dmon)
             except Exception as exc:
@@ -704,9 +799,12 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         )
     checks = phases.get("vectors", {}).get("checks", {})
     lines += ["", "## Vectors through the stack against `encode` (float32, in process)", ""]
-    lines += ["| DTYPE | served as | texts | min cosine | max relative error | tolerance | passed |"]
+    lines += ["| DTYPE | served as | inputs | min cosine | max relative error | tolerance | passed |"]
     lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
     for dtype, check in checks.items():
+        if "error" in check:
+            lines.append(f"| {dtype} | failed: {check['error'][:100]} | | | | | **NO** |")
+            continue
         tolerance = check["tolerance"]
         bound = f"cos >= {tolerance['min_cosine']}" + (
             f", err <= {tolerance['max_relative_error']}" if tolerance.get("max_relative_error") else ""

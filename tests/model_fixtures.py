@@ -343,8 +343,13 @@ def clip(vision: dict[str, int] | None = None) -> SentenceTransformer:
     ``vision``: another vision tower (``VIT_B_32``), its images of its ``image_size``."""
     import tempfile
 
+    import transformers
     from sentence_transformers.base.modules import Transformer
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    # the PIL processor where transformers has it (the torchvision one warns without torchvision); older releases,
+    # such as a lent GPU machine's, have only the one
+    image_processor: Any = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
     tokenizer: Any = clip_tokenizer()
     tower = {"num_hidden_layers": 2, "num_attention_heads": 4}
@@ -373,7 +378,7 @@ def clip(vision: dict[str, int] | None = None) -> SentenceTransformer:
     hf_model: Any = CLIPModel(config)
     hf_model.eval()
     side = config.vision_config.image_size
-    images = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    images = image_processor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     processor: Any = CLIPProcessor(image_processor=images, tokenizer=tokenizer)  # type: ignore[no-untyped-call]
     with tempfile.TemporaryDirectory() as folder:
         hf_model.save_pretrained(folder)

@@ -27,7 +27,7 @@ def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path: Path) -> None:
     for name in PHASES:
         assert phases[name]["status"] in ("done", "skipped"), (name, phases[name])
     checks = phases["vectors"]["checks"]
-    assert "float32" in checks
+    assert "float32" in checks and "float32, images" in checks  # the image path too, on the test CLIP
     assert all(check["passed"] for check in checks.values()), checks
     stacks = phases["load"]["stacks"]
     assert stacks and all("error" not in stack and stack.get("runs") for stack in stacks.values()), stacks
