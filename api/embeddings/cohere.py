@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from api.dispatch import JobBuilder
@@ -47,22 +48,31 @@ _PROMPT_OF_INPUT_TYPE = {
 class CohereInput(BaseModel):
     """One input of ``inputs``: its content, one text or one image (a CLIP-style model embeds either alone)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     content: list[TextPart | ImagePart] = Field(min_length=1, max_length=1)
 
 
 class CohereEmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # exactly one of them, as Cohere's API takes them
+        json_schema_extra={"oneOf": [{"required": ["texts"]}, {"required": ["images"]}, {"required": ["inputs"]}]},
+    )
     _embedded: tuple[InputKind, list[Any]] = PrivateAttr(("text", []))
 
     model: str = Field(min_length=1, max_length=256)
-    texts: list[str] | None = Field(None, description="The texts to embed.", json_schema_extra={"minItems": 1})
-    images: list[str] | None = Field(
+    # each may be left out, not sent as null: the schema says exactly one is sent
+    texts: list[str] | SkipJsonSchema[None] = Field(
+        None, description="The texts to embed.", json_schema_extra={"minItems": 1}
+    )
+    images: list[str] | SkipJsonSchema[None] = Field(
         None,
         description="Images to embed, as data URIs (or URLs from hosts the deployment allows), for a model that takes "
         "images.",
         json_schema_extra={"minItems": 1},
     )
-    inputs: list[CohereInput] | None = Field(
+    inputs: list[CohereInput] | SkipJsonSchema[None] = Field(
         None, description="Texts and images, one content part each.", json_schema_extra={"minItems": 1}
     )
     input_type: Literal["search_document", "search_query", "classification", "clustering", "image"] | None = Field(
@@ -72,7 +82,7 @@ class CohereEmbedRequest(BaseModel):
     output_dimension: Dimensions | None = None
     truncate: Literal["NONE", "END"] | None = Field(None, description="Default: the deployment's setting.")
 
-    @field_validator("texts", mode="plain", json_schema_input_type=list[Annotated[str, Field(min_length=1)]] | None)
+    @field_validator("texts", mode="plain", json_schema_input_type=list[Annotated[str, Field(min_length=1)]])
     @classmethod
     def _check_texts(cls, value: Any, info: ValidationInfo) -> list[str] | None:
         settings: Settings = (info.context or {})["settings"]
@@ -83,7 +93,7 @@ class CohereEmbedRequest(BaseModel):
         texts: list[str] = normalize_input(value, settings, settings.max_inputs_per_request)[1]
         return texts
 
-    @field_validator("images", mode="plain", json_schema_input_type=list[Annotated[str, Field(min_length=1)]] | None)
+    @field_validator("images", mode="plain", json_schema_input_type=list[Annotated[str, Field(min_length=1)]])
     @classmethod
     def _check_images(cls, value: Any, info: ValidationInfo) -> list[dict[str, str]] | None:
         settings: Settings = (info.context or {})["settings"]

@@ -51,14 +51,19 @@ def _content_part(item: Any, check_text: Any, settings: Settings) -> str | dict[
     kind = item.get("type")
     if kind == "text" and set(item) == {"type", "text"} and isinstance(item["text"], str):
         return str(check_text(item["text"], settings))
-    if kind == "image_url" and set(item) == {"type", "image_url"}:
-        image = item["image_url"]
-        if isinstance(image, dict) and "url" in image and set(image) <= {"url", "detail"}:
-            return image_input(image["url"], settings)
+    if kind == "image_url" and set(item) == {"type", "image_url"} and _image_url(item["image_url"]):
+        return image_input(item["image_url"]["url"], settings)
     raise invalid(
         "a content part must be {'type': 'text', 'text': '...'} or {'type': 'image_url', 'image_url': {'url': "
         "'data:image/png;base64,...'}}"
     )
+
+
+def _image_url(value: Any) -> bool:
+    """Whether ``value`` is an ``image_url`` object: a ``url``, and OpenAI's ``detail`` (ignored)."""
+    if not isinstance(value, dict) or "url" not in value or not set(value) <= {"url", "detail"}:
+        return False
+    return value.get("detail") is None or isinstance(value["detail"], str)
 
 
 def invalid(message: str) -> PydanticCustomError:

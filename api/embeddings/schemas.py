@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from api.embeddings.content import content_inputs, image_input
@@ -34,16 +35,23 @@ _Url = Annotated[str, Field(min_length=1, description="a data URI (data:image/pn
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: Literal["text"]
     text: _Text
 
 
 class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     url: _Url
+    detail: str | None = Field(None, description="OpenAI's; ignored")
 
 
 class ImagePart(BaseModel):
     """An image, for a model that takes images (its card's ``modalities``): vLLM's chat-content part."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["image_url"]
     image_url: ImageUrl
@@ -60,9 +68,20 @@ InputSchema = (
 )
 
 
+#: with ``modality: "image"``, ``input`` is a string or strings: each an image
+_IMAGES_ARE_STRINGS: JsonDict = {
+    "if": {"properties": {"modality": {"const": "image"}}, "required": ["modality"]},
+    "then": {
+        "properties": {
+            "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+        }
+    },
+}
+
+
 class EmbeddingRequest(BaseModel):
     #: a misspelt option must not silently change what a client gets (OpenAI answers 400 to an unknown argument)
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_IMAGES_ARE_STRINGS)
 
     # before ``input``, which is read as images when it says so
     modality: Literal["text", "image"] | None = Field(
