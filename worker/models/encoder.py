@@ -12,7 +12,8 @@ request may ask for raw or unit vectors from any model and ``dimensions`` cuts b
 **Images.** A model whose first module takes images as well as text (a CLIP-style ``Transformer`` whose
 ``modality_config`` has ``"image"``: text and images in one vector space) says so in ``modalities``. An image is made
 model input when its request arrives, by the model's own ``preprocess`` (what ``SentenceTransformer.encode`` does
-for an image: the processor's resize, crop and normalization), one image at a time, and kept on the host
+for an image: the processor's resize, crop and normalization), one processor call for a request's images, each
+image's arrays kept apart on the host
 (``ImageInput``); a batch of images is the group ``IMAGE_GROUP``, whose ``collate`` stacks their pixel values and
 whose ``run`` runs the same modules with ``modality: "image"``, so the ``Transformer`` calls the vision path
 (``get_image_features`` for CLIP). An image's cost in the batch's token budget (its ``len``) is the vision tower's
