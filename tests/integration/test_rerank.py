@@ -276,7 +276,8 @@ def test_cohere_embed_input_type_picks_the_prompt(client, models):
     for body, message in (
         ({"embedding_types": ["int8"]}, "int8 is not offered"),
         ({"truncate": "START"}, "truncate START"),
-        ({"images": ["x"]}, "unrecognized request argument supplied: images"),
+        ({"images": ["x"]}, "send exactly one of texts, images and inputs"),
+        ({"image": ["x"]}, "unrecognized request argument supplied: image"),
         ({"texts": [""]}, "empty strings"),
     ):
         response = client.post("/v2/embed", json={"model": MODEL, "texts": ["a"], **body})
