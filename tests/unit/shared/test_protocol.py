@@ -123,6 +123,28 @@ def test_job_with_bad_input_kind_is_rejected():
         decode_embedding(encode_job(make_job(input_kind="images")), EmbedTask)
 
 
+def test_texts_and_images_and_chunking_travel_as_they_are():
+    job = make_job(input_kind="mixed", inputs=["a", {"image": "data:image/png;base64,AA"}], truncate="chunk")
+    assert decode_embedding(encode_job(job), EmbedTask) == job
+    chunk = make_embed_chunk(input_kind="mixed", inputs=[{"image": "https://x/a.png"}], truncate="chunk")
+    assert decode_embedding(encode_job(chunk), EmbedChunk) == chunk
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"input_kind": "mixed", "inputs": [{"image": 3}]},
+        {"input_kind": "mixed", "inputs": [{"image": "x", "extra": "y"}]},
+        {"input_kind": "mixed", "inputs": [[1, 2]]},
+        {"truncate": "cut"},
+        {"truncate": None},
+    ],
+)
+def test_malformed_images_and_truncations_are_rejected(overrides):
+    with pytest.raises(ProtocolError):
+        decode_embedding(encode_job(make_job(**overrides)), EmbedTask)
+
+
 def test_reply_with_unknown_error_kind_is_rejected():
     fields = {"v": PROTOCOL_VERSION, "request_id": "r", "error": {"kind": "nope", "message": "m"}}
     with pytest.raises(ProtocolError):
