@@ -239,7 +239,7 @@ API_PORT=$API_PORT
 WORKER_CPUS=1
 JOB_CHUNK_SIZE=64
 HF_HUB_OFFLINE=1
-MODEL_PATHS=test/minilm-dot=/models/fixtures/minilm-dot,test/minilm-gemma-prompts=/models/fixtures/minilm-gemma
+MODEL_PATHS=test/minilm-dot=/models/fixtures/minilm-dot,test/minilm-gemma-prompts=/models/fixtures/minilm-gemma,test/clip=/models/fixtures/clip
 REDIS_IMAGE=$REDIS_IMAGE
 PROXY_IMAGE=$PROXY_IMAGE
 EOF

@@ -13,6 +13,7 @@ The proxy's address and the key: IMAGES_TEST_URL, IMAGES_TEST_API_KEY. The fixtu
 from __future__ import annotations
 
 import base64
+import io
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 FIXTURES = {
     "test/minilm-dot": ("minilm-dot", "cls_raw"),
     "test/minilm-gemma-prompts": ("minilm-gemma", "embeddinggemma_style"),
+    "test/clip": ("clip", "clip"),
 }
 JOB_TEXTS = [f"text number {i}: the quick brown fox jumps over the lazy dog {i % 17} times" for i in range(768)]
 MIN_COSINE = 0.99999
@@ -129,10 +131,33 @@ def examples() -> None:
         low = min(low, compare("test/minilm-gemma-prompts", vectors(answer), [text], prompt_name="query"))
         answer = post(http, {"model": "test/minilm-gemma-prompts", "input": text, "input_type": "document"})
         low = min(low, compare("test/minilm-gemma-prompts", vectors(answer), [text], prompt_name="document"))
+        # 4. "Images": a CLIP-style model, a text and a PNG data URI (decoded in the worker's image) in one space
+        low = min(low, clip_example(http))
         models = http.get("/v1/models").json()["data"]
         names = {card["id"] for card in models}
         expect({MINILM, *FIXTURES} <= names, f"/v1/models: {names}")
-    print(f"examples: 401 without a key; MiniLM, base64/dimensions, 400, dot-product, prompts; min cosine {low:.7f}")
+    print(
+        "examples: 401 without a key; MiniLM, base64/dimensions, 400, dot-product, prompts, text and image; "
+        f"min cosine {low:.7f}"
+    )
+
+
+def clip_example(http: httpx.Client) -> float:
+    """A text and an image through the CLIP fixture, against ``encode`` of the text and of the decoded PNG."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8), "RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    text = "a photo of a cat"
+    answer = post(http, {"model": "test/clip", "input": [text, {"type": "image_url", "image_url": {"url": uri}}]})
+    clip = model("test/clip")
+    want = np.stack([clip.encode(text, convert_to_numpy=True), clip.encode(picture, convert_to_numpy=True)])
+    got = np.asarray(vectors(answer), dtype=np.float64)
+    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    expect(bool((cosine >= MIN_COSINE).all()), f"test/clip: cosine {cosine.min():.7f} < {MIN_COSINE}")
+    return float(cosine.min())
 
 
 def job_start() -> None:
