@@ -12,6 +12,7 @@ text request, so a text model takes text parts too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import PydanticCustomError
@@ -34,7 +35,11 @@ def image_input(source: Any, settings: Settings) -> dict[str, str]:
     return {IMAGE_KEY: source}
 
 
-def content_inputs(items: list[Any], check_text: Any, settings: Settings) -> tuple[InputKind, list[Any]]:
+#: bounds a text input as a plain string input is bounded: the text, or a PydanticCustomError
+TextCheck = Callable[[str, Settings], str]
+
+
+def content_inputs(items: list[Any], check_text: TextCheck, settings: Settings) -> tuple[InputKind, list[Any]]:
     """``input`` items that hold content parts: ``("mixed", [text or {"image": ...}, ...])``, or ``("text", texts)``
     when no item is an image. ``check_text`` bounds each text as a plain string input is bounded."""
     inputs = [_content_part(item, check_text, settings) for item in items]
@@ -43,14 +48,14 @@ def content_inputs(items: list[Any], check_text: Any, settings: Settings) -> tup
     return "mixed", inputs
 
 
-def _content_part(item: Any, check_text: Any, settings: Settings) -> str | dict[str, str]:
+def _content_part(item: Any, check_text: TextCheck, settings: Settings) -> str | dict[str, str]:
     if isinstance(item, str):
-        return str(check_text(item, settings))
+        return check_text(item, settings)
     if not isinstance(item, dict):
         raise invalid("input items must be strings or content parts ({'type': 'text' | 'image_url', ...})")
     kind = item.get("type")
     if kind == "text" and set(item) == {"type", "text"} and isinstance(item["text"], str):
-        return str(check_text(item["text"], settings))
+        return check_text(item["text"], settings)
     if kind == "image_url" and set(item) == {"type", "image_url"} and _image_url(item["image_url"]):
         return image_input(item["image_url"]["url"], settings)
     raise invalid(
