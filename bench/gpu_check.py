@@ -352,25 +352,31 @@ def stack_vectors(base_url: str, all_texts: list[str]) -> np.ndarray:
     return np.stack([vector for part in parts for vector in part])
 
 
-def reference_vectors(model_dir: Path, device: str, all_texts: list[str]) -> np.ndarray:
+def reference_vectors(model_dir: Path, device: str, inputs: list[Any], batch_size: int = 32) -> np.ndarray:
+    """``encode`` of ``inputs`` (texts, or PIL images for the CLIP fixture) in float32, in process; the model is
+    dropped after."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(model_dir), device=device)
-    vectors = np.asarray(model.encode(all_texts, batch_size=32, convert_to_numpy=True), dtype=np.float32)
+    vectors = np.asarray(model.encode(inputs, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
     del model
     free_cuda()
     return vectors
 
 
 def vectors_check(base_url: str, reference: np.ndarray, all_texts: list[str], dtype: str) -> dict[str, Any]:
+    return held_to(reference, stack_vectors(base_url, all_texts), dtype)
+
+
+def held_to(reference: np.ndarray, served: np.ndarray, dtype: str) -> dict[str, Any]:
+    """The stack's vectors against ``encode``'s in float32, within ``dtype``'s tolerance."""
     from worker.models.precision import TOLERANCES, agreement
 
-    served = stack_vectors(base_url, all_texts)
     measured = agreement(reference, served)
     tolerance = TOLERANCES[dtype]  # type: ignore[index]
     return {
         "dtype": dtype,
-        "texts": len(all_texts),
+        "texts": len(served),
         "min_cosine": measured.cosine,
         "max_relative_error": measured.max_relative_error,
         "tolerance": dataclasses.asdict(tolerance),
@@ -401,21 +407,9 @@ def png_data_uri(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def image_reference(clip_dir: Path, device: str, images: list[Any]) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(clip_dir), device=device)
-    vectors = np.asarray(model.encode(images, batch_size=4, convert_to_numpy=True), dtype=np.float32)
-    del model
-    free_cuda()
-    return vectors
-
-
 def image_check(base_url: str, model: str, reference: np.ndarray, images: list[Any], dtype: str) -> dict[str, Any]:
     """The stack's image vectors (requests of one, two and three images sent at once, so batches mix requests)
     against ``encode`` in float32, within ``dtype``'s tolerance."""
-    from worker.models.precision import TOLERANCES, agreement
-
     uris = [png_data_uri(image) for image in images]
     groups = [uris[start : start + size] for start, size in zip((0, 1, 3, 6, 9), (1, 2, 3, 3, 3), strict=True)]
 
@@ -426,16 +420,7 @@ def image_check(base_url: str, model: str, reference: np.ndarray, images: list[A
 
     with ThreadPoolExecutor(8) as pool:
         served = np.stack([vector for part in pool.map(one, groups) for vector in part])
-    measured = agreement(reference, served)
-    tolerance = TOLERANCES[dtype]  # type: ignore[index]
-    return {
-        "dtype": dtype,
-        "texts": len(images),
-        "min_cosine": measured.cosine,
-        "max_relative_error": measured.max_relative_error,
-        "tolerance": dataclasses.asdict(tolerance),
-        "passed": measured.within(tolerance),
-    }
+    return held_to(reference, served, dtype)
 
 
 def loaded_card(base_url: str, model: str, timeout_s: float = 10) -> dict[str, Any]:
@@ -682,7 +667,7 @@ def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> Non
         images = check_images()
         try:  # the image path's check; a fixture that cannot be built here is said, and the rest still runs
             clip_dir = save_clip(logs / "clip")[CLIP_MODEL]
-            images_reference = image_reference(clip_dir, mode.device, images)
+            images_reference = reference_vectors(clip_dir, mode.device, images, batch_size=4)
             others = {CLIP_MODEL: clip_dir}
         except Exception as exc:
             vectors["checks"]["images"] = {"error": f"{exc!r}", "passed": False}
