@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from shared.kinds import MODEL_KINDS
+from shared.kinds import MODEL_KINDS, ModelKind
 
 BATCH_SIZE = Histogram(
     "embeddings_batch_size", "Sequences per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -46,31 +46,32 @@ JobOutcome = Literal["answered", "expired", "abandoned", "dead_letter", "chunk",
 JOB_OUTCOMES: tuple[JobOutcome, ...] = get_args(JobOutcome)
 #: the one place jobs are counted: the heartbeat reports what it holds (``job_counts``)
 JOBS = Counter("embeddings_worker_jobs_total", "Jobs handled", ["outcome"])
-for _outcome in JOB_OUTCOMES:
-    JOBS.labels(_outcome)  # every outcome is exposed, at 0 until it happens
+#: each outcome's series, looked up once (``labels`` locks and hashes on every call, and this runs once a job);
+#: every outcome is exposed, at 0 until it happens
+_JOB_SERIES = {outcome: JOBS.labels(outcome) for outcome in JOB_OUTCOMES}
 ERRORS = Counter("embeddings_worker_errors_total", "Jobs answered with an error, by kind", ["kind"])
 #: tasks run on a model, and their inputs (texts, documents), by the model's kind (``shared.kinds``)
 MODEL_TASKS = Counter("embeddings_worker_model_tasks_total", "Tasks run on a model, by the model's kind", ["kind"])
 MODEL_INPUTS = Counter(
     "embeddings_worker_model_inputs_total", "Inputs of the tasks run on a model, by the model's kind", ["kind"]
 )
-for _kind in MODEL_KINDS:  # every kind is exposed, at 0 until a task runs on one
-    MODEL_TASKS.labels(_kind)
-    MODEL_INPUTS.labels(_kind)
+#: each kind's series, looked up once, as ``_JOB_SERIES``; every kind is exposed, at 0 until a task runs on one
+_KIND_SERIES = {kind: (MODEL_TASKS.labels(kind), MODEL_INPUTS.labels(kind)) for kind in MODEL_KINDS}
 MODEL_LOADS = Counter("embeddings_model_loads_total", "Model loads", ["model", "outcome"])
 MODEL_BACKEND = Gauge("embeddings_model_backend", "1 for the runtime each loaded model runs on", ["model", "backend"])
 LOADED_MODELS = Gauge("embeddings_loaded_models", "Models loaded in this worker")
 HELD_TEXTS = Gauge("embeddings_worker_held_texts", "Texts of the jobs this worker holds")
 
 
-def count_task(kind: str, inputs: int) -> None:
+def count_task(kind: ModelKind, inputs: int) -> None:
     """A task ran on a model of ``kind`` with ``inputs`` inputs."""
-    MODEL_TASKS.labels(kind).inc()
-    MODEL_INPUTS.labels(kind).inc(inputs)
+    tasks, counted = _KIND_SERIES[kind]
+    tasks.inc()
+    counted.inc(inputs)
 
 
 def count_job(outcome: JobOutcome) -> None:
-    JOBS.labels(outcome).inc()
+    _JOB_SERIES[outcome].inc()
 
 
 def job_counts() -> dict[str, int]:
