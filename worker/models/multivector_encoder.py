@@ -37,6 +37,7 @@ from worker.models.encoder import tokenizer_of
 from worker.models.precision import declared_precision, pin_float32_math
 from worker.models.reranker import first_tokens
 from worker.models.runtime_choice import runtime_threads
+from worker.models.token_features import Padding, Tokens
 from worker.models.transfers import copies_for
 
 #: the tasks a text is encoded for, by batch group: ``encode`` (none), ``encode_query``, ``encode_document``
@@ -45,18 +46,16 @@ TASKS: tuple[str | None, ...] = (None, "query", "document")
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "query_expansion_positions")
 
 
-class TokenFeatures:
-    """One text as model input: its per-token features, unpadded. Its length is its tokens' (expansion included)."""
+class TokenFeatures(Tokens):
+    """One text as a multi-vector model's input: its per-token features, unpadded. Its length is its tokens'
+    (expansion included)."""
 
-    __slots__ = ("features", "real_tokens")
+    __slots__ = ("real_tokens",)
 
     def __init__(self, features: dict[str, list[int]], real_tokens: int) -> None:
-        self.features = features
+        super().__init__(features)
         #: the tokens the text itself became, special tokens and prompt included, expansion not
         self.real_tokens = real_tokens
-
-    def __len__(self) -> int:
-        return len(self.features["input_ids"])
 
 
 def task_group(task: str | None) -> int:
@@ -111,13 +110,7 @@ class MultiVectorTokenEncoder:
         self.prompts: dict[str, str] = {name: prompt or "" for name, prompt in model.prompts.items()}
         self.default_prompt_name: str | None = model.default_prompt_name
         self.similarity_fn_name: str = model.similarity_fn_name
-        self._left_padded = getattr(tokenizer, "padding_side", "right") == "left"
-        self._pad_values = {
-            "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            "attention_mask": 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-            "query_expansion_positions": 0,
-        }
+        self._padding = Padding(tokenizer, query_expansion_positions=0)
         transformer = model[0]
         self._document_length: int | None = getattr(transformer, "document_length", None)
         self._query_length: int | None = getattr(transformer, "query_length", None)
@@ -202,18 +195,9 @@ class MultiVectorTokenEncoder:
 
     def collate(self, batch: Sequence[TokenFeatures], group: int = 0) -> CollatedTokens:
         """``encode``'s host half: the texts padded as the tokenizer pads, on their way to the device."""
-        width = max(map(len, batch))
-        arrays = {}
-        for key in batch[0].features:  # a query's expansion positions: only queries have them
-            dtype = np.bool_ if self._dtypes[key] == torch.bool else np.int64  # as preprocess makes them
-            padded: np.ndarray = np.full((len(batch), width), self._pad_values[key], dtype=dtype)
-            for row, text in enumerate(batch):
-                values = text.features[key]
-                if self._left_padded:
-                    padded[row, width - len(values) :] = values
-                else:
-                    padded[row, : len(values)] = values
-            arrays[key] = padded
+        # a query's expansion positions: only queries have them; booleans stay booleans, as preprocess makes them
+        booleans = {key: np.bool_ for key, dtype in self._dtypes.items() if dtype == torch.bool}
+        arrays = self._padding.pad(batch, batch[0].features, booleans)
         tensors, ready = self._copies.to_device(arrays)
         return CollatedTokens(tensors, ready, TASKS[group])
 

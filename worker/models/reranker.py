@@ -25,22 +25,17 @@ from shared.errors import ErrorKind, ServiceError
 from worker.models.encoder import CollatedBatch, tokenizer_of
 from worker.models.precision import Precision
 from worker.models.runtimes import Forward
+from worker.models.token_features import Padding, Tokens
 from worker.models.transfers import copies_for
 
 #: what preprocess returns besides the per-token lists; the same for every text pair
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class PairTokens:
-    """One (query, document) pair as model input: its per-token features, unpadded. Its length is its tokens'."""
+class PairTokens(Tokens):
+    """One (query, document) pair as model input: its per-token features, unpadded."""
 
-    __slots__ = ("features",)
-
-    def __init__(self, features: dict[str, list[int]]) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features["input_ids"])
+    __slots__ = ()
 
 
 class CrossEncoderReranker:
@@ -69,12 +64,7 @@ class CrossEncoderReranker:
         self._activation: Callable[[torch.Tensor], torch.Tensor] = model.activation_fn or torch.nn.Identity()
         self.prompts: dict[str, str] = {name: prompt or "" for name, prompt in model.prompts.items()}
         self.default_prompt_name: str | None = model.default_prompt_name
-        self._left_padded = getattr(tokenizer, "padding_side", "right") == "left"
-        self._pad_values = {
-            "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            "attention_mask": 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-        }
+        self._padding = Padding(tokenizer)
         probe = self._preprocess([("probe", "probe")], truncate=True)
         unknown = [key for key, value in probe.items() if key not in _TOKEN_KEYS and not isinstance(value, str)]
         if unknown or "input_ids" not in probe:
@@ -147,17 +137,7 @@ class CrossEncoderReranker:
 
     def collate(self, batch: Sequence[PairTokens], group: int = 0) -> CollatedBatch:
         """``encode``'s host half: the pairs padded as the tokenizer pads, on their way to the device."""
-        width = max(map(len, batch))
-        arrays = {}
-        for key in self.inputs:
-            padded = np.full((len(batch), width), self._pad_values[key], dtype=np.int64)
-            for row, pair in enumerate(batch):
-                values = pair.features[key]
-                if self._left_padded:
-                    padded[row, width - len(values) :] = values
-                else:
-                    padded[row, : len(values)] = values
-            arrays[key] = padded
+        arrays = self._padding.pad(batch, self.inputs)
         if self._forward is not None:  # another runtime takes the arrays themselves
             return CollatedBatch(arrays, {}, None)
         tensors, ready = self._copies.to_device(arrays)

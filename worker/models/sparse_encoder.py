@@ -32,6 +32,7 @@ from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from worker.models.precision import Precision, pin_float32_math
 from worker.models.runtime_choice import runtime_threads
+from worker.models.token_features import Padding, Tokens
 from worker.models.transfers import copies_for
 
 #: the tasks a sparse request may ask for, by batch group: none (``encode``), ``encode_query``, ``encode_document``
@@ -44,16 +45,10 @@ _PROBE = "probe"
 ASSUMED_ACTIVE_DIMS = 512
 
 
-class SparseTokens:
-    """One text as model input: its per-token features, unpadded. Its length is its tokens'."""
+class SparseTokens(Tokens):
+    """One text as a sparse model's input: its per-token features, unpadded."""
 
-    __slots__ = ("features",)
-
-    def __init__(self, features: dict[str, list[int]]) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features["input_ids"])
+    __slots__ = ()
 
 
 class SparseEncoderModel:
@@ -74,12 +69,7 @@ class SparseEncoderModel:
         self.max_active_dims: int | None = model.max_active_dims
         self.prompts: dict[str, str] = {name: prompt or "" for name, prompt in model.prompts.items()}
         self.default_prompt_name: str | None = model.default_prompt_name
-        self._left_padded = getattr(tokenizer, "padding_side", "right") == "left"
-        self._pad_values = {
-            "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            "attention_mask": 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-        }
+        self._padding = Padding(tokenizer)
         bare = len(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
         #: per task: the features that are not per token (``task``, ``modality``), the per-token keys, and how
         #: many special tokens the route adds to a text
@@ -161,17 +151,7 @@ class SparseEncoderModel:
     def collate(self, batch: Sequence[SparseTokens], group: int = 0) -> SparseBatch:
         """``encode``'s host half: the texts padded as the tokenizer pads, on their way to the device."""
         _, keys, _ = self._routes[TASKS[group]]
-        width = max(map(len, batch))
-        arrays = {}
-        for key in keys:
-            padded = np.full((len(batch), width), self._pad_values[key], dtype=np.int64)
-            for row, tokens in enumerate(batch):
-                values = tokens.features[key]
-                if self._left_padded:
-                    padded[row, width - len(values) :] = values
-                else:
-                    padded[row, : len(values)] = values
-            arrays[key] = padded
+        arrays = self._padding.pad(batch, keys)
         tensors, ready = self._copies.to_device(arrays)
         return SparseBatch(tensors, ready, TASKS[group])
 
