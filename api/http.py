@@ -29,6 +29,8 @@ def json_integer(value: Any) -> Any:
 PositiveInt = Annotated[int, Strict(), Field(ge=1), BeforeValidator(json_integer)]
 #: a number of dimensions to keep
 Dimensions = Annotated[int, Strict(), Field(ge=1, le=65_536), BeforeValidator(json_integer)]
+#: a key of the model's ``prompts``, the prompt to put before each text (every route that takes one bounds it so)
+PromptName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 def parse_json(body: bytes) -> Any:

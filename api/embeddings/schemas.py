@@ -12,7 +12,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from api.embeddings.content import content_inputs, image_input
-from api.http import Dimensions, json_integer, parse_body
+from api.http import Dimensions, PromptName, json_integer, parse_body
 from shared.errors import ErrorKind, ServiceError
 from shared.protocol import OUTPUT_DTYPES, InputKind, OutputDtype
 from shared.quantize import UNOFFERED, unoffered
@@ -115,10 +115,8 @@ class EmbeddingRequest(BaseModel):
         "at the model's maximum length and average their vectors weighted by their tokens (`chunk`, as vLLM's "
         "chunked processing). Default: the deployment's setting.",
     )
-    prompt_name: str | None = Field(
+    prompt_name: PromptName | None = Field(
         None,
-        min_length=1,
-        max_length=128,
         description="The model's prompt to put before each text, by name (a key of its `prompts`).",
     )
     input_type: Literal["query", "document"] | None = Field(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from api.http import PromptName
 from shared.settings import Settings
 
 _Text = Annotated[str, Field(min_length=1)]
@@ -60,7 +61,7 @@ class PoolingRequest(BaseModel):
     )
     embedding_mode: Literal["query", "document"] | None = Field(None, description="vLLM's name for `input_type`.")
     input_type: Literal["query", "document"] | None = Field(None, description=_INPUT_TYPE)
-    prompt_name: str | None = Field(None, min_length=1, max_length=128, description="A key of the model's prompts.")
+    prompt_name: PromptName | None = Field(None, description="A key of the model's prompts.")
     truncate: StrictBool | None = Field(
         None, description="`false` refuses a text longer than the model reads (default: the deployment's)."
     )
@@ -97,7 +98,7 @@ class EmbedAllRequest(BaseModel):
         None, description="`false` refuses a text longer than the model reads (default: the deployment's)."
     )
     truncation_direction: Literal["Right", "right"] = "Right"
-    prompt_name: str | None = Field(None, min_length=1, max_length=128, description="A key of the model's prompts.")
+    prompt_name: PromptName | None = Field(None, description="A key of the model's prompts.")
     input_type: Literal["query", "document"] | None = Field(None, description=_INPUT_TYPE)
     model: str | None = Field(
         None,

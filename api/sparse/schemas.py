@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, f
 from pydantic_core import PydanticCustomError
 
 from api.embeddings.schemas import normalize_input
+from api.http import PromptName
 from api.tokenize.schemas import InputsSchema, sole_model
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
@@ -32,10 +33,8 @@ class EmbedSparseRequest(BaseModel):
     truncation_direction: Literal["Right", "right"] = Field(
         "Right", description="Only `Right` (the end is cut), as sentence-transformers cuts."
     )
-    prompt_name: str | None = Field(
+    prompt_name: PromptName | None = Field(
         None,
-        min_length=1,
-        max_length=128,
         description="The model's prompt to put before each text, by name (a key of its `prompts`).",
     )
     input_type: Literal["query", "document"] | None = Field(

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from api.http import json_integer
+from api.http import PromptName, json_integer
 from shared.errors import ErrorKind, ServiceError
 from shared.settings import Settings
 from shared.token_ids import MAX_TOKEN_ID
@@ -39,10 +39,8 @@ class TokenizeRequest(BaseModel):
 
     inputs: Any = Field(description="A string or a list of strings.")
     add_special_tokens: StrictBool = Field(True, description="Put the model's special tokens around each text.")
-    prompt_name: str | None = Field(
+    prompt_name: PromptName | None = Field(
         None,
-        min_length=1,
-        max_length=128,
         description="The model's prompt to put before each text, by name (a key of its `prompts`); without it, "
         "the model's default prompt, as for an embedding. Its tokens are answered too.",
     )
