@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import fakeredis
@@ -183,7 +183,11 @@ def fake_redis_factory(server: fakeredis.FakeServer):
 
 @contextlib.asynccontextmanager
 async def served_app(
-    settings: Settings, server: fakeredis.FakeServer | None = None
+    settings: Settings,
+    server: fakeredis.FakeServer | None = None,
+    *,
+    models: Mapping[str, Any] | None = None,
+    max_tokens: int = 1 << 62,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The API in process over fakeredis, its lifespan running, served by ``run_fake_worker``, and a client of it."""
     server = server or fakeredis.FakeServer()
@@ -191,18 +195,25 @@ async def served_app(
     worker_redis = fake_redis_factory(server)(None)
     async with (
         app.router.lifespan_context(app),
-        running(run_fake_worker(worker_redis)),
+        running(run_fake_worker(worker_redis, models=models, max_tokens=max_tokens)),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
     ):
         yield app, client
     await worker_redis.aclose()
 
 
-async def run_fake_worker(redis: ArqRedis, worker_id: str = "fake") -> None:
-    """Serve the sync queue with the real service over ``FakeEncoder``; model "missing" is not found."""
-    await record_heartbeat(redis, WorkerInfo(worker_id, "cpu", ["fake-model"], 0), ttl_s=60)
-    registry = make_registry(Loader(failing={"missing"}))
-    service = TaskService(registry, redis, worker_id, max_attempts=2)
+async def run_fake_worker(
+    redis: ArqRedis, worker_id: str = "fake", *, models: Mapping[str, Any] | None = None, max_tokens: int = 1 << 62
+) -> None:
+    """Serve the sync queue with the real service over ``FakeEncoder`` (model "missing" is not found), or over
+    ``models`` (name -> loaded model), batches of at most 4."""
+    names = ["fake-model"] if models is None else list(models)
+    await record_heartbeat(redis, WorkerInfo(worker_id, "cpu", names, 0), ttl_s=60)
+    if models is None:
+        registry = make_registry(Loader(failing={"missing"}))
+    else:
+        registry = ModelRegistry(models.__getitem__, max_loaded=4, failure_ttl_s=60, max_batch_size=4)
+    service = TaskService(registry, redis, worker_id, max_attempts=2, max_tokens=max_tokens)
     queue = JobQueue.sync(redis)
     try:
         while True:

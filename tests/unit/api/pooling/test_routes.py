@@ -2,26 +2,16 @@
 real ``TaskService`` (``worker.sync_jobs``, ``worker.multivector_pipeline``) on the fixture multi-vector model:
 the answers' shapes, the sole-model default of TEI's route, and what the schemas refuse."""
 
-import asyncio
 import base64
-import contextlib
 
-import fakeredis
-import httpx
 import numpy as np
 import pytest
 from sentence_transformers import MultiVectorEncoder
 
-from api.main import create_app
-from shared.clock import now_ms
-from shared.job_queue import JobQueue
 from shared.settings import Settings
-from shared.workers import WorkerInfo, record_heartbeat
-from tests.fakes import fake_redis_factory, running
+from tests.fakes import served_app
 from tests.model_fixtures import MULTIVECTOR_MODEL, save_multivector
 from worker.models.multivector_encoder import MultiVectorTokenEncoder
-from worker.models.registry import ModelRegistry
-from worker.service import TaskService
 
 
 @pytest.fixture(scope="module")
@@ -30,40 +20,10 @@ def library(tmp_path_factory) -> MultiVectorEncoder:
     return MultiVectorEncoder(str(path), device="cpu")
 
 
-async def serve(redis, models) -> None:
-    await record_heartbeat(redis, WorkerInfo("mv", "cpu", list(models), 0), ttl_s=60)
-    registry = ModelRegistry(models.__getitem__, max_loaded=4, failure_ttl_s=60, max_batch_size=4)
-    service = TaskService(registry, redis, "mv", max_attempts=2)
-    queue = JobQueue.sync(redis)
-    try:
-        while True:
-            claimed = await queue.claim(64, 1024, 10_000, now_ms())
-            if not claimed:
-                await asyncio.sleep(0.005)
-                continue
-            await asyncio.gather(*(service.handle(job.job_id, job.message, job.attempt) for job in claimed))
-    finally:
-        await registry.close()
-
-
-@contextlib.asynccontextmanager
-async def app_serving(settings, models):
-    factory = fake_redis_factory(fakeredis.FakeServer())
-    app = create_app(settings, redis_factory=factory)
-    worker_redis = factory(None)
-    async with (
-        app.router.lifespan_context(app),
-        running(serve(worker_redis, models)),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-    ):
-        yield client
-    await worker_redis.aclose()
-
-
 @pytest.fixture
 async def client(library):
     settings = Settings(_env_file=None, embed_models=["mv"])
-    async with app_serving(settings, {"mv": MultiVectorTokenEncoder(library)}) as client:
+    async with served_app(settings, models={"mv": MultiVectorTokenEncoder(library)}) as (_, client):
         yield client
 
 

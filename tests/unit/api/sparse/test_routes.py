@@ -8,7 +8,7 @@ from sentence_transformers import SparseEncoder
 
 from shared.settings import Settings
 from tests import model_fixtures
-from tests.unit.api.tokenize.test_routes import app_serving
+from tests.fakes import served_app
 from worker.models.encoder import SentenceTransformerEncoder
 from worker.models.sparse_encoder import SparseEncoderModel
 
@@ -23,7 +23,7 @@ def splade(tmp_path_factory) -> SparseEncoder:
 async def client(splade):
     models = {"splade": SparseEncoderModel(splade), "minilm": SentenceTransformerEncoder(model_fixtures._minilm())}
     settings = Settings(_env_file=None, embed_models=["minilm"], allowed_models=["splade"])
-    async with app_serving(settings, models) as client:
+    async with served_app(settings, models=models, max_tokens=50) as (_, client):
         yield client
 
 

@@ -1,23 +1,12 @@
 """``api.tokenize.routes``: TEI's ``/tokenize`` and ``/decode`` in process, over fakeredis, answered by the real
 ``TaskService`` (``worker.sync_jobs``, ``worker.tokenizing``) on a real MiniLM encoder."""
 
-import asyncio
-import contextlib
-
-import fakeredis
-import httpx
 import pytest
 
-from api.main import create_app
-from shared.clock import now_ms
-from shared.job_queue import JobQueue
 from shared.settings import Settings
-from shared.workers import WorkerInfo, record_heartbeat
 from tests import model_fixtures
-from tests.fakes import FakeEncoder, fake_redis_factory, running
+from tests.fakes import FakeEncoder, served_app
 from worker.models.encoder import SentenceTransformerEncoder
-from worker.models.registry import ModelRegistry
-from worker.service import TaskService
 
 
 @pytest.fixture(scope="module")
@@ -25,40 +14,10 @@ def minilm():
     return SentenceTransformerEncoder(model_fixtures._minilm())
 
 
-async def serve(redis, models) -> None:
-    await record_heartbeat(redis, WorkerInfo("tok", "cpu", list(models), 0), ttl_s=60)
-    registry = ModelRegistry(models.__getitem__, max_loaded=4, failure_ttl_s=60, max_batch_size=4)
-    service = TaskService(registry, redis, "tok", max_attempts=2, max_tokens=50)
-    queue = JobQueue.sync(redis)
-    try:
-        while True:
-            claimed = await queue.claim(64, 1024, 10_000, now_ms())
-            if not claimed:
-                await asyncio.sleep(0.005)
-                continue
-            await asyncio.gather(*(service.handle(job.job_id, job.message, job.attempt) for job in claimed))
-    finally:
-        await registry.close()
-
-
-@contextlib.asynccontextmanager
-async def app_serving(settings, models):
-    factory = fake_redis_factory(fakeredis.FakeServer())
-    app = create_app(settings, redis_factory=factory)
-    worker_redis = factory(None)
-    async with (
-        app.router.lifespan_context(app),
-        running(serve(worker_redis, models)),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-    ):
-        yield client
-    await worker_redis.aclose()
-
-
 @pytest.fixture
 async def client(minilm):
     settings = Settings(_env_file=None, embed_models=["minilm"], allowed_models=["stub"])
-    async with app_serving(settings, {"minilm": minilm, "stub": FakeEncoder()}) as client:
+    async with served_app(settings, models={"minilm": minilm, "stub": FakeEncoder()}, max_tokens=50) as (_, client):
         yield client
 
 
@@ -107,7 +66,9 @@ async def test_errors(client):
 
 
 async def test_a_sole_model_may_go_unnamed_and_the_document_says_when(minilm):
-    async with app_serving(Settings(_env_file=None, embed_models=["minilm"]), {"minilm": minilm}) as client:
+    async with served_app(
+        Settings(_env_file=None, embed_models=["minilm"]), models={"minilm": minilm}, max_tokens=50
+    ) as (_, client):
         response = await client.post("/tokenize", json={"inputs": ["a", "b c"], "add_special_tokens": False})
         assert [[token["text"] for token in tokens] for tokens in response.json()] == [["a"], ["b", "c"]]
         assert (await client.post("/decode", json={"ids": [1037]})).json() == ["a"]
@@ -116,7 +77,7 @@ async def test_a_sole_model_may_go_unnamed_and_the_document_says_when(minilm):
             schema = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
             assert "model" not in schema.get("required", [])
     settings = Settings(_env_file=None, embed_models=["minilm"], allow_any_model=True)
-    async with app_serving(settings, {"minilm": minilm}) as client:
+    async with served_app(settings, models={"minilm": minilm}, max_tokens=50) as (_, client):
         document = (await client.get("/openapi.json")).json()
         for path in ("/tokenize", "/decode"):
             schema = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
