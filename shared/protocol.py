@@ -32,9 +32,10 @@ import msgpack
 
 from shared.errors import ErrorKind, ProtocolError
 
-#: 9: image inputs (``input_kind`` ``mixed``) and ``truncate: "chunk"``; 8: a claimed job's lease and attempts live
-#: in its queue score (``shared.job_queue``), not in arq's keys
-PROTOCOL_VERSION = 9
+#: 10: an embedding job's ``truncate`` is None when its request did not say (the worker applies the deployment's
+#: default for the model's kind); 9: image inputs (``input_kind`` ``mixed``) and ``truncate: "chunk"``; 8: a claimed
+#: job's lease and attempts live in its queue score (``shared.job_queue``), not in arq's keys
+PROTOCOL_VERSION = 10
 
 #: ``mixed``: each input is a text (``str``) or an image (``{"image": <data URI or URL>}``, ``IMAGE_KEY``)
 InputKind = Literal["text", "tokens", "mixed"]
@@ -63,7 +64,9 @@ class EmbedInputs:
     #: texts when ``input_kind == "text"``, token-id lists when ``"tokens"``, texts and images when ``"mixed"``
     inputs: list[Any]
     dimensions: int | None
-    truncate: Truncation
+    #: None: the request did not say; the worker applies the deployment's default for the model's kind
+    #: (``worker.long_inputs.truncation``, ``unchunked``), so a sparse model tells the default from an explicit "chunk"
+    truncate: Truncation | None
     #: the prompt to put before each text: by name, or by input type ("query" / "document"); neither: the default
     prompt_name: str | None
     input_type: str | None
@@ -312,7 +315,7 @@ def _checked(job: Job) -> Job:
         raise ProtocolError("job has malformed inputs")
     if job.input_kind == "mixed" and not all(_text_or_image(item) for item in job.inputs):
         raise ProtocolError("job has malformed inputs")
-    if job.truncate not in (True, False, "chunk"):
+    if not (job.truncate is None or isinstance(job.truncate, bool) or job.truncate == "chunk"):
         raise ProtocolError("job has an unknown truncation")
     if isinstance(job, EmbedTask) and job.encoding_format not in ("float", "base64"):
         raise ProtocolError("job has an unknown encoding format")

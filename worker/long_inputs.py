@@ -26,9 +26,13 @@ its own sequence, and pooled back into one vector per input (vLLM's chunked proc
   (a prompt repeated in each chunk is read each time, so it counts each time), and the per-request token limit
   (``MAX_TOKENS_PER_REQUEST``) holds all chunks' tokens, special tokens included.
 
-Only dense embedding models chunk: sparse and multi-vector models refuse ``"chunk"`` (``refuse_chunking``), except
-a sparse model where ``CHUNK_LONG_INPUTS`` made it the default: that cuts or refuses as ``TRUNCATE_INPUTS`` says
-(``unchunked``).
+- **Defaults.** A job whose request did not say ``truncate`` carries None; the worker applies the deployment's
+  default for the model's kind: a dense model chunks where ``CHUNK_LONG_INPUTS`` says so, else cuts or refuses as
+  ``TRUNCATE_INPUTS`` says (``truncation``); a sparse model cuts or refuses as ``TRUNCATE_INPUTS`` says
+  (``unchunked``).
+
+Only dense embedding models chunk: sparse and multi-vector models refuse an explicit ``"chunk"``
+(``refuse_chunking``).
 Chunks of one input go to the micro-batcher as separate sequences and may be encoded in different batches.
 """
 
@@ -56,16 +60,22 @@ def refuse_chunking(truncate: object) -> None:
         raise ServiceError(ErrorKind.INVALID_REQUEST, NOT_CHUNKED, "truncate")
 
 
-def unchunked(truncate: Truncation) -> bool:
-    """``truncate`` for a model that does not chunk (a sparse model on ``/v1/embeddings``): ``"chunk"`` where the
-    deployment makes it the default (``CHUNK_LONG_INPUTS``) applies ``TRUNCATE_INPUTS``, as a request that does not
-    say ``truncate`` would get without it (a request cannot be told from the default there); else a 400."""
-    if truncate != "chunk":
-        return bool(truncate)
+def truncation(truncate: Truncation | None) -> Truncation:
+    """A dense model's ``truncate``: the request's, or where it did not say (None), the deployment's default:
+    ``"chunk"`` with ``CHUNK_LONG_INPUTS``, else ``TRUNCATE_INPUTS``."""
+    if truncate is not None:
+        return truncate
     settings = get_settings()
-    if not settings.chunk_long_inputs:
-        refuse_chunking(truncate)
-    return settings.truncate_inputs
+    return "chunk" if settings.chunk_long_inputs else settings.truncate_inputs
+
+
+def unchunked(truncate: Truncation | None) -> bool:
+    """``truncate`` for a model that does not chunk (a sparse model on ``/v1/embeddings``): the request's, or where it
+    did not say (None), ``TRUNCATE_INPUTS`` (``CHUNK_LONG_INPUTS`` is for dense models); a 400 for ``"chunk"``."""
+    if truncate is None:
+        return get_settings().truncate_inputs
+    refuse_chunking(truncate)
+    return bool(truncate)
 
 
 class Chunked(list[Any]):

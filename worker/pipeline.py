@@ -182,9 +182,10 @@ class EmbeddingPipeline(TaskPipeline[EmbedInputs, Embedding, ModelInput, Embedde
             encoder.check_token_ids(inputs)
             prompt_ids = encoder.tokenize([prompt])[0] if prompt else []
             token_ids = [prompt_ids + list(ids) for ids in inputs]
-        if job.truncate == "chunk":
+        truncate = long_inputs.truncation(job.truncate)
+        if truncate == "chunk":
             return self._chunked(plan, token_ids, texts)
-        return [encoder.prepare(list(ids), truncate=bool(job.truncate), param="input") for ids in token_ids]
+        return [encoder.prepare(list(ids), truncate=truncate, param="input") for ids in token_ids]
 
     def _chunked(
         self, plan: Embedding, token_ids: Sequence[list[int]], texts: Sequence[str] | None
@@ -222,7 +223,7 @@ class EmbeddingPipeline(TaskPipeline[EmbedInputs, Embedding, ModelInput, Embedde
                 merged.weights.append(1)
             merged.counts.append(count)
         # chunked jobs keep their layout, even when all their inputs are images (``long_inputs.join``)
-        return merged if job.truncate == "chunk" else list(merged)
+        return merged if long_inputs.truncation(job.truncate) == "chunk" else list(merged)
 
 
 def _images_of(inputs: Sequence[Any]) -> list[str]:

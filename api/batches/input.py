@@ -57,9 +57,9 @@ class Line:
     def inputs(self) -> list[Any]:
         return [] if self.request is None else self.request.input[1]
 
-    def options(self, settings: Settings) -> EmbedOptions | None:
+    def options(self) -> EmbedOptions | None:
         """What the worker applies to its inputs; None for a request that already failed."""
-        return None if self.request is None else EmbedOptions.of(self.request, settings)
+        return None if self.request is None else EmbedOptions.of(self.request)
 
 
 async def read_lines(segments: AsyncIterator[bytes], settings: Settings) -> AsyncIterator[list[Line | LineError]]:
@@ -159,7 +159,7 @@ async def validate(segments: AsyncIterator[bytes], settings: Settings) -> Valida
                 message = f"the batch has more than {settings.max_batch_inputs} inputs across its requests"
                 found.fail(LineError(line.number, "too_many_inputs", message, "body.input"))
             if len(found.shapes) <= settings.max_batch_requests:
-                found.shapes.append((line.options(settings), len(line.inputs)))
+                found.shapes.append((line.options(), len(line.inputs)))
     if found.requests == 0 and not found.error_count:
         found.fail(LineError(0, "empty_file", "the input file has no requests"))
     return found

@@ -59,7 +59,7 @@ class _Writer:
             ),
         )
         self._entries.append(entry)
-        options = lines[0].options(self._settings)  # the same for every request of the chunk
+        options = lines[0].options()  # the same for every request of the chunk
         if options is None:
             self._failed.append((chunk, lines))
         else:

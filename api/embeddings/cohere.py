@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from api.dispatch import JobBuilder
 from api.embeddings.content import content_inputs, image_input, invalid
-from api.embeddings.options import EmbedOptions, default_truncation
+from api.embeddings.options import EmbedOptions
 from api.embeddings.schemas import ImagePart, TextPart, normalize_input
 from api.fast_route import json_post
 from api.http import Dimensions
@@ -154,7 +154,7 @@ def _task(request: CohereEmbedRequest, request_id: str, settings: Settings) -> J
         model=request.model,
         input_kind=input_kind,
         dimensions=request.output_dimension,
-        truncate=default_truncation(settings) if request.truncate is None else request.truncate == "END",
+        truncate=None if request.truncate is None else request.truncate == "END",
         prompt_name=None,
         input_type=_PROMPT_OF_INPUT_TYPE[request.input_type] if request.input_type else None,
         normalize=None,

@@ -9,7 +9,6 @@ from typing import Any
 from api.embeddings.schemas import EmbeddingRequest
 from shared.protocol import EmbedChunk, EmbedTask, EncodingFormat, InputKind, OutputDtype, Truncation
 from shared.queue_format import chunk_request_id
-from shared.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -19,19 +18,20 @@ class EmbedOptions:
     model: str
     input_kind: InputKind
     dimensions: int | None
-    truncate: Truncation
+    #: None: the request did not say (the worker applies the deployment's default for the model's kind)
+    truncate: Truncation | None
     prompt_name: str | None
     input_type: str | None
     normalize: bool | None
 
     @classmethod
-    def of(cls, request: EmbeddingRequest, settings: Settings) -> EmbedOptions:
-        """The request's options, with the deployment's defaults filled in."""
+    def of(cls, request: EmbeddingRequest) -> EmbedOptions:
+        """The request's options, as it gave them (defaults are the worker's to apply: ``EmbedInputs``)."""
         return cls(
             model=request.model,
             input_kind=request.input[0],
             dimensions=request.dimensions,
-            truncate=default_truncation(settings) if request.truncate is None else request.truncate,
+            truncate=request.truncate,
             prompt_name=request.prompt_name,
             input_type=request.input_type,
             normalize=request.normalize,
@@ -85,10 +85,8 @@ class EmbedOptions:
         )
 
     def _fields(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _OPTION_FIELDS}
 
 
-def default_truncation(settings: Settings) -> Truncation:
-    """What an embedding request that does not say ``truncate`` gets: chunked (``CHUNK_LONG_INPUTS``), else cut or
-    refused as ``TRUNCATE_INPUTS`` says."""
-    return "chunk" if settings.chunk_long_inputs else settings.truncate_inputs
+#: read once: ``dataclasses.fields`` walks the class's fields every call, and this runs once a request
+_OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(EmbedOptions))

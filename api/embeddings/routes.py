@@ -20,7 +20,7 @@ from shared.settings import Settings
 
 
 def _task(request: EmbeddingRequest, request_id: str, settings: Settings) -> JobBuilder:
-    options = EmbedOptions.of(request, settings)
+    options = EmbedOptions.of(request)
     return functools.partial(
         options.sync_job, request_id, request.input[1], request.encoding_format, request.output_dtype
     )

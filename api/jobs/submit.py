@@ -52,7 +52,7 @@ async def submit_job(state: State, owner: str, job_id: str, job_request: JobRequ
 
 
 async def _enqueue_chunks(record: JobRecord, job_request: JobRequest, settings: Settings, chunks: Chunks) -> None:
-    options = EmbedOptions.of(job_request, settings)
+    options = EmbedOptions.of(job_request)
     inputs = job_request.input[1]
     enqueued = now_ms()
     expires_ms = (record.expires_at - record.created_at) * 1000

@@ -8,6 +8,7 @@ weighted by the tokens their pooling read; normalized with numpy), through ``/v1
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from pathlib import Path
 
@@ -199,12 +200,21 @@ def test_a_batch_line_chunks_its_long_inputs_and_others_end_alone(stack, referen
         assert output[custom_id]["usage"]["prompt_tokens"] == tokens
 
 
-def test_a_sparse_model_cuts_where_chunking_is_the_deployments_default(client):
+def test_a_sparse_model_cuts_where_chunking_is_the_deployments_default_and_refuses_an_asked_chunk(client):
     """A sparse model does not chunk: with CHUNK_LONG_INPUTS on, a request that says no truncate is cut as
-    TRUNCATE_INPUTS says (true here), not refused (without the setting, "chunk" is a 400: ``test_long_inputs``)."""
+    TRUNCATE_INPUTS says (true here), not refused; one that asks for "chunk" is a 400 naming truncate, and a
+    dense model's request sent at the same moment is served."""
     response = client.post("/v1/embeddings", json={"model": SPLADE, "input": [LONG]})
     assert response.status_code == 200, response.text
     assert response.json()["data"][0]["object"] == "sparse_embedding"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        asked = pool.submit(client.post, "/v1/embeddings", json={"model": SPLADE, "input": [LONG], "truncate": "chunk"})
+        dense = pool.submit(client.post, "/v1/embeddings", json={"model": MODEL, "input": [LONG]})
+        refused, served = asked.result(), dense.result()
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "truncate"
+    assert "chunking is for dense embedding models" in refused.json()["error"]["message"]
+    assert served.status_code == 200, served.text
 
 
 def report(what: str, got: np.ndarray, vectors: np.ndarray) -> None:

@@ -130,6 +130,12 @@ def test_texts_and_images_and_chunking_travel_as_they_are():
     assert decode_embedding(encode_job(chunk), EmbedChunk) == chunk
 
 
+def test_a_truncate_the_request_did_not_say_travels_as_none():
+    """None: the worker applies the deployment's default for the model's kind (``worker.long_inputs``)."""
+    job = make_job(truncate=None)
+    assert decode_embedding(encode_job(job), EmbedTask).truncate is None
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -137,7 +143,7 @@ def test_texts_and_images_and_chunking_travel_as_they_are():
         {"input_kind": "mixed", "inputs": [{"image": "x", "extra": "y"}]},
         {"input_kind": "mixed", "inputs": [[1, 2]]},
         {"truncate": "cut"},
-        {"truncate": None},
+        {"truncate": 1},
     ],
 )
 def test_malformed_images_and_truncations_are_rejected(overrides):

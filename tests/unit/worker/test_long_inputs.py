@@ -22,6 +22,7 @@ from worker.long_inputs import (
     pool,
     refuse_chunking,
     split,
+    truncation,
     unchunked,
 )
 from worker.multivector_pipeline import MultiVectorPipeline
@@ -244,16 +245,33 @@ def test_sparse_and_multivector_models_refuse_chunking(pipeline, kind):
     assert "chunking is for dense embedding models; send truncate true or false" in refused.value.message
 
 
-def test_a_model_that_does_not_chunk_takes_the_deployments_chunk_default_as_truncate_inputs(monkeypatch):
-    """With CHUNK_LONG_INPUTS on, a request to a sparse model that says no truncate arrives as "chunk": it is cut
-    (TRUNCATE_INPUTS) or refused, as it would be without the setting; with it off, "chunk" was asked for: a 400."""
+@pytest.mark.parametrize("truncate_inputs", [True, False])
+def test_a_model_that_does_not_chunk_takes_truncate_inputs_as_its_default_and_refuses_an_asked_chunk(
+    monkeypatch, truncate_inputs
+):
+    """With CHUNK_LONG_INPUTS on, a request to a sparse model that says no truncate (None on the wire) is cut or
+    refused as TRUNCATE_INPUTS says; one that asks for "chunk" is a 400 naming truncate, the setting or not."""
     from shared.settings import Settings
 
-    settings = Settings(_env_file=None, chunk_long_inputs=True, truncate_inputs=False)
+    settings = Settings(_env_file=None, chunk_long_inputs=True, truncate_inputs=truncate_inputs)
     monkeypatch.setattr("worker.long_inputs.get_settings", lambda: settings)
-    assert unchunked("chunk") is False
-    assert unchunked(True) is True
-    settings = Settings(_env_file=None)
+    assert unchunked(None) is truncate_inputs
+    assert unchunked(True) is True and unchunked(False) is False
     with pytest.raises(ServiceError) as refused:
         unchunked("chunk")
     assert refused.value.param == "truncate"
+
+
+@pytest.mark.parametrize(
+    ("chunk_long_inputs", "truncate_inputs", "default"),
+    [(True, False, "chunk"), (True, True, "chunk"), (False, True, True), (False, False, False)],
+)
+def test_a_dense_models_default_truncation_is_the_deployments(monkeypatch, chunk_long_inputs, truncate_inputs, default):
+    """No truncate said: CHUNK_LONG_INPUTS's "chunk", else TRUNCATE_INPUTS; a truncate said is kept."""
+    from shared.settings import Settings
+
+    settings = Settings(_env_file=None, chunk_long_inputs=chunk_long_inputs, truncate_inputs=truncate_inputs)
+    monkeypatch.setattr("worker.long_inputs.get_settings", lambda: settings)
+    assert truncation(None) == default
+    for asked in (True, False, "chunk"):
+        assert truncation(asked) == asked
