@@ -45,6 +45,7 @@ from statistics import median
 import redis
 
 from bench.load import LoadResult, cpu_seconds, machine_busy_s, run_wrk
+from bench.queue_floor import running_floor
 from shared import keys
 from tests.stack import Stack, free_port, running_stack, served_card, spawn, stop, wait_for_port
 from worker.models.precision import cpu_flags, native_on_cpu
@@ -430,9 +431,11 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
     its children) around each measured run, and divided by the requests it served: unlike throughput, it does not
     depend on what else runs on the machine."""
     bare: dict[int, list[Served]] = {1: [], 64: []}
+    floor: list[Served] = []
     ours: dict[tuple[int, int], list[Served]] = {}
     with contextlib.ExitStack() as running:
         bare_url, bare_process = running.enter_context(uvicorn_app("bench.bare_server:app", logs))
+        floor_stack = running.enter_context(running_floor(logs / "floor"))
         stacks = {
             n: running.enter_context(running_stack(logs / f"stub-{n}", ENCODER="stub", API_WORKERS=str(n)))
             for n in API_PROCESSES
@@ -441,6 +444,10 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
             for connections in (1, 64):
                 workload = Workload("", connections, SHORT[:1])
                 bare[connections].append(served(bare_url, workload, seconds, {"API": bare_process}))
+                if connections == 64:
+                    floor.append(
+                        served(floor_stack.base_url, workload, seconds, stack_pids(floor_stack), floor_stack.redis_url)
+                    )
                 for n, stack in stacks.items():
                     if connections == 1 and n > 1:
                         continue
@@ -467,7 +474,7 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
         f"{'server':<24} {'req/s':>7} {'x 1 API':>8} {'p50 ms':>7} | {'API':>6} {'worker':>7} {'Redis':>6} "
         f"{'total':>6} | {'Redis cmds/request':>18} {'busy cores':>10}"
     )
-    rows: list[tuple[str, list[Served]]] = [("bare endpoint", bare[64])]
+    rows: list[tuple[str, list[Served]]] = [("bare endpoint", bare[64]), ("queue floor", floor)]
     rows += [(f"{n} API process{'es' if n > 1 else ''}", ours[n, 64]) for n in API_PROCESSES]
     for name, runs in rows:
         rate = median(r.load.requests_per_s for r in runs)
@@ -478,7 +485,7 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
         total = median(sum(r.cpu_us(part) for part in ("API", "worker", "Redis")) for r in runs)
         commands = median(sum(r.commands.values()) / max(1, r.load.requests) for r in runs)
         busy = median(r.busy_cores for r in runs)
-        scaled = f"{scale:8.2f}" if name != "bare endpoint" else f"{'':>8}"
+        scaled = f"{scale:8.2f}" if name.endswith(("process", "processes")) else f"{'':>8}"
         print(
             f"{name:<24} {rate:7.0f} {scaled} {median(r.load.p50_ms for r in runs):7.2f} | {cells[0]:6.0f} "
             f"{cells[1]:7.0f} {cells[2]:6.0f} {total:6.0f} | {commands:18.2f} {busy:10.2f}"
@@ -488,6 +495,7 @@ def pipeline_section(seconds: float, logs: Path, rounds: int = 3) -> None:
     per_request = ", ".join(f"{name} {n / max(1, last.load.requests):.2f}" for name, n in by_command)
     print(f"Redis commands a request, 1 API process (last round): {per_request}")
     print(f"busy cores: the whole machine's, wrk included; {load_average()} at the end")
+    print("queue floor: bench.queue_floor, the same trip through Redis with none of the guarantees (its docstring)")
 
 
 def scaling_section(seconds: float, logs: Path) -> None:
