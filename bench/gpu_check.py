@@ -29,6 +29,11 @@ Phases, each time-boxed inside ``--budget-s``, each rewriting ``summary.md`` (th
 5. batches: sequences, padded tokens and requests per forward pass during each measured run, from the worker's
    Prometheus histograms (WORKER_METRICS_PORT).
 6. dmon: ``nvidia-smi dmon`` sampled during the load phase (``dmon.txt``), its SM and memory use per run.
+7. compile: ``torch.compile`` of the transformer (inductor, dynamic shapes) in bfloat16 at the ceilings' best short
+   batch: its compile time, its texts/s against eager's measured just before, and both precisions' vectors against
+   the float32 ``encode``, within bfloat16's tolerance. The worker compiles nothing: this says whether it should
+   (faster, and the same vectors). It runs last, in time the stacks leave it (``COMPILE_RESERVE_S``); the dry run
+   captures the graph with dynamo's ``eager`` backend (no C++ compiler needed) and measures nothing.
 
 The model: all-MiniLM-L6-v2's shape and tokenizer with seeded random weights, built there from ``.gpu/model`` (or,
 without it, from the bundled package's config): speed is the real model's, and the vectors are compared against
@@ -63,7 +68,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-PHASES = ("env", "ceilings", "vectors", "load", "batches", "dmon")
+PHASES = ("env", "ceilings", "vectors", "load", "batches", "dmon", "compile")
+#: seconds the stacks leave for the compile phase on a GPU (a compile of MiniLM with dynamic shapes, two timings)
+COMPILE_RESERVE_S = 75
 DTYPES = ("float32", "bfloat16", "float16")
 #: the settings this check sets, by environment name; each must still be a field of shared.settings.Settings
 SETTINGS_USED = (
@@ -289,6 +296,41 @@ def ceilings_phase(section: dict[str, Any], mode: Mode, model_dir: Path, report:
             row["error"] = f"{exc!r}"
         free_cuda()
         report.write()
+
+
+def compile_phase(section: dict[str, Any], mode: Mode, model_dir: Path, report: Report) -> None:
+    """Phase 7 (the module's notes): eager against compiled, bfloat16, the ceilings' best short batch."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    short, _ = texts()
+    dtype = "bfloat16" if mode.device == "cuda" else "float32"
+    best = report.results["phases"].get("ceilings", {}).get("rows", {}).get(dtype, {}).get("short_best")
+    batch = int(best[1]) if best else mode.short_batches[-1]
+    backend = "inductor" if mode.device == "cuda" else "eager"
+    section.update(dtype=dtype, batch=batch, backend=backend)
+
+    def vectors(model: Any) -> np.ndarray:
+        encoded = model.encode(short, batch_size=batch, convert_to_tensor=True)
+        return np.asarray(encoded.float().cpu().numpy(), dtype=np.float32)
+
+    reference = vectors(SentenceTransformer(str(model_dir), device=mode.device))
+    model = cast(SentenceTransformer(str(model_dir), device=mode.device), dtype)
+    section["eager"] = held_to(reference, vectors(model), dtype)
+    if not mode.quick:
+        section["eager"]["texts_per_s"] = round(encode_rate(model, short, batch, mode.point_s, mode.device), 1)
+    transformer = model[0]
+    started = time.monotonic()
+    transformer.model = torch.compile(transformer.model, backend=backend, dynamic=True)
+    compiled = vectors(model)
+    section["compile_s"] = round(time.monotonic() - started, 1)
+    section["compiled"] = held_to(reference, compiled, dtype)
+    if not mode.quick:
+        rate = round(encode_rate(model, short, batch, mode.point_s, mode.device), 1)
+        section["compiled"]["texts_per_s"] = rate
+        section["speedup"] = round(rate / section["eager"]["texts_per_s"], 3)
+    del model, transformer
+    free_cuda()
 
 
 def free_cuda() -> None:
@@ -650,7 +692,8 @@ def stack_configs(mode: Mode) -> list[tuple[str, str, dict[str, str]]]:
     return [*configs, (f"{half}, larger limits", half, {"DTYPE": half, **LARGE_LIMITS})]
 
 
-def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> None:
+def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path, reserve_s: float = 0) -> None:
+    """Phases 3 to 6, leaving ``reserve_s`` of the budget to the phases after them."""
     from tests.model_fixtures import CLIP_MODEL, save_clip
     from tests.stack import free_port, running_stack, served_card
 
@@ -676,7 +719,7 @@ def stack_phases(report: Report, mode: Mode, model_dir: Path, logs: Path) -> Non
         configs = stack_configs(mode)
         for index, (name, dtype, settings) in enumerate(configs):
             # what is left, shared among the stacks still to run, less a margin for the last phases' writing
-            share = (report.left() - 15) / (len(configs) - index)
+            share = (report.left() - 15 - reserve_s) / (len(configs) - index)
             stack_end = time.monotonic() + share
             if share < 25 + mode.seconds:
                 load["stacks"][name] = {"skipped": "time"}
@@ -835,6 +878,7 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
     generators = {run.get("generator") for stack in stacks.values() for run in stack.get("runs", [])} - {None}
     limits = ", ".join(f"{key}={value}" for key, value in LARGE_LIMITS.items())
     lines += ["", f"Load: {', '.join(sorted(generators)) or '-'}; larger limits: {limits}."]
+    lines += _compile_lines(phases.get("compile", {}))
     settings = env.get("settings", {})
     final = phases.get("settings_end", settings)
     lines += [
@@ -844,6 +888,31 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
     ]
     lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _compile_lines(section: dict[str, Any]) -> list[str]:
+    lines = ["", "## torch.compile of the transformer against eager, in process", ""]
+    if "compiled" not in section:
+        why = section.get("why") or section.get("error") or section.get("status", "-")
+        return [*lines, f"Not measured: {why}.", ""]
+    lines += [
+        "| model | texts/s | min cosine | max relative error | within tolerance |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in ("eager", "compiled"):
+        check = section[name]
+        lines.append(
+            f"| {name} | {_cell(check.get('texts_per_s'))} | {check['min_cosine']:.7f} | "
+            f"{check['max_relative_error']:.2e} | {'yes' if check['passed'] else '**NO**'} |"
+        )
+    lines += [
+        "",
+        f"{section['dtype']}, batch {section['batch']}, backend {section['backend']}, compiled in "
+        f"{section['compile_s']} s; compiled / eager: {_cell(section.get('speedup'), 2)} (vectors against the float32 "
+        "`encode`).",
+        "",
+    ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -895,7 +964,13 @@ def main(argv: list[str] | None = None) -> int:
             # a quarter of the budget at most, the rest for the stacks
             ceilings_phase(section, mode, model_dir, report, time.monotonic() + min(0.3 * report.left(), 150))
         try:
-            stack_phases(report, mode, model_dir, work / "logs")
+            reserve_s = COMPILE_RESERVE_S if mode.device == "cuda" else 0
+            stack_phases(report, mode, model_dir, work / "logs", reserve_s)
+            if report.left() < 0.8 * reserve_s:
+                report.results["phases"]["compile"] = {"status": "skipped", "why": "time"}
+            else:
+                with report.phase("compile") as section:
+                    compile_phase(section, mode, model_dir, report)
         finally:
             collect_logs(work / "logs", args.out / "logs.txt")
             report.results["phases"]["settings_end"] = settings_check()
