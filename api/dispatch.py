@@ -1,5 +1,12 @@
 """Enqueue a synchronous job and wait for its reply, within the request's deadline, the deployment's backlog and its
-API key's share of it."""
+API key's share of it.
+
+The requests one enqueue round writes share queue entries: one entry for an owner's requests of the round, up to
+``ENTRY_TEXTS`` texts and never more than the backlog bound or a key's share (``shared.job_queue``). The backlog and
+the owner's share admit an entry as a whole; one they refuse is split, and its requests go again in the next round
+each in an entry of its own, so each is admitted or refused as it would be alone. An entry is withdrawn when no
+request in it still waits (a request that leaves while others of its entry wait lets its part run, and its reply
+is dropped)."""
 
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 _LIVENESS_CACHE_S = 1.0
 #: arq keeps a job's definition this long past its deadline, so a late worker still sees (and skips) it
 _JOB_KEY_EXTRA_S = 3600
+#: the most texts one queue entry carries, of requests that share it; a larger request has an entry of its own
+ENTRY_TEXTS = 64
 
 
 class JobBuilder(Protocol):
@@ -43,13 +52,26 @@ class JobBuilder(Protocol):
     ) -> EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    """A queue entry the requests of one round share, and how many of them still wait for their replies."""
+
+    job: NewJob
+    waiting: int
+
+
+@dataclasses.dataclass(slots=True)
 class _Pending:
-    """A job on its way to the next enqueue."""
+    """A request's job on its way to the next enqueue, then the entry that carries it."""
 
     request_id: str
     owner: str
-    job: NewJob
+    message: bytes
+    texts: int
+    enqueued_ms: int
+    entry: _Entry | None = None
+    #: in an entry of its own: the entry it shared was refused
+    alone: bool = False
 
 
 class Dispatcher:
@@ -77,6 +99,8 @@ class Dispatcher:
         self._max_queued_texts = max_queued_texts
         self._max_queued_texts_per_key = max_queued_texts_per_key
         self._enqueuer: Coalescer[_Pending, TaskReply] = Coalescer(self._enqueue_many, "enqueue")
+        #: texts an entry of several requests may carry: within the bounds, so only a lone request ever exceeds one
+        self._entry_texts = min(ENTRY_TEXTS, max_queued_texts, max_queued_texts_per_key or ENTRY_TEXTS)
         self._worker_ttl_s = worker_ttl_s
         self._timeout_s = request_timeout_s
         self._workers_seen_at = -_LIVENESS_CACHE_S
@@ -103,68 +127,109 @@ class Dispatcher:
         trace_context = tracing.inject()
         if trace_context is not None:
             job = dataclasses.replace(job, trace_context=trace_context)
-        new_job = self._new_job(job, owner, timeout_s)
-        future = self._enqueuer.add(_Pending(job.request_id, owner, new_job), self._listener.expect(job.request_id))
+        pending = _Pending(job.request_id, owner, encode_job(job), len(job.inputs), enqueued_ms)
+        future = self._enqueuer.add(pending, self._listener.expect(job.request_id))
         timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, future, timeout_s)
         try:
             return await future
         except asyncio.CancelledError:
-            await asyncio.shield(self._withdraw(new_job))
+            await asyncio.shield(self._withdraw(pending))
             raise
         except ServiceError as exc:
             if exc.kind is ErrorKind.TIMEOUT:
-                await self._withdraw(new_job)
+                await self._withdraw(pending)
             raise
         finally:
             timer.cancel()
             self._listener.forget(job.request_id)
 
-    @staticmethod
-    def _new_job(
-        job: EmbedTask | RerankTask | TokenizeTask | DecodeTask | TokenEmbedTask, owner: str, timeout_s: float
-    ) -> NewJob:
-        return NewJob(
-            job_id=queue_job_id(job.request_id, len(job.inputs), owner),
-            message=encode_job(job),
-            enqueued_ms=job.enqueued_ms,
-            expires_ms=int((timeout_s + _JOB_KEY_EXTRA_S) * 1000),
-            texts=len(job.inputs),
-        )
+    def _entries(self, jobs: list[tuple[_Pending, asyncio.Future[TaskReply]]]) -> list[tuple[_Entry, list[int]]]:
+        """The round's queue entries, each with the indexes of its requests in ``jobs``: an owner's requests, in
+        order, up to ``ENTRY_TEXTS`` texts an entry."""
+        entries: list[tuple[_Entry, list[int]]] = []
+        open_entries: dict[str, tuple[list[int], int]] = {}
+        groups: list[list[int]] = []
+        for index, (pending, _) in enumerate(jobs):
+            if pending.alone:
+                groups.append([index])
+                continue
+            members, texts = open_entries.get(pending.owner, ([], 0))
+            if members and texts + pending.texts > self._entry_texts:
+                members, texts = [], 0
+            if not members:
+                groups.append(members)
+            members.append(index)
+            open_entries[pending.owner] = (members, texts + pending.texts)
+        expires_ms = int((self._timeout_s + _JOB_KEY_EXTRA_S) * 1000)
+        for members in groups:
+            first = jobs[members[0]][0]
+            texts = sum(jobs[index][0].texts for index in members)
+            job = NewJob(
+                job_id=queue_job_id(first.request_id, texts, first.owner),
+                messages=tuple(jobs[index][0].message for index in members),
+                enqueued_ms=first.enqueued_ms,
+                expires_ms=expires_ms,
+                texts=texts,
+            )
+            entries.append((_Entry(job, len(members)), members))
+        return entries
 
     async def _enqueue_many(self, jobs: list[tuple[_Pending, asyncio.Future[TaskReply]]]) -> None:
         """Enqueue in one script call; a refusal (backlog or the key's share full, Redis unreachable) completes the
-        job's future. An admitted job's future is completed by the result listener, or by its timer."""
+        futures of the requests of the entry it refused. An admitted request's future is completed by the result
+        listener, or by its timer."""
+        entries = self._entries(jobs)
         refusals: list[Callable[[], ServiceError] | None]
         try:
-            new_jobs = [pending.job for pending, _ in jobs]
+            new_jobs = [entry.job for entry, _ in entries]
             share = self._max_queued_texts_per_key
             enqueued = await self._queue.enqueue(new_jobs, self._max_queued_texts, now_ms(), per_key_limit=share)
         except OutOfMemoryError:
             log.warning("enqueueing %d jobs failed: Redis is out of memory", len(jobs))
-            refusals = [_store_full] * len(jobs)
+            refusals = [_store_full] * len(entries)
         except (RedisError, OSError) as exc:
             log.warning("enqueueing %d jobs failed: %r", len(jobs), exc)
-            refusals = [_unreachable] * len(jobs)
+            refusals = [_unreachable] * len(entries)
         except Exception:
             log.exception("enqueueing %d jobs failed", len(jobs))
-            refusals = [_enqueue_failed] * len(jobs)
+            refusals = [_enqueue_failed] * len(entries)
         else:
             refusals = []
-            for (pending, _), ok, held in zip(jobs, enqueued.admitted, enqueued.owner_holds, strict=True):
+            for (entry, members), ok, held in zip(entries, enqueued.admitted, enqueued.owner_holds, strict=True):
                 if ok:
-                    self._listener.written(pending.request_id, enqueued.epoch, pending.job.job_id)
+                    for index in members:
+                        pending = jobs[index][0]
+                        pending.entry = entry
+                        self._listener.written(pending.request_id, enqueued.epoch, entry.job.job_id)
+                    refusals.append(None)
+                elif len(members) > 1:  # each request again, alone, in the next round
+                    for index in members:
+                        pending, future = jobs[index]
+                        pending.alone = True
+                        self._enqueuer.add(pending, future)
                     refusals.append(None)
                 elif held:
-                    refusals.append(functools.partial(_key_backlog_full, pending.owner, held, share))
+                    owner = jobs[members[0]][0].owner
+                    refusals.append(functools.partial(_key_backlog_full, owner, held, share))
                 else:
                     refusals.append(_backlog_full)
-        for (_, future), refusal in zip(jobs, refusals, strict=True):
-            if refusal is not None and not future.done():
-                future.set_exception(refusal())
+        for (_, members), refusal in zip(entries, refusals, strict=True):
+            for index in members:
+                future = jobs[index][1]
+                if refusal is not None and not future.done():
+                    future.set_exception(refusal())
 
-    async def _withdraw(self, job: NewJob) -> None:
+    async def _withdraw(self, pending: _Pending) -> None:
+        """Take the request's entry off the queue if no worker holds it and no other request in it still waits."""
+        entry = pending.entry
+        if entry is None:  # not written (yet): nothing to take back
+            return
+        pending.entry = None  # counted once, whichever way it leaves
+        entry.waiting -= 1
+        if entry.waiting > 0:
+            return
         with contextlib.suppress(RedisError, OSError):
-            await self._queue.withdraw([job.job_id])
+            await self._queue.withdraw([entry.job.job_id])
 
     async def _require_workers(self) -> None:
         now = time.monotonic()

@@ -13,6 +13,11 @@ would only say the same again, and nothing but these scripts read them.
 A queue entry's id (``shared.queue_format.queue_job_id``) carries its number of texts and its owner (whose share of
 the backlog it counts against), so the scripts keep the text budget and the backlog without reading job bodies.
 
+An entry of the sync queue carries the requests of one owner that one enqueue round wrote (``api.dispatch``), one
+message each, as its arq job's arguments: what a job costs Redis (its definition written, read and deleted, its
+entry added, leased and removed) is paid once an entry, not once a request. A worker answers each request as it is
+done and ends the entry when all are (``worker.sync_jobs``).
+
 The backlog (``shared.backlog``) counts an entry from the script that puts it on the queue to the one that takes it
 off: finishing it, withdrawing it, or a claim dropping it because its job is gone. Each of them releases the texts
 of the entries it removed, so an entry is released once, whoever gets to it first.
@@ -280,8 +285,11 @@ return 1
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewJob:
+    """A queue entry to write: one job (a chunk, a request), or on the sync queue the requests of one owner that one
+    enqueue round carries (``api.dispatch``), each message a request's, its ``texts`` all of theirs."""
+
     job_id: str
-    message: bytes
+    messages: tuple[bytes, ...]
     enqueued_ms: int
     expires_ms: int
     texts: int
@@ -300,29 +308,33 @@ class Enqueued:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimedJob:
     job_id: str
-    message: bytes
+    #: the entry's messages, one a request (or chunk); an entry that is not an arq job carrying them, as it is
+    messages: list[bytes]
     attempt: int
     texts: int
     #: a chunk whose parent was cancelled before this claim
     cancelled: bool = False
 
 
-def _message_of(arq_job: bytes) -> bytes:
-    """Our message inside an arq job; the raw bytes when they are not an arq job carrying one, so the worker's
-    undecodable-message path moves them aside instead of a decoding error stopping the worker."""
+def _messages_of(arq_job: bytes) -> list[bytes]:
+    """Our messages inside an arq job (its arguments); the raw bytes alone when they are not an arq job carrying
+    them, so the worker's undecodable-message path moves them aside instead of a decoding error stopping the
+    worker."""
     try:
         _, job_args, _, _, _ = deserialize_job_raw(arq_job, deserializer=deserialize_arq_job)
     except Exception:  # arq raises DeserializationError, but a hostile entry may break its unpacking otherwise
-        return arq_job
-    message = job_args[0] if isinstance(job_args, (list, tuple)) and job_args else None
-    return message if isinstance(message, bytes) else arq_job
+        return [arq_job]
+    if isinstance(job_args, (list, tuple)) and job_args and all(isinstance(message, bytes) for message in job_args):
+        return list(job_args)
+    return [arq_job]
 
 
 #: what an owner may be named in a queue id: what ``api.auth`` names them (16 hex digits, or "anonymous"), and then
 #: some; never a ":"
 @dataclasses.dataclass(frozen=True, slots=True)
 class FinishedJob:
-    job_id: str
+    #: the queue entry that ends; None: ``reply`` alone, for one of an entry's several requests (the entry ends apart)
+    job_id: str | None
     #: where to push ``reply`` (synchronous jobs); None for chunks and for jobs nobody waits for
     reply_to: str | None = None
     reply: bytes | None = None
@@ -369,7 +381,7 @@ class JobQueue:
         args: list[str | bytes | int] = [backlog_limit, per_key_limit, keys.WAKE_CHANNEL, now_ms, candidate_id()]
         for job in jobs:
             payload = serialize_job(
-                TASK_FUNCTION, (job.message,), {}, None, job.enqueued_ms, serializer=serialize_arq_job
+                TASK_FUNCTION, job.messages, {}, None, job.enqueued_ms, serializer=serialize_arq_job
             )
             args += [job.job_id, payload, job.expires_ms, job.texts]
         job_keys = [job_key_prefix + job.job_id for job in jobs]
@@ -382,7 +394,9 @@ class JobQueue:
         limits: list[str | int] = [now_ms, lease_ms, most_jobs, most_texts, _CLAIM_SCAN_LIMIT]
         flat = await self._claim(keys=self._counted, args=[*limits, job_key_prefix, self._parents_prefix])
         return [
-            ClaimedJob(flat[i].decode(), _message_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), flat[i + 4] == 1)
+            ClaimedJob(
+                flat[i].decode(), _messages_of(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), flat[i + 4] == 1
+            )
             for i in range(0, len(flat), 5)
         ]
 
@@ -402,13 +416,14 @@ class JobQueue:
         for job in jobs:
             if job.reply_to is not None and job.reply is not None:
                 replies.setdefault(job.reply_to, []).append(job.reply)
-        job_ids = [job.job_id for job in jobs]
+        job_ids = [job.job_id for job in jobs if job.job_id is not None]
         redo: list[Callable[[], Awaitable[object]] | None] = []
         async with self._redis.pipeline(transaction=False) as pipe:
-            # the deletes first: they free memory, and Redis never refuses them
-            pipe.delete(*[job_key_prefix + job_id for job_id in job_ids])
-            pipe.evalsha(self._end.sha, len(self._counted), *self._counted, *job_ids)
-            redo += [None, functools.partial(self._end_again, job_ids)]
+            if job_ids:
+                # the deletes first: they free memory, and Redis never refuses them
+                pipe.delete(*[job_key_prefix + job_id for job_id in job_ids])
+                pipe.evalsha(self._end.sha, len(self._counted), *self._counted, *job_ids)
+                redo += [None, functools.partial(self._end_again, job_ids)]
             for reply_to, messages in replies.items():
                 pipe.lpush(reply_to, *messages)
                 pipe.expire(reply_to, REPLY_TTL_S)

@@ -221,7 +221,7 @@ async def run_fake_worker(
             if not claimed:
                 await asyncio.sleep(0.005)
                 continue
-            await asyncio.gather(*(service.handle(job.job_id, job.message, job.attempt) for job in claimed))
+            await asyncio.gather(*(service.handle_entry(job.job_id, job.messages, job.attempt) for job in claimed))
     finally:
         await registry.close()
 

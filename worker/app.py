@@ -166,7 +166,7 @@ class TaskWorker(Worker):
             return
         for job in await self._sync.claim(room, prefetch - self._held_texts, self._lease_ms, now_ms()):
             self._held_texts += job.texts
-            self._start(job, self.service.handle(job.job_id, job.message, job.attempt), chunk=False)
+            self._start(job, self.service.handle_entry(job.job_id, job.messages, job.attempt), chunk=False)
         metrics.HELD_TEXTS.set(self._held_texts)
 
     async def _claim_chunks(self) -> None:
@@ -174,7 +174,8 @@ class TaskWorker(Worker):
         if room <= 0:
             return
         for job in await self._chunks.claim(room, _NO_TEXT_BUDGET, self._lease_ms, now_ms()):
-            work = self.service.handle_chunk(job.job_id, job.message, job.attempt, cancelled=job.cancelled)
+            # a chunk is an entry of its own, one message
+            work = self.service.handle_chunk(job.job_id, job.messages[0], job.attempt, cancelled=job.cancelled)
             self._start(job, work, chunk=True)
 
     def _start(self, job: ClaimedJob, work: Coroutine[Any, Any, None], *, chunk: bool) -> None:

@@ -64,6 +64,7 @@ class TaskService:
             sparse=sparse,
         )
         self.handle = self._sync.handle
+        self.handle_entry = self._sync.handle_entry
         self.handle_chunk = self._chunks.handle
 
     @property

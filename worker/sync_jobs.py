@@ -3,7 +3,9 @@ tokenized (``TokenizeTask``, ``DecodeTask``: the model's tokenizer alone, no bat
 the API's reply list.
 
 Never raises: work that was answered is not run again. Jobs answered together are finished together
-(``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts.
+(``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts. A queue
+entry that carries several requests (``shared.job_queue``) runs them at once; each is answered when it is done, and
+the entry ends when all are.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 import msgpack
 import orjson
@@ -84,23 +87,38 @@ class SyncJobs:
         self._max_attempts = max_attempts
         self._finish: Coalescer[FinishedJob, None] = Coalescer(self._finish_many, "finish")
 
+    async def handle_entry(self, queue_id: str, messages: Sequence[bytes], attempt: int = 1) -> None:
+        """Run a queue entry's jobs at once, answer each when it is done, and end the entry when all are."""
+        if len(messages) == 1:
+            await self.handle(queue_id, messages[0], attempt)
+            return
+        await asyncio.gather(*(self._handle(queue_id, message, attempt, ends=False) for message in messages))
+        await self._finish.add(FinishedJob(queue_id))
+
     async def handle(self, queue_id: str, message: bytes, attempt: int = 1) -> None:
-        """Run one job and answer it. ``attempt`` counts its runs: more than one means a worker died holding it."""
+        """Run one job and answer it, ending its queue entry. ``attempt`` counts its runs: more than one means a
+        worker died holding it."""
+        await self._handle(queue_id, message, attempt, ends=True)
+
+    async def _handle(self, queue_id: str, message: bytes, attempt: int, *, ends: bool) -> None:
+        """One job, answered; ``ends``: its answer ends the entry (its only job)."""
+        entry = queue_id if ends else None
         try:
             job = decode_sync_task(message)
         except ProtocolError as exc:
-            await self._reject_undecodable(queue_id, message, exc)
+            await self._reject_undecodable(queue_id, message, exc, entry)
             return
         if now_ms() > job.deadline_ms:
             log.info("job %s expired before it started; skipped", job.request_id)
             metrics.count_job("expired")
-            await self._finish.add(FinishedJob(queue_id))
+            if ends:
+                await self._finish.add(FinishedJob(queue_id))
             return
         if attempt > self._max_attempts:
             log.error("job %s was attempted %d times; giving up", job.request_id, attempt - 1)
             metrics.count_job("abandoned")
             reason = f"processing this request failed {attempt - 1} times; it was abandoned"
-            await self._answer(queue_id, job, _error_reply(job, ErrorKind.INTERNAL, reason))
+            await self._answer(entry, job, _error_reply(job, ErrorKind.INTERNAL, reason))
             return
         queue_ms = float(now_ms() - job.enqueued_ms)
         metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queue_ms) / 1000)
@@ -111,7 +129,7 @@ class SyncJobs:
             reply = await self._reply(job, queue_ms)
             if reply.error is not None:
                 tracing.failed(reply.error.kind.value, reply.error.message)
-        await self._answer(queue_id, job, reply)
+        await self._answer(entry, job, reply)
         metrics.count_job("answered")
         if reply.error is not None:
             metrics.ERRORS.labels(reply.error.kind.value).inc()
@@ -174,8 +192,9 @@ class SyncJobs:
         elapsed_ms = (time.perf_counter() - started) * 1000
         return TaskReply(job.request_id, data=data, prompt_tokens=tokens, queue_ms=queue_ms, inference_ms=elapsed_ms)
 
-    async def _answer(self, queue_id: str, job: SyncJob, reply: TaskReply) -> None:
-        await self._finish.add(FinishedJob(queue_id, job.reply_to, encode_reply(reply)))
+    async def _answer(self, entry: str | None, job: SyncJob, reply: TaskReply) -> None:
+        """Push the reply, ending ``entry`` with it (None: the entry ends apart)."""
+        await self._finish.add(FinishedJob(entry, job.reply_to, encode_reply(reply)))
 
     async def _finish_many(self, batch: list[tuple[FinishedJob, asyncio.Future[None]]]) -> None:
         await self._queue.finish([finished for finished, _ in batch])
@@ -183,8 +202,9 @@ class SyncJobs:
             if not future.done():
                 future.set_result(None)
 
-    async def _reject_undecodable(self, queue_id: str, message: bytes, exc: ProtocolError) -> None:
-        """Move aside a job we cannot read and answer it, if it at least says where to answer; never crash on it."""
+    async def _reject_undecodable(self, queue_id: str, message: bytes, exc: ProtocolError, entry: str | None) -> None:
+        """Move aside a job we cannot read (of entry ``queue_id``) and answer it, if it at least says where to answer;
+        never crash on it. ``entry``: the entry its answer ends (None: the entry ends apart)."""
         await self._dead_letters.keep(queue_id, message, exc)
         reply_to = reply = None
         with contextlib.suppress(Exception):
@@ -192,7 +212,7 @@ class SyncJobs:
             error = TaskError(ErrorKind.INTERNAL, "the worker could not decode this job")
             reply = encode_reply(TaskReply(str(fields["request_id"]), error=error))
             reply_to = str(fields["reply_to"])
-        await self._finish.add(FinishedJob(queue_id, reply_to, reply))
+        await self._finish.add(FinishedJob(entry, reply_to, reply))
 
 
 def _error_reply(

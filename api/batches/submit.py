@@ -83,7 +83,7 @@ class _Writer:
         )
         expires_ms = max(1, record.expires_at * 1000 - enqueued)
         queue_id = chunk_queue_id(record.batch_id, chunk, len(inputs))
-        return NewJob(queue_id, encode_job(message), enqueued, expires_ms, len(inputs))
+        return NewJob(queue_id, (encode_job(message),), enqueued, expires_ms, len(inputs))
 
     async def flush(self) -> None:
         record = self._record

@@ -66,5 +66,5 @@ async def _enqueue_chunks(record: JobRecord, job_request: JobRequest, settings: 
             enqueued_ms=enqueued,
             deadline_ms=record.expires_at * 1000,
         )
-        new_chunks.append(NewJob(record.chunk_queue_id(chunk), encode_job(message), enqueued, expires_ms, count))
+        new_chunks.append(NewJob(record.chunk_queue_id(chunk), (encode_job(message),), enqueued, expires_ms, count))
     await chunks.enqueue(new_chunks, enqueued)

@@ -51,7 +51,7 @@ def app_state(redis, events, *, max_texts: int = 10, room: bool = True) -> State
 
 
 def chunk(work_id: str, index: int, texts: int) -> NewJob:
-    return NewJob(f"{work_id}-{index}.{texts}", b"message", 1000, 60_000, texts)
+    return NewJob(f"{work_id}-{index}.{texts}", (b"message",), 1000, 60_000, texts)
 
 
 async def queued(redis) -> list[str]:

@@ -18,7 +18,7 @@ KEY_A, KEY_B = "0123456789abcdef", "fedcba9876543210"
 
 def new_job(i: int, texts: int = 1, owner: str | None = None) -> NewJob:
     job_id = queue_job_id(f"j{i}", texts, owner)
-    return NewJob(job_id=job_id, message=f"m{i}".encode(), enqueued_ms=1000 + i, expires_ms=60_000, texts=texts)
+    return NewJob(job_id=job_id, messages=(f"m{i}".encode(),), enqueued_ms=1000 + i, expires_ms=60_000, texts=texts)
 
 
 async def shares(redis) -> dict[str, int]:
@@ -53,7 +53,7 @@ async def test_an_entry_that_is_no_arq_job_is_claimed_as_its_raw_bytes(redis):
     await redis.set("arq:job:evil.1", b"garbage")
     await redis.zadd("emb:queue:sync", {"evil.1": 1})
     [claimed] = await JobQueue.sync(redis).claim(10, 100, lease_ms=1000, now_ms=10)
-    assert (claimed.job_id, claimed.message, claimed.texts) == ("evil.1", b"garbage", 1)
+    assert (claimed.job_id, claimed.messages, claimed.texts) == ("evil.1", [b"garbage"], 1)
 
 
 async def test_enqueue_refuses_past_the_backlog_bound(redis):
@@ -73,10 +73,10 @@ async def test_claim_takes_due_jobs_once_and_counts_attempts(redis):
     arq = JobQueue.sync(redis)
     await arq.enqueue([new_job(i) for i in range(5)], backlog_limit=100, now_ms=5)
     first = await arq.claim(3, 100, lease_ms=10_000, now_ms=10)
-    assert [(c.job_id, c.message, c.attempt) for c in first] == [
-        ("j0.1", b"m0", 1),
-        ("j1.1", b"m1", 1),
-        ("j2.1", b"m2", 1),
+    assert [(c.job_id, c.messages, c.attempt) for c in first] == [
+        ("j0.1", [b"m0"], 1),
+        ("j1.1", [b"m1"], 1),
+        ("j2.1", [b"m2"], 1),
     ]
     second = await arq.claim(10, 100, lease_ms=10_000, now_ms=10)
     assert [c.job_id for c in second] == ["j3.1", "j4.1"]
@@ -173,7 +173,7 @@ async def test_an_undecodable_job_still_releases_what_its_id_names(redis):
 
 async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
     arq = JobQueue.sync(redis)
-    jobs = [NewJob(queue_job_id(f"r{i}", 4), b"m", 1000 + i, 60_000, 4) for i in range(4)]
+    jobs = [NewJob(queue_job_id(f"r{i}", 4), (b"m",), 1000 + i, 60_000, 4) for i in range(4)]
     await arq.enqueue(jobs, backlog_limit=100, now_ms=5)
     assert [c.texts for c in await arq.claim(10, 9, lease_ms=10_000, now_ms=10)] == [4, 4]
     assert len(await arq.claim(10, 1, lease_ms=10_000, now_ms=10)) == 1
@@ -181,7 +181,7 @@ async def test_claim_keeps_to_a_text_budget_but_takes_at_least_one_job(redis):
 
 async def test_claims_read_the_text_count_from_the_job_id(redis):
     arq = JobQueue.sync(redis)
-    await arq.enqueue([NewJob(queue_job_id("abc", 17), b"m", 1000, 60_000, 17), new_job(1)], 100, now_ms=5)
+    await arq.enqueue([NewJob(queue_job_id("abc", 17), (b"m",), 1000, 60_000, 17), new_job(1)], 100, now_ms=5)
     assert [(c.job_id, c.texts) for c in await arq.claim(10, 100, 10_000, now_ms=10)] == [("abc.17", 17), ("j1.1", 1)]
 
 
@@ -209,7 +209,7 @@ async def test_withdraw_takes_a_job_whose_lease_ended(redis):
 
 async def test_an_id_with_no_count_counts_one_text_when_released(redis):
     arq = JobQueue.sync(redis)
-    await arq.enqueue([NewJob("j1", b"m", 1000, 60_000, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
+    await arq.enqueue([NewJob("j1", (b"m",), 1000, 60_000, 2), new_job(2, 3)], backlog_limit=100, now_ms=5)
     assert await arq.withdraw(["j1"]) == 1
     assert await queued_texts(redis) == 2 + 3 - 1
 

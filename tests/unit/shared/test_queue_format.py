@@ -91,7 +91,7 @@ async def test_a_progress_hash_the_scripts_wrote_parses_as_python_reads_it(redis
             ChunkStore.create_in(pipe, parent, total=5, chunks=2, expire_at_s=now_s + 600)
             await pipe.execute()
         queue = JobQueue.chunks(redis)
-        job = NewJob(chunk_queue_id(parent, 0, 3), b"message", now_ms(), 600_000, 3)
+        job = NewJob(chunk_queue_id(parent, 0, 3), (b"message",), now_ms(), 600_000, 3)
         await queue.enqueue([job], backlog_limit=100, now_ms=now_ms())
         [claimed] = await queue.claim(most_jobs=1, most_texts=10, lease_ms=60_000, now_ms=now_ms())
         assert claimed.job_id == job.job_id and not claimed.cancelled

@@ -86,7 +86,7 @@ async def test_out_of_memory_replies_and_releases_still_go_through(client):
     requests time out or the backlog (the whole, or a key's share) leak."""
     queue = JobQueue.sync(client)
     finished, withdrawn = queue_job_id("r1", 3, "0123456789abcdef"), queue_job_id("r2", 2, "0123456789abcdef")
-    new_jobs = [NewJob(finished, b"m", 1, 60_000, 3), NewJob(withdrawn, b"m", 1, 60_000, 2)]
+    new_jobs = [NewJob(finished, (b"m",), 1, 60_000, 3), NewJob(withdrawn, (b"m",), 1, 60_000, 2)]
     await queue.enqueue(new_jobs, backlog_limit=100, now_ms=1)
     await queue.claim(1, 100, lease_ms=10_000, now_ms=2)
     await fill(client)

@@ -34,7 +34,7 @@ def settings(redis_url: str) -> Settings:
 
 async def enqueue(redis, request_id: str) -> None:
     job = make_embed_task(request_id=request_id)
-    new_job = NewJob(queue_job_id(request_id, 2), encode_job(job), now_ms(), 60_000, 2)
+    new_job = NewJob(queue_job_id(request_id, 2), (encode_job(job),), now_ms(), 60_000, 2)
     assert (await JobQueue.sync(redis).enqueue([new_job], 100, now_ms())).admitted == [True]
 
 

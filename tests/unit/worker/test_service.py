@@ -126,7 +126,7 @@ async def test_unknown_model_is_reported(service, redis):
 async def queued(redis, sync_job: EmbedTask, owner: str = "anonymous") -> str:
     """``sync_job`` on the sync queue, as the API puts it there (counted in the backlog); its queue id."""
     queue_id = queue_job_id(sync_job.request_id, len(sync_job.inputs), owner)
-    new_job = NewJob(queue_id, encode_job(sync_job), now_ms(), 60_000, len(sync_job.inputs))
+    new_job = NewJob(queue_id, (encode_job(sync_job),), now_ms(), 60_000, len(sync_job.inputs))
     assert (await JobQueue.sync(redis).enqueue([new_job], backlog_limit=100, now_ms=now_ms())).admitted == [True]
     return queue_id
 
@@ -163,7 +163,7 @@ async def test_answered_job_leaves_the_backlog(service, redis, counted):
 
 async def test_an_undecodable_job_leaves_the_backlog_too(service, redis):
     queue_id = queue_job_id("r1", 4, "0123456789abcdef")
-    await JobQueue.sync(redis).enqueue([NewJob(queue_id, b"not msgpack", 1, 60_000, 4)], 100, now_ms=1)
+    await JobQueue.sync(redis).enqueue([NewJob(queue_id, (b"not msgpack",), 1, 60_000, 4)], 100, now_ms=1)
     await service.handle(queue_id, b"not msgpack")
     assert await redis.llen(keys.DEAD_LETTER) == 1
     assert int(await redis.get(keys.QUEUED_TEXTS)) == 0
@@ -242,3 +242,24 @@ async def test_a_chunk_of_a_cancelled_batch_is_counted_as_done_with_nothing_run(
     progress = await redis.hgetall(keys.progress("batch_1"))
     assert (progress[b"completed"], progress[b"failed"], progress[b"chunks_done"]) == (b"0", b"0", b"1")
     assert await ChunkStore(redis).parts("batch_1", [0]) == [None]
+
+
+async def test_an_entry_of_several_requests_answers_each_and_ends_once(service, redis, counted):
+    """An entry the API filled with one round's requests: each is answered on its own (an undecodable one moved aside,
+    an expired one skipped, a failing one with its error), and the entry ends, its texts released, once all are."""
+    first, failing = job(request_id="a"), job(request_id="b", model="missing")
+    expired = job(request_id="c", deadline_ms=now_ms() - 1)
+    messages = (encode_job(first), b"\xc1", encode_job(failing), encode_job(expired))
+    queue_id = queue_job_id("a", 8, "0123456789abcdef")
+    await JobQueue.sync(redis).enqueue([NewJob(queue_id, messages, now_ms(), 60_000, 8)], 100, now_ms=now_ms())
+    [claimed] = await JobQueue.sync(redis).claim(10, 100, lease_ms=10_000, now_ms=now_ms())
+    assert claimed.messages == list(messages)
+    await service.handle_entry(claimed.job_id, claimed.messages, claimed.attempt)
+    replies = {r.request_id: r for r in map(decode_reply, await redis.lrange(REPLY_TO, 0, -1))}
+    assert set(replies) == {"a", "b"}
+    assert replies["a"].error is None and replies["b"].error.kind is ErrorKind.MODEL_NOT_FOUND
+    assert await redis.llen(keys.DEAD_LETTER) == 1
+    assert counted() == {"answered": 2, "expired": 1, "dead_letter": 1}
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0 and await redis.exists(f"arq:job:{queue_id}") == 0
+    assert int(await redis.get(keys.QUEUED_TEXTS)) == 0
+    assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}

@@ -100,7 +100,7 @@ async def test_the_claim_marks_a_job_started_and_tells_its_chunks_of_a_cancel(re
     job = record()
     await store.create(job)
     queue = JobQueue.chunks(redis)
-    chunks = [NewJob(job.chunk_queue_id(c), b"m", now_ms(), 60_000, job.chunk_span(c)[1]) for c in range(3)]
+    chunks = [NewJob(job.chunk_queue_id(c), (b"m",), now_ms(), 60_000, job.chunk_span(c)[1]) for c in range(3)]
     await queue.enqueue(chunks, 1000, now_ms())
     [first] = await queue.claim(1, 100, 10_000, now_ms())
     assert not first.cancelled and (await store.get("embjob_1")).started
