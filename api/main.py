@@ -32,7 +32,7 @@ from api.replies import BLOCK_S, ReplyReader
 from api.rerank import routes as rerank
 from api.sparse import routes as sparse
 from api.tokenize import routes as tokenize
-from shared import keys, tracing
+from shared import heap, keys, tracing
 from shared.chunks import ChunkStore
 from shared.epoch import Epochs
 from shared.job_queue import JobQueue
@@ -98,6 +98,7 @@ async def _connected(
         max_queued_texts_per_key=settings.queued_texts_per_key,
         request_timeout_s=settings.request_timeout_s,
     )
+    heap.settle()
     try:
         yield
     finally:

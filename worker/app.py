@@ -34,7 +34,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import heap, keys
 from shared.clock import now_ms
 from shared.job_queue import TASK_FUNCTION, ClaimedJob, JobQueue, deserialize_arq_job, serialize_arq_job
 from shared.redis_client import connect
@@ -121,6 +121,7 @@ class TaskWorker(Worker):
             asyncio.create_task(self.wake_ups.listen(self.pool)),
             asyncio.create_task(self._renew_leases()),
         ]
+        heap.settle()
         names = ", ".join(registry.loaded_names()) or "none"
         log.info("worker %s ready; models: %s", self.service.worker_id, names)
         if settings.ready_file is not None:  # what a readiness probe reads: the start-up models are loaded
