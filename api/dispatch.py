@@ -6,7 +6,8 @@ The requests one enqueue round writes share queue entries: one entry for an owne
 the owner's share admit an entry as a whole; one they refuse is split, and its requests go again in the next round
 each in an entry of its own, so each is admitted or refused as it would be alone. An entry is withdrawn when no
 request in it still waits (a request that leaves while others of its entry wait lets its part run, and its reply
-is dropped)."""
+is dropped). A request that leaves before its entry is written is not counted among those waiting, and an entry
+written for none is withdrawn at once."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class _Entry:
     """A queue entry the requests of one round share, and how many of them still wait for their replies."""
 
     job: NewJob
-    waiting: int
+    waiting: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -142,6 +143,7 @@ class Dispatcher:
         finally:
             timer.cancel()
             self._listener.forget(job.request_id)
+            self._leave(pending)
 
     def _entries(self, jobs: list[tuple[_Pending, asyncio.Future[TaskReply]]]) -> list[tuple[_Entry, list[int]]]:
         """The round's queue entries, each with the indexes of its requests in ``jobs``: an owner's requests, in
@@ -171,7 +173,7 @@ class Dispatcher:
                 expires_ms=expires_ms,
                 texts=texts,
             )
-            entries.append((_Entry(job, len(members)), members))
+            entries.append((_Entry(job), members))
         return entries
 
     async def _enqueue_many(self, jobs: list[tuple[_Pending, asyncio.Future[TaskReply]]]) -> None:
@@ -180,6 +182,8 @@ class Dispatcher:
         listener, or by its timer."""
         entries = self._entries(jobs)
         refusals: list[Callable[[], ServiceError] | None]
+        #: entries written for requests that all left while the script was on its way
+        unwaited: list[str] = []
         try:
             new_jobs = [entry.job for entry, _ in entries]
             share = self._max_queued_texts_per_key
@@ -198,9 +202,14 @@ class Dispatcher:
             for (entry, members), ok, held in zip(entries, enqueued.admitted, enqueued.owner_holds, strict=True):
                 if ok:
                     for index in members:
-                        pending = jobs[index][0]
+                        pending, future = jobs[index]
+                        if future.done():  # its caller left (or its deadline passed) while the script ran
+                            continue
                         pending.entry = entry
+                        entry.waiting += 1
                         self._listener.written(pending.request_id, enqueued.epoch, entry.job.job_id)
+                    if not entry.waiting:
+                        unwaited.append(entry.job.job_id)
                     refusals.append(None)
                 elif len(members) > 1:  # each request again, alone, in the next round
                     for index in members:
@@ -218,18 +227,26 @@ class Dispatcher:
                 future = jobs[index][1]
                 if refusal is not None and not future.done():
                     future.set_exception(refusal())
+        if unwaited:
+            with contextlib.suppress(RedisError, OSError):
+                await self._queue.withdraw(unwaited)
 
     async def _withdraw(self, pending: _Pending) -> None:
         """Take the request's entry off the queue if no worker holds it and no other request in it still waits."""
-        entry = pending.entry
-        if entry is None:  # not written (yet): nothing to take back
-            return
-        pending.entry = None  # counted once, whichever way it leaves
-        entry.waiting -= 1
-        if entry.waiting > 0:
+        entry = self._leave(pending)
+        if entry is None or entry.waiting > 0:  # not written (yet), or others of its entry still wait
             return
         with contextlib.suppress(RedisError, OSError):
             await self._queue.withdraw([entry.job.job_id])
+
+    @staticmethod
+    def _leave(pending: _Pending) -> _Entry | None:
+        """The request no longer waits: its entry (None if it was not written), counting one fewer waiting. Counted
+        once, whichever way it leaves (answered, refused, timed out, cancelled)."""
+        entry, pending.entry = pending.entry, None
+        if entry is not None:
+            entry.waiting -= 1
+        return entry
 
     async def _require_workers(self) -> None:
         now = time.monotonic()

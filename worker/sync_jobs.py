@@ -92,7 +92,14 @@ class SyncJobs:
         if len(messages) == 1:
             await self.handle(queue_id, messages[0], attempt)
             return
-        await asyncio.gather(*(self._handle(queue_id, message, attempt, ends=False) for message in messages))
+        # every job runs to its end even if one fails, so none outlives the entry's lease; one that failed leaves the
+        # entry unended, for its lease to lapse and the entry to run again
+        outcomes = await asyncio.gather(
+            *(self._handle(queue_id, message, attempt, ends=False) for message in messages), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         await self._finish.add(FinishedJob(queue_id))
 
     async def handle(self, queue_id: str, message: bytes, attempt: int = 1) -> None:

@@ -145,3 +145,49 @@ async def test_an_entry_of_several_requests_never_exceeds_the_backlog_bound(redi
     assert outcomes[0] is None  # admitted: the first, alone in an empty queue
     assert [isinstance(o, ServiceError) and o.kind is ErrorKind.RATE_LIMITED for o in outcomes[1:]] == [True, True]
     await stopped(tasks)
+
+
+async def gated(dispatcher: Dispatcher) -> asyncio.Event:
+    """Hold the dispatcher's enqueue script until the returned event is set: the entry is on its way to Redis."""
+    enqueue, gate = dispatcher._queue.enqueue, asyncio.Event()
+
+    async def held(*args: object, **kwargs: object) -> object:
+        await gate.wait()
+        return await enqueue(*args, **kwargs)  # type: ignore[arg-type]
+
+    dispatcher._queue.enqueue = held  # type: ignore[method-assign]
+    return gate
+
+
+async def test_a_request_that_leaves_while_its_entry_is_written_is_not_waited_for(redis):
+    """r1 leaves while the script writing its entry is on its way: the entry waits for r2 alone, and is withdrawn
+    when r2 leaves; an entry written for nobody is withdrawn at once."""
+    dispatcher = await warm(redis)
+    gate = await gated(dispatcher)
+    first, second = await started(lambda: dispatcher.run(task("r1"), "a"), lambda: dispatcher.run(task("r2"), "a"))
+    await stopped([first])
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert list((await entries(redis)).values()) == [2]
+    await stopped([second])
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0
+    assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0
+
+    gate.clear()
+    [alone] = await started(lambda: dispatcher.run(task("r3"), "b"))
+    await stopped([alone])
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0
+    assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0
+
+
+async def test_a_request_answered_no_longer_keeps_its_entry_from_being_withdrawn(redis):
+    """r1 is answered (its entry due again, as after a worker died); r2 leaving then withdraws the entry."""
+    dispatcher = await warm(redis)
+    first, second = await started(lambda: dispatcher.run(task("r1"), "a"), lambda: dispatcher.run(task("r2"), "a"))
+    dispatcher._listener._waiting["r1"].set_result(TaskReply("r1", data=b"[]"))
+    assert isinstance(await first, TaskReply)
+    assert list((await entries(redis)).values()) == [2]
+    await stopped([second])
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0

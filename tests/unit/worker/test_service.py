@@ -263,3 +263,26 @@ async def test_an_entry_of_several_requests_answers_each_and_ends_once(service, 
     assert await redis.zcard(keys.SYNC_QUEUE) == 0 and await redis.exists(f"arq:job:{queue_id}") == 0
     assert int(await redis.get(keys.QUEUED_TEXTS)) == 0
     assert await redis.hgetall(keys.QUEUED_TEXTS_PER_KEY) == {}
+
+
+async def test_a_job_that_raises_in_an_entry_leaves_it_unended_once_the_others_are_answered(
+    service, redis, monkeypatch
+):
+    """A job whose handling raises (its reply's push failed) fails the entry, but only once every other job of it
+    has run to its answer: none outlives the entry's lease. Unended, the entry runs again when its lease lapses."""
+    handle = service._sync._handle
+
+    async def failing_on_boom(queue_id: str, message: bytes, attempt: int, *, ends: bool) -> None:
+        if message == b"boom":
+            raise RuntimeError("the push of its reply failed")
+        await handle(queue_id, message, attempt, ends=ends)
+
+    monkeypatch.setattr(service._sync, "_handle", failing_on_boom)
+    messages = (b"boom", encode_job(job(request_id="a")))
+    queue_id = queue_job_id("a", 2, "0123456789abcdef")
+    await JobQueue.sync(redis).enqueue([NewJob(queue_id, messages, now_ms(), 60_000, 2)], 100, now_ms=now_ms())
+    [claimed] = await JobQueue.sync(redis).claim(10, 100, lease_ms=10_000, now_ms=now_ms())
+    with pytest.raises(RuntimeError):
+        await service.handle_entry(claimed.job_id, claimed.messages, claimed.attempt)
+    assert [decode_reply(r).request_id for r in await redis.lrange(REPLY_TO, 0, -1)] == ["a"]
+    assert await redis.zcard(keys.SYNC_QUEUE) == 1 and int(await redis.get(keys.QUEUED_TEXTS)) == 2
