@@ -191,3 +191,18 @@ async def test_a_request_answered_no_longer_keeps_its_entry_from_being_withdrawn
     assert list((await entries(redis)).values()) == [2]
     await stopped([second])
     assert await redis.zcard(keys.SYNC_QUEUE) == 0
+
+
+async def test_an_entry_the_backlog_bound_refuses_is_split_and_each_request_admitted_or_refused_as_alone(redis):
+    """A bound of 4 with 2 texts queued: three 1-text requests of a round are refused as one entry of 3; alone, the
+    first two fit and the third is refused, as one by one."""
+    dispatcher = await warm(redis, max_queued_texts=4)
+    holder = await started(lambda: dispatcher.run(task("held", 2), "b"))
+    tasks = await started(*[lambda i=i: dispatcher.run(task(f"r{i}"), "a") for i in range(3)])
+    assert [t.done() for t in tasks] == [False, False, True]
+    refused = tasks[2].exception()
+    assert isinstance(refused, ServiceError) and refused.kind is ErrorKind.RATE_LIMITED
+    assert sorted((await entries(redis)).values()) == [1, 1, 1]
+    assert int(await redis.get(keys.QUEUED_TEXTS)) == 4
+    await stopped([*holder, *tasks])
+    assert int(await redis.get(keys.QUEUED_TEXTS) or 0) == 0

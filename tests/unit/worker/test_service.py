@@ -286,3 +286,19 @@ async def test_a_job_that_raises_in_an_entry_leaves_it_unended_once_the_others_a
         await service.handle_entry(claimed.job_id, claimed.messages, claimed.attempt)
     assert [decode_reply(r).request_id for r in await redis.lrange(REPLY_TO, 0, -1)] == ["a"]
     assert await redis.zcard(keys.SYNC_QUEUE) == 1 and int(await redis.get(keys.QUEUED_TEXTS)) == 2
+
+
+async def test_an_entry_past_its_attempts_answers_each_request_abandoned_and_ends(service, redis, counted):
+    messages = (encode_job(job(request_id="a")), encode_job(job(request_id="b")))
+    queue_id = queue_job_id("a", 2, "0123456789abcdef")
+    await JobQueue.sync(redis).enqueue([NewJob(queue_id, messages, now_ms(), 60_000, 2)], 100, now_ms=now_ms())
+    [claimed] = await JobQueue.sync(redis).claim(10, 100, lease_ms=10_000, now_ms=now_ms())
+    await service.handle_entry(claimed.job_id, claimed.messages, attempt=3)  # the service allows 2
+    replies = {r.request_id: r for r in map(decode_reply, await redis.lrange(REPLY_TO, 0, -1))}
+    assert {request: reply.error.kind for request, reply in replies.items()} == {
+        "a": ErrorKind.INTERNAL,
+        "b": ErrorKind.INTERNAL,
+    }
+    assert "abandoned" in replies["a"].error.message
+    assert counted() == {"abandoned": 2}
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0 and int(await redis.get(keys.QUEUED_TEXTS)) == 0
