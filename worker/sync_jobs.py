@@ -2,7 +2,9 @@
 tokenized (``TokenizeTask``, ``DecodeTask``: the model's tokenizer alone, no batch), answered with a ``TaskReply`` on
 the API's reply list.
 
-Never raises: work that was answered is not run again. Jobs answered together are finished together
+A job's own failure never raises: it is answered with its error, and work that was answered is not run again. Only
+a failure to push answers or end entries (Redis) reaches the caller, and leaves the entry to run again when its lease
+lapses. Jobs answered together are finished together
 (``shared.coalesce``): one round trip ends their arq jobs, pushes their replies and releases their texts. A queue
 entry that carries several requests (``shared.job_queue``) runs them at once; each is answered when it is done, and
 the entry ends when all are.
